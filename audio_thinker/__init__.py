@@ -1,0 +1,1 @@
+"""audio-thinker shared pieces: CLI, config, data, protocol and rewards, driver, evaluation, dashboard."""

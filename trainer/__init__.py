@@ -1,0 +1,1 @@
+"""The GRPO objective, the DeepSpeed engine, checkpoints and Hugging Face export."""
