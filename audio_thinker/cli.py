@@ -1,0 +1,125 @@
+"""`audio-thinker` command line: one entry point, one subcommand per job.
+
+Parsers live here so that `--help` is instant; each subcommand imports its (heavy) implementation only
+when it runs. Every handler returns a process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from audio_thinker.log import setup_logging
+
+
+def _make_tiny(args: argparse.Namespace) -> int:
+    from audio_thinker.tiny import make_tiny_models
+
+    paths = make_tiny_models(args.out, seed=args.seed, only=args.only)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _make_synthetic(args: argparse.Namespace) -> int:
+    from audio_thinker.synthetic import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split)
+    print(f"wrote {args.n} questions: {manifest}")
+    return 0
+
+
+def _rewards(args: argparse.Namespace) -> int:
+    from audio_thinker.rescore import run_rescore
+
+    return run_rescore(args)
+
+
+def _serve_judge(args: argparse.Namespace) -> int:
+    from reward_server.cli import run_serve_judge
+
+    return run_serve_judge(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from audio_thinker.smoke import run_smoke
+
+    return run_smoke(args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audio-thinker",
+        description="RL for audio language models that learn when and how to think (Audio-Thinker).",
+    )
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("make-tiny", help="build the tiny random-init policies, judge and tokenizer")
+    p.add_argument("--out", required=True, help="folder to write one Hugging Face folder per model into")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (output is deterministic)")
+    p.add_argument(
+        "--only", nargs="*", choices=["qwen2_audio", "qwen2_5_omni", "qwen3_judge"], default=None,
+        help="build only these models (default: all three)",
+    )
+    p.set_defaults(func=_make_tiny)
+
+    p = sub.add_parser("make-synthetic", help="write a synthetic audio QA set (real wav files + AVQA manifest)")
+    p.add_argument("--out", required=True, help="output folder (audio/ and <split>.jsonl are written there)")
+    p.add_argument("--n", type=int, required=True, help="number of questions")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (output is deterministic)")
+    p.add_argument("--split", default="train", help="manifest name: <split>.jsonl")
+    p.set_defaults(func=_make_synthetic)
+
+    p = sub.add_parser("rewards", help="recompute Audio-Thinker rewards and advantages for dumped rollouts")
+    p.add_argument("--input", required=True, help="JSONL, one sample per line (see docs/rewards.md)")
+    p.add_argument("--step", type=int, required=True, help="global step of the batch")
+    p.add_argument("--total-steps", type=int, required=True, help="T, the total training steps")
+    p.add_argument(
+        "--variant", default="atar_cr_tr", choices=["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"],
+        help="reward preset (default: atar_cr_tr, the full method)",
+    )
+    p.set_defaults(func=_rewards)
+
+    p = sub.add_parser("serve-judge", help="run the reward-judge REST service (docs/judge.md)")
+    p.add_argument("--model", required=True, help="judge model folder (or the served model name for --backend openai)")
+    p.add_argument("--backend", choices=["transformers", "vllm", "openai"], default="transformers")
+    p.add_argument("--openai-base-url", default=None, help="with --backend openai: the completions server URL")
+    p.add_argument(
+        "--openai-tokenizer", default=None, help="with --backend openai: folder with the judge's tokenizer (default: --model)"
+    )
+    p.add_argument(
+        "--openai-top-logprobs", type=int, default=None,
+        help="with --backend openai: use the top-k logprobs of a non-vLLM server (default: vLLM's exact logprob_token_ids)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-file", default=None, help="file with one API key per line (and/or AUDIO_THINKER_JUDGE_API_KEYS)")
+    p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback hosts only)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="items per model call")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill up")
+    p.add_argument("--max-queue", type=int, default=1024, help="queued items before 429")
+    p.add_argument("--max-items", type=int, default=256, help="items per request before 413")
+    p.add_argument("--max-text-chars", type=int, default=16000, help="characters per text field before 413")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="request body size before 413")
+    p.add_argument("--request-timeout-s", type=float, default=60.0, help="deadline of one request before 504")
+    p.add_argument("--device", default=None, help="torch device for --backend transformers (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 on GPU, float32 on CPU; vllm: auto)")
+    p.add_argument("--max-model-len", type=int, default=None, help="with --backend vllm: context length (default: the model's)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="with --backend vllm: GPU memory share")
+    p.set_defaults(func=_serve_judge)
+
+    p = sub.add_parser("demo", help="the tiny-model smoke path: make models and data, generate, parse")
+    p.add_argument("--out", default="artifacts", help="where the tiny models and synthetic data go")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

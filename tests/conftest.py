@@ -1,0 +1,24 @@
+"""Shared fixtures: the environment every test runs in, tiny models built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("AUDIO_THINKER_NO_PROGRESS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """All three tiny models (Qwen2-Audio, Qwen2.5-Omni thinker, Qwen3 judge), built once per test session."""
+    from audio_thinker.tiny import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
