@@ -1,0 +1,77 @@
+"""Chat prompts with audio for each model family, and the exact token ids the models see.
+
+The processors of both families replace one `<|AUDIO|>` placeholder by n copies, where n follows from the
+number of mel frames of the clip. `PromptEncoder` does that expansion itself (Qwen2.5-Omni's processor class
+cannot be built without torchvision), so the rollout engines and the trainer share one definition of the
+prompt: rendered text, expanded token ids, and Whisper features padded to 30 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+QWEN2_AUDIO_SYSTEM = "You are a helpful assistant."
+QWEN2_5_OMNI_SYSTEM = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
+    "and visual inputs, as well as generating text and speech."
+)
+SAMPLE_RATE = 16000
+
+
+def render_chat(family: str, instruction: str, system: str | None = None) -> str:
+    """One user turn holding one clip and the instruction, ready for the assistant's reply."""
+    if family == "qwen2_audio":
+        system = QWEN2_AUDIO_SYSTEM if system is None else system
+        user = f"Audio 1: {AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}\n{instruction}"
+    elif family == "qwen2_5_omni":
+        system = QWEN2_5_OMNI_SYSTEM if system is None else system
+        user = f"{AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}{instruction}"
+    else:
+        raise ValueError(f"unknown model family {family!r} (qwen2_audio or qwen2_5_omni)")
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def num_audio_tokens(num_frames: int) -> int:
+    """Audio tokens for a clip of `num_frames` mel frames (two stride-2 reductions in the Whisper encoder)."""
+    return (((num_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]  # with the audio placeholder expanded to n audio tokens
+    input_features: np.ndarray  # [num_mel_bins, 3000] float32
+    feature_attention_mask: np.ndarray  # [3000] int64, 1 for real frames
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return num_audio_tokens(int(self.feature_attention_mask.sum()))
+
+
+class PromptEncoder:
+    """Rendered prompt + 16 kHz audio -> the token ids and features both engines and the trainer use."""
+
+    def __init__(self, tokenizer, feature_extractor):
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+
+    def features(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.feature_extractor(
+            np.asarray(audio, dtype=np.float32), sampling_rate=SAMPLE_RATE, return_attention_mask=True,
+            padding="max_length", return_tensors="np",
+        )
+        return out["input_features"][0].astype(np.float32), out["attention_mask"][0].astype(np.int64)
+
+    def encode(self, prompt: str, audio: np.ndarray) -> EncodedPrompt:
+        if prompt.count(AUDIO_TOKEN) != 1:
+            raise ValueError(f"prompt must hold exactly one {AUDIO_TOKEN} placeholder, found {prompt.count(AUDIO_TOKEN)}")
+        features, mask = self.features(audio)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+        i = ids.index(self.audio_token_id)
+        n = num_audio_tokens(int(mask.sum()))
+        return EncodedPrompt(ids[:i] + [self.audio_token_id] * n + ids[i + 1:], features, mask)
