@@ -120,6 +120,15 @@ class TrainerConfig(Section):
         "object_store", description="How new weights reach the rollout workers."
     )
     sync_bucket_mb: int = Field(256, ge=1, description="Bucket size of the weight broadcast.")
+    reference_num_cpus: float = Field(
+        0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
+    )
+    reference_num_gpus: float = Field(
+        0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
+    )
+    timeout_s: float = Field(
+        1800.0, gt=0, description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails."
+    )
 
 
 class RunConfig(Section):

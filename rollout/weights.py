@@ -13,7 +13,7 @@ def state_checksum(named_tensors: Mapping[str, torch.Tensor] | Iterable[tuple[st
     items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
     digest = hashlib.sha256()
     for name, tensor in sorted(items, key=lambda kv: kv[0]):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)  # 1-D: 0-dim tensors cannot be viewed as bytes
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()

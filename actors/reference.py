@@ -1,0 +1,41 @@
+"""The reference model: the frozen initial policy, asked only for completion log-probs (the KL anchor).
+
+Plain transformers, no DeepSpeed and no optimizer state. Its resources are fractional
+(`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share a node or GPU with a trainer rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from audio_thinker.config import TrainerConfig
+from audio_thinker.models import checkpoint_state, load_policy
+from rollout.weights import state_checksum
+from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
+
+
+@ray.remote
+class ReferenceModel:
+    def __init__(self, model_path: str, family: str, dtype: str = "float32", micro_batch_size: int = 8):
+        self.family = family
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.module = CompletionLogprobs(load_policy(model_path, family, dtype=dtype, device=self.device)).eval()
+        self.module.requires_grad_(False)
+        self.micro_batch_size = micro_batch_size
+
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+        return compute_logprobs(self.module, batch, self.micro_batch_size, self.device, temperature)
+
+    def weights_checksum(self) -> str:
+        return state_checksum(checkpoint_state(self.module.policy, self.family))
+
+
+def start_reference(model_path: str | Path, family: str, cfg: TrainerConfig, dtype: str = "float32"):
+    """The reference actor with the trainer config's (fractional) resources."""
+    return ReferenceModel.options(num_cpus=cfg.reference_num_cpus, num_gpus=cfg.reference_num_gpus).remote(
+        str(model_path), family, dtype, cfg.micro_batch_size
+    )

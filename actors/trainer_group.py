@@ -1,0 +1,210 @@
+"""The policy trainer as N Ray actors forming one torch.distributed (DeepSpeed) group.
+
+`PolicyTrainerGroup` lives in the driver. It starts the rank actors, has rank 0 pick the rendezvous (its node IP
+and a free port), sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* in each actor before DeepSpeed starts (else
+DeepSpeed looks for MPI), and splits each step's sequences over the ranks so that N ranks take the same
+optimizer step as one rank would (see trainer/engine.py for the loss scaling). Every remote call is awaited
+with `trainer.timeout_s`: a hung rank fails the step instead of hanging the run.
+
+Weight sync, sender side: `publish_weights` (Ray object store) or `open_sync` + `broadcast_weights` (a process
+group of trainer rank 0 and the rollout workers' `WeightReceiver`s, see actors/weight_sync.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from actors.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
+from audio_thinker.config import REPO_ROOT, TrainerConfig
+from rollout.weights import state_checksum
+from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
+from trainer.engine import PolicyEngine, merge_rank_metrics
+from trainer.logprobs import PolicyBatch
+
+
+def shard_plan(num_sequences: int, num_ranks: int, micro_batch_size: int) -> tuple[list[list[int]], int]:
+    """Contiguous, near-equal shards of the step's sequences, and the micro-batch count every rank runs."""
+    if num_sequences < num_ranks:
+        raise ValueError(f"a step needs at least one sequence per trainer rank: {num_sequences} < {num_ranks} ranks")
+    shards = [s.tolist() for s in np.array_split(np.arange(num_sequences), num_ranks)]
+    return shards, max(-(-len(s) // micro_batch_size) for s in shards)
+
+
+@ray.remote
+class PolicyTrainerRank:
+    """One rank: a `PolicyEngine` plus what the group asks of it. Rank 0 also owns the sync sender."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+        self.world_size = world_size
+        self.engine = None
+        self.sender = None
+
+    def rendezvous(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(
+        self, master_addr: str, master_port: int, model_path: str, family: str, cfg: TrainerConfig,
+        total_steps: int, dtype: str,
+    ) -> None:
+        # Each actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), so its local rank is 0.
+        os.environ.update(
+            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank), LOCAL_RANK="0",
+            WORLD_SIZE=str(self.world_size),
+        )
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+        self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
+
+    def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:
+        return self.engine.train_step(shard, num_sequences, num_micro_batches, temperature)
+
+    def compute_logprobs(self, shard: PolicyBatch, num_micro_batches: int, temperature: float) -> list[np.ndarray]:
+        return self.engine.compute_logprobs(shard, num_micro_batches, temperature)
+
+    def save_checkpoint(self, root: str, extra: dict, keep: int) -> str:
+        return str(save_checkpoint(self.engine, root, extra, keep))
+
+    def load_checkpoint(self, folder: str) -> dict:
+        return load_checkpoint(self.engine, folder)
+
+    def export(self, out: str) -> str:
+        return str(export_hf(self.engine, out))
+
+    def status(self) -> dict:
+        rng = hashlib.sha256(json.dumps(capture_rng()).encode()).hexdigest()
+        return {"step": self.engine.step, "lr": self.engine.lr, "rng_digest": rng}
+
+    def weights_checksum(self) -> str | None:
+        named = ((k, v.cpu()) for k, v in self.engine.checkpoint_tensors())
+        if self.rank == 0:
+            return state_checksum(list(named))
+        for _ in named:  # ZeRO-3 gathers are collective: every rank walks the weights
+            pass
+        return None
+
+    def publish_weights(self, bucket_bytes: int, version: int) -> WeightsHandle | None:
+        named = self.engine.checkpoint_tensors(bucket_bytes)
+        if self.rank == 0:
+            return publish(named, bucket_bytes, version)
+        for _ in named:
+            pass
+        return None
+
+    def open_sync(self, endpoint: SyncEndpoint, timeout_s: float) -> None:
+        self.sender = WeightSender(endpoint, device=self.engine.device, timeout_s=timeout_s)
+
+    def broadcast_weights(self, bucket_bytes: int, version: int) -> dict | None:
+        named = self.engine.checkpoint_tensors(bucket_bytes)
+        if self.rank == 0:
+            if self.sender is None:
+                raise RuntimeError("broadcast_weights before open_sync")
+            return self.sender.send(named, bucket_bytes, version)
+        for _ in named:
+            pass
+        return None
+
+    def close_sync(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+
+
+class PolicyTrainerGroup:
+    """N trainer ranks as one DeepSpeed data-parallel group; the driver's handle on the learning half."""
+
+    def __init__(
+        self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"
+    ):
+        self.cfg = cfg
+        self.family = family
+        n = cfg.num_ranks
+        self.ranks = [
+            PolicyTrainerRank.options(num_cpus=cfg.num_cpus_per_rank, num_gpus=cfg.num_gpus_per_rank).remote(r, n)
+            for r in range(n)
+        ]
+        addr, port = self._get(self.ranks[0].rendezvous.remote())
+        self._get([a.setup.remote(addr, port, str(model_path), family, cfg, total_steps, dtype) for a in self.ranks])
+        self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
+
+    def _get(self, refs):
+        return ray.get(refs, timeout=self.cfg.timeout_s)
+
+    def _sharded(self, batch: PolicyBatch) -> tuple[list[PolicyBatch], int]:
+        shards, num_micro = shard_plan(len(batch), len(self.ranks), self.cfg.micro_batch_size)
+        return [batch.select(s) for s in shards], num_micro
+
+    def train_step(self, batch: PolicyBatch, temperature: float = 1.0) -> dict[str, float]:
+        """One optimizer step on all the step's sequences; returns the step's metrics (`actor/*`, `timing_s/train`)."""
+        start = time.perf_counter()
+        parts, num_micro = self._sharded(batch)
+        results = self._get([
+            a.train_step.remote(part, len(batch), num_micro, temperature) for a, part in zip(self.ranks, parts)
+        ])
+        metrics = merge_rank_metrics(results)
+        metrics["timing_s/train"] = time.perf_counter() - start
+        return metrics
+
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+        """Per-sequence completion log-probs under the current weights (the 'old' log-probs), in batch order."""
+        parts, num_micro = self._sharded(batch)
+        results = self._get([
+            a.compute_logprobs.remote(part, num_micro, temperature) for a, part in zip(self.ranks, parts)
+        ])
+        return [lp for part in results for lp in part]
+
+    def save_checkpoint(self, root: str | Path, extra: dict | None = None, keep: int = 2) -> Path:
+        paths = self._get([a.save_checkpoint.remote(str(root), extra or {}, keep) for a in self.ranks])
+        return Path(paths[0])
+
+    def load_checkpoint(self, folder: str | Path) -> dict:
+        """Restore a checkpoint of a group of the same size; returns its trainer_state (step, extra, ...)."""
+        return self._get([a.load_checkpoint.remote(str(folder)) for a in self.ranks])[0]
+
+    def export(self, out: str | Path) -> Path:
+        return Path(self._get([a.export.remote(str(out)) for a in self.ranks])[0])
+
+    def status(self) -> dict:
+        """Rank 0's optimizer steps taken, the lr of the next step and a digest of its RNG states (to check a resume)."""
+        return self._get(self.ranks[0].status.remote())
+
+    def weights_checksum(self) -> str:
+        return self._get([a.weights_checksum.remote() for a in self.ranks])[0]
+
+    def publish_weights(self, version: int) -> WeightsHandle:
+        """Object-store sync: the current weights as a `WeightsHandle` for `receive_published` in the workers."""
+        bucket = self.cfg.sync_bucket_mb << 20
+        return self._get([a.publish_weights.remote(bucket, version) for a in self.ranks])[0]
+
+    def sync_endpoint(self, num_receivers: int) -> SyncEndpoint:
+        """A fresh rendezvous (rank 0's IP, a free port) for a broadcast group of rank 0 + `num_receivers`."""
+        host, port = self._get(self.ranks[0].rendezvous.remote())
+        return SyncEndpoint(host, port, num_receivers + 1, self.sync_backend)
+
+    def open_sync(self, endpoint: SyncEndpoint, receiver_refs: list) -> list:
+        """Form the broadcast group. `receiver_refs` are the workers' (already started) calls that construct their
+        `WeightReceiver`s: both sides block until all have joined, so they are awaited together."""
+        results = self._get([self.ranks[0].open_sync.remote(endpoint, self.cfg.timeout_s), *receiver_refs])
+        return results[1:]
+
+    def broadcast_weights(self, version: int, receiver_refs: list) -> tuple[dict, list]:
+        """Broadcast the current weights; `receiver_refs` are the workers' (already started) receive calls.
+        Returns rank 0's transfer report (bytes, tensors, buckets, seconds) and the workers' results."""
+        bucket = self.cfg.sync_bucket_mb << 20
+        refs = [a.broadcast_weights.remote(bucket, version) for a in self.ranks]
+        results = self._get(refs + list(receiver_refs))
+        return results[0], results[len(refs):]
+
+    def close_sync(self) -> None:
+        self._get(self.ranks[0].close_sync.remote())
+
+    def shutdown(self) -> None:
+        for actor in self.ranks:
+            ray.kill(actor)
+        self.ranks = []

@@ -1,0 +1,162 @@
+"""Training checkpoints (resume after preemption) and the Hugging Face export the engines load.
+
+A checkpoint is a folder `<root>/step-<step>/` holding
+- `deepspeed/`: DeepSpeed's state (weights, AdamW moments, lr scheduler, global step), one shard per rank;
+- `rng/rank-<r>.json`: the python, numpy and torch (and CUDA) RNG states of each rank;
+- `trainer_state.json`: step, world size, family and the caller's `extra` (e.g. the data position).
+It is written into `<root>/.tmp-step-<step>/` and renamed when complete, so a folder named `step-*` is
+always whole; a crash mid-save leaves only a temp folder that the next save replaces. All ranks call
+`save_checkpoint` / `load_checkpoint` / `export_hf` together (they are collective); on several nodes the
+root must be a shared file system.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from audio_thinker.log import get_logger
+from trainer.engine import PolicyEngine
+
+log = get_logger(__name__)
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+STATE_FILE = "trainer_state.json"
+# Files of a model folder that are not weights: tokenizer, processor / feature extractor, chat template, ...
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def capture_rng() -> dict:
+    """JSON-able RNG states of python, numpy, torch (and every CUDA device)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(engine: PolicyEngine, root: str | Path, extra: dict | None = None, keep: int = 2) -> Path:
+    """Save the full training state at the engine's current step, atomically; keep the newest `keep`."""
+    extra = extra or {}
+    try:
+        json.dumps(extra)
+    except TypeError as exc:
+        raise ValueError(f"checkpoint extra must be JSON-serialisable: {exc}") from None
+    final = checkpoint_dir(root, engine.step)
+    tmp = final.parent / f".tmp-{final.name}"
+    if engine.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+    engine.save_state(tmp, client_state={})
+    (tmp / "rng" / f"rank-{engine.rank}.json").write_text(json.dumps(capture_rng()))
+    _barrier()
+    if engine.rank == 0:
+        state = {
+            "step": engine.step, "world_size": engine.world_size, "family": engine.family,
+            "model_path": str(engine.model_path), "saved_at": time.time(), "extra": extra,
+        }
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        if final.exists():  # the same step saved again (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old)
+        log.info("checkpoint %s saved", final)
+    _barrier()
+    return final
+
+
+def load_checkpoint(engine: PolicyEngine, folder: str | Path) -> dict:
+    """Restore a checkpoint written by `save_checkpoint` with the same number of ranks; returns its
+    trainer_state (step, extra, ...)."""
+    folder = Path(folder)
+    state_file = folder / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {STATE_FILE})")
+    state = json.loads(state_file.read_text())
+    if state["world_size"] != engine.world_size:
+        raise ValueError(
+            f"{folder} was saved by {state['world_size']} trainer ranks, this group has {engine.world_size}; "
+            "resume with the same trainer.num_ranks"
+        )
+    if state["family"] != engine.family:
+        raise ValueError(f"{folder} holds a {state['family']} policy, the engine is {engine.family}")
+    engine.load_state(folder)
+    restore_rng(json.loads((folder / "rng" / f"rank-{engine.rank}.json").read_text()))
+    if engine.step != state["step"]:
+        raise RuntimeError(f"{folder}: DeepSpeed restored step {engine.step}, trainer_state says {state['step']}")
+    return state
+
+
+def export_hf(engine: PolicyEngine, out: str | Path) -> Path:
+    """Write a Hugging Face folder of the current policy: safetensors under checkpoint keys (the hub layout both
+    `load_policy` and vLLM read), config, and every non-weight file of the source folder (generation config,
+    tokenizer, processor / feature extractor, chat template). Atomic like checkpoints; collective."""
+    out = Path(out)
+    tmp = out.parent / f".tmp-{out.name}"
+    tensors = {}
+    for name, tensor in engine.checkpoint_tensors():  # every rank iterates: ZeRO-3 gathers are collective
+        if engine.rank == 0:
+            tensors[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    if engine.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for src in sorted(engine.model_path.iterdir()):
+            if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
+                shutil.copy2(src, tmp / src.name)
+        engine.policy.config.save_pretrained(tmp)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        log.info("exported %s policy (%d tensors) to %s", engine.family, len(tensors), out)
+    _barrier()
+    return out

@@ -1,0 +1,270 @@
+"""The policy's DeepSpeed engine; the only module of the project that imports deepspeed.
+
+One `PolicyEngine` per trainer rank. The rank environment (MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK,
+WORLD_SIZE) is set by the caller (actors/trainer_group.py) before construction.
+
+Gradient accumulation is ours, not DeepSpeed's (`managed_gradient_accumulation: false`): the caller hands in a
+step's sequences, `train_step` runs them as micro-batches and calls `step()` once. The loss of each micro-batch
+is already scaled by the step's sequence count (see trainer/grpo.py), so accumulation needs no 1/gas factor;
+DeepSpeed averages gradients over ranks, so each rank multiplies its loss by the world size and the ranks' sum
+comes out, the same gradient as one rank over all sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from audio_thinker.config import TrainerConfig
+from audio_thinker.log import get_logger
+from audio_thinker.models import checkpoint_key, load_policy
+from trainer.grpo import grpo_loss, merge_stats
+from trainer.logprobs import (
+    CompletionLogprobs,
+    PolicyBatch,
+    collate,
+    compute_logprobs,
+    micro_batches,
+    pad_ragged,
+)
+
+log = get_logger(__name__)
+
+DS_TAG = "deepspeed"  # sub-folder of a checkpoint that holds DeepSpeed's own files
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the base lr for optimizer step `step` (0 = the first update).
+
+    Linear warm-up reaches the full lr at step `warmup_steps - 1` (so the first update is never wasted at lr 0);
+    after it, `constant`, `linear` (to 0 at `total_steps`) or `cosine` (to 0 at `total_steps`) decay.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {schedule!r} (constant, linear or cosine)")
+
+
+def deepspeed_config(cfg: TrainerConfig, bf16: bool, on_gpu: bool) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {
+            "stage": cfg.zero_stage,
+            # gloo has no reduce-scatter and nothing to overlap with on CPU.
+            "reduce_scatter": on_gpu,
+            "overlap_comm": on_gpu,
+            "contiguous_gradients": True,
+        },
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,  # our torch AdamW client optimizer
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def freeze(policy: torch.nn.Module, freeze_audio_encoder: bool) -> list[str]:
+    """Freeze what RL on audio must not train; returns the frozen parameter names.
+
+    - What the architecture itself keeps fixed (Qwen2-Audio's sinusoidal position table): transformers 5.19's
+      `from_pretrained` hands it back trainable, so the flags are read from a fresh instance on the meta device.
+    - Qwen2.5-Omni's vision tower: audio prompts never use it, so it would get no gradient.
+    - The audio encoder, on request.
+    """
+    with torch.device("meta"):
+        fixed = {n for n, p in type(policy)(policy.config).named_parameters() if not p.requires_grad}
+    frozen = []
+    for name, p in policy.named_parameters():
+        if name in fixed or name.startswith("visual.") or (freeze_audio_encoder and "audio_tower." in name):
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            frozen.append(name)
+    return frozen
+
+
+class PolicyEngine:
+    """The policy wrapped by DeepSpeed (ZeRO-2/3, AdamW, lr schedule, clipping) and what the trainer asks of it."""
+
+    def __init__(self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"):
+        import deepspeed
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"trainer dtype {dtype!r} is not supported: use bfloat16 (GPU) or float32 (CPU)")
+        self.cfg = cfg
+        self.family = family
+        self.model_path = Path(model_path)
+        self.on_gpu = torch.cuda.is_available()
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", verbose=False)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+        policy = load_policy(self.model_path, family, dtype=dtype)
+        if cfg.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.frozen = freeze(policy, cfg.freeze_audio_encoder)
+        module = CompletionLogprobs(policy)
+        optimizer = torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.lr_schedule)
+        )
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, bf16=dtype == "bfloat16", on_gpu=self.on_gpu),
+        )
+        log.info(
+            "rank %d/%d: %s ZeRO-%d %s, %d frozen tensors", self.rank, self.world_size, family, cfg.zero_stage,
+            dtype, len(self.frozen),
+        )
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.engine.module.policy
+
+    @property
+    def step(self) -> int:
+        return int(self.engine.global_steps)
+
+    @property
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def train_step(
+        self, batch: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float = 1.0
+    ) -> dict:
+        """One optimizer step over this rank's share of the step's sequences.
+
+        `num_sequences` counts the sequences of the whole step (all ranks); `num_micro_batches` is the same on all
+        ranks (ZeRO reduces gradients in every backward, so ranks must run equally many): a rank with fewer
+        sequences runs repeats with an empty mask, which add exactly zero. Without `old_logprobs` the step is
+        on-policy (old = the current log-probs, detached: ratio 1), which is exact for one update per batch.
+        Returns this rank's partial sums; `merge_rank_metrics` combines the ranks'.
+        """
+        if batch.advantages is None:
+            raise ValueError("train_step needs batch.advantages")
+        if batch.ref_logprobs is None and self.cfg.beta != 0:
+            raise ValueError(f"train_step needs batch.ref_logprobs when trainer.beta = {self.cfg.beta} != 0")
+        chunks = micro_batches(len(batch), self.cfg.micro_batch_size)
+        if not chunks or len(chunks) > num_micro_batches:
+            raise ValueError(f"{len(batch)} sequences do not fit {num_micro_batches} micro-batches of "
+                             f"{self.cfg.micro_batch_size}")
+        self.engine.train()
+        lr = self.lr
+        loss_sum, parts = 0.0, []
+        mismatch = {"abs_sum": 0.0, "tokens": 0.0, "max": 0.0}
+        for k in range(num_micro_batches):
+            real = k < len(chunks)
+            idx = chunks[k] if real else chunks[0]
+            inputs = collate(batch, idx, self.device)
+            mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
+            logp = self.engine(**inputs, temperature=temperature)
+            width = logp.shape[1]
+            old = logp.detach() if batch.old_logprobs is None else self._rows(batch.old_logprobs, idx, width)
+            ref = None if batch.ref_logprobs is None else self._rows(batch.ref_logprobs, idx, width)
+            adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32, device=self.device)
+            loss, stats = grpo_loss(
+                logp, old, ref, adv, mask, clip_eps=self.cfg.clip_eps, beta=self.cfg.beta, num_sequences=num_sequences
+            )
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            if real:
+                loss_sum += float(loss.detach())
+                parts.append(stats)
+                if batch.engine_logprobs is not None:
+                    diff = (old - self._rows(batch.engine_logprobs, idx, width)).abs()[mask.bool()]
+                    mismatch["abs_sum"] += float(diff.sum())
+                    mismatch["tokens"] += float(diff.numel())
+                    mismatch["max"] = max(mismatch["max"], float(diff.max()) if diff.numel() else 0.0)
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": loss_sum, "stats": merge_stats(parts), "mismatch": mismatch, "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "step": self.step,
+        }
+
+    def _rows(self, values: list[np.ndarray], idx: list[int], width: int) -> torch.Tensor:
+        return pad_ragged([values[i] for i in idx], width, self.device)
+
+    def compute_logprobs(self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0) -> list[np.ndarray]:
+        """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3."""
+        self.engine.eval()
+        return compute_logprobs(
+            self.engine, batch, self.cfg.micro_batch_size, self.device, temperature, num_micro_batches
+        )
+
+    def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights under checkpoint keys, on the engine's device.
+
+        Every rank must run the iteration to the end: under ZeRO-3 each group of up to `bucket_bytes` is gathered
+        collectively (and copied out before it is partitioned again). Under ZeRO-2 the tensors are the live
+        parameters (detached): consume them before the next optimizer step.
+        """
+        import deepspeed
+
+        policy = self.policy
+        tensors = dict(policy.named_parameters(remove_duplicate=False))
+        tensors.update(policy.named_buffers(remove_duplicate=False))
+        names = list(policy.state_dict().keys())
+        group: list[str] = []
+        size = 0
+        for name in names + [None]:
+            if name is not None and not hasattr(tensors[name], "ds_id"):
+                yield checkpoint_key(self.family, name), tensors[name].detach()
+                continue
+            if name is not None:
+                group.append(name)
+                size += tensors[name].ds_numel * tensors[name].element_size()
+            if group and (name is None or size >= bucket_bytes):
+                with deepspeed.zero.GatheredParameters([tensors[n] for n in group], modifier_rank=None):
+                    copies = [tensors[n].data.detach().clone() for n in group]
+                yield from ((checkpoint_key(self.family, n), t) for n, t in zip(group, copies))
+                group, size = [], 0
+
+    def save_state(self, folder: str | Path, client_state: dict) -> None:
+        """DeepSpeed's full training state (weights, optimizer, scheduler, step) under folder/deepspeed; collective."""
+        self.engine.save_checkpoint(str(folder), tag=DS_TAG, client_state=client_state, save_latest=False)
+
+    def load_state(self, folder: str | Path) -> dict:
+        """Restore what `save_state` wrote (same number of ranks); returns the client state; collective."""
+        path, client_state = self.engine.load_checkpoint(
+            str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {Path(folder) / DS_TAG}")
+        return client_state or {}
+
+
+def merge_rank_metrics(parts: list[dict]) -> dict[str, float]:
+    """The step's metrics from the ranks' `train_step` results (sums and exact merges, verl-style names)."""
+    stats = merge_stats([p["stats"] for p in parts])
+    tokens = sum(p["mismatch"]["tokens"] for p in parts)
+    out = {
+        "actor/loss": sum(p["loss"] for p in parts),
+        "actor/clip_frac": stats["clip_frac"],
+        "actor/kl": stats["kl"],
+        "actor/ratio_mean": stats["ratio_mean"],
+        "actor/ratio_min": stats["ratio_min"],
+        "actor/ratio_max": stats["ratio_max"],
+        "actor/grad_norm": parts[0]["grad_norm"],
+        "actor/lr": parts[0]["lr"],
+        "actor/tokens": stats["tokens"],
+        "actor/sequences": stats["sequences"],
+        "actor/step": parts[0]["step"],
+    }
+    if tokens:
+        out["actor/logprob_mismatch_mean"] = sum(p["mismatch"]["abs_sum"] for p in parts) / tokens
+        out["actor/logprob_mismatch_max"] = max(p["mismatch"]["max"] for p in parts)
+    return out
