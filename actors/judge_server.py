@@ -1,0 +1,36 @@
+"""The reward-judge REST service inside the Ray cluster: one actor running uvicorn on a free port.
+
+The driver reaches it over HTTP through `reward_server.client`, exactly like an external judge, with a key
+generated for the run. On a one-node cluster it listens on 127.0.0.1; on a multi-node cluster on its node's
+address (auth is always on).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from audio_thinker.config import JudgeConfig
+
+
+@ray.remote
+class JudgeServer:
+    def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
+        from reward_server.app import ServerSettings
+        from reward_server.backends import load_backend
+        from reward_server.cli import ServerThread, build_server
+
+        settings = ServerSettings(
+            api_keys=frozenset({api_key}), max_batch_size=judge.max_batch_size, max_wait_ms=judge.max_wait_ms,
+            request_timeout_s=judge.timeout_s,
+        )
+        server = build_server(lambda: load_backend(judge.backend, model_path), settings, host=host, port=0)
+        self.thread = ServerThread(server)
+        self.base_url = self.thread.start()
+
+    def url(self) -> str:
+        """The base URL (the model may still be loading: poll /ready)."""
+        return self.base_url
+
+    def stop(self) -> None:
+        """Graceful: stop accepting, answer what is in flight, release the model."""
+        self.thread.stop(timeout_s=60)

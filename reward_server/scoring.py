@@ -1,0 +1,113 @@
+"""Calibrated scores from one forward pass: expected verdict values under the judge's next-token distribution.
+
+For each judging prompt the backend returns log P(label | prompt) for every verdict label. Restricting the
+distribution to the prompt's labels and renormalising gives
+  consistency_prob = P(yes) / (P(yes) + P(no)),  consistency = 1 when consistency_prob >= 0.5,
+  think_quality    = sum_d P(d) * d / 9 over the digits 0..9 (renormalised over the digits).
+No sampling, no parsing of generated text: the score is a smooth function of the judge's beliefs, the
+same on every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, render
+from reward_server.schemas import ALL_SCORES, JudgeItem, JudgeResult, ScoreName
+
+
+class BackendError(RuntimeError):
+    """The judge model could not produce a score (engine failure, remote error, labels not visible)."""
+
+
+class PromptTooLongError(ValueError):
+    """A judging prompt longer than the judge's context; `index` is the item's position in its request."""
+
+    def __init__(self, index: int, score: str, n_tokens: int, limit: int):
+        super().__init__(
+            f"items[{index}]: the {score} prompt is {n_tokens} tokens, the judge takes at most {limit}"
+        )
+        self.index = index
+
+
+class LabelBackend(Protocol):
+    max_prompt_tokens: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """log P(label | prompt) for each prompt (rows) and each of ALL_LABELS (columns); -inf if unseen."""
+        ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One item ready for the judge: the scores asked for and the token ids of one prompt per score."""
+
+    scores: tuple[ScoreName, ...]
+    prompt_ids: tuple[list[int], ...]
+
+
+def label_distribution(logprobs: Sequence[float]) -> np.ndarray:
+    """Softmax restricted to the given labels; -inf entries get probability 0; all -inf is an error."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    if lp.ndim != 1 or lp.size == 0:
+        raise ValueError(f"expected a non-empty vector of log-probabilities, got shape {lp.shape}")
+    if np.isnan(lp).any() or np.isposinf(lp).any():
+        raise BackendError(f"invalid label log-probabilities {lp.tolist()}")
+    top = lp.max()
+    if not np.isfinite(top):
+        raise BackendError("none of the verdict labels is visible in the judge's next-token distribution")
+    p = np.exp(lp - top)
+    return p / p.sum()
+
+
+def expected_value(prompt: JudgePrompt, logprobs: Sequence[float]) -> float:
+    """E[value] of the prompt's labels under their renormalised distribution (in [min value, max value])."""
+    p = label_distribution(logprobs)
+    value = float(np.dot(p, prompt.values))
+    return min(max(value, min(prompt.values)), max(prompt.values))
+
+
+def prepare(backend: LabelBackend, items: Sequence[JudgeItem], scores: Sequence[ScoreName]) -> list[Prepared]:
+    """Render and tokenize the judging prompts of every item; PromptTooLongError names the first too long."""
+    out = []
+    for i, item in enumerate(items):
+        ids = tuple(backend.encode(render(PROMPTS[name], item)) for name in scores)
+        for name, prompt_ids in zip(scores, ids):
+            if len(prompt_ids) > backend.max_prompt_tokens:
+                raise PromptTooLongError(i, name, len(prompt_ids), backend.max_prompt_tokens)
+        out.append(Prepared(tuple(scores), ids))
+    return out
+
+
+def score_prepared(backend: LabelBackend, items: Sequence[Prepared]) -> list[JudgeResult]:
+    """Scores of every prepared item from ONE backend call (all prompts of all items in one batch)."""
+    jobs = [(i, name, ids) for i, item in enumerate(items) for name, ids in zip(item.scores, item.prompt_ids)]
+    if not jobs:
+        return [JudgeResult() for _ in items]
+    lp = backend.label_logprobs([ids for _, _, ids in jobs])
+    if lp.shape != (len(jobs), len(ALL_LABELS)):
+        raise BackendError(
+            f"backend returned log-probabilities of shape {lp.shape}, expected {(len(jobs), len(ALL_LABELS))}"
+        )
+    fields: list[dict[str, float | int]] = [{} for _ in items]
+    for row, (i, name, _) in zip(lp, jobs):
+        prompt = PROMPTS[name]
+        value = expected_value(prompt, row[[ALL_LABELS.index(label) for label in prompt.labels]])
+        if name == "consistency":
+            fields[i].update(consistency=int(value >= 0.5), consistency_prob=value)
+        else:
+            fields[i]["think_quality"] = value
+    return [JudgeResult(**f) for f in fields]
+
+
+def score_items(
+    backend: LabelBackend, items: Sequence[JudgeItem], scores: Sequence[ScoreName] = ALL_SCORES
+) -> list[JudgeResult]:
+    """In-process scoring (no server): the same numbers /v1/judge returns for these items."""
+    return score_prepared(backend, prepare(backend, items, scores))
