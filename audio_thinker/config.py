@@ -80,6 +80,12 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(256, ge=1, description="Generation budget per sample.")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
     max_model_len: int = Field(4096, ge=128, description="vLLM context length (prompt with audio tokens + completion).")
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline for the rollout workers to load their engines before the run fails."
+    )
+    call_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of one rollout-worker call (generate or set_weights) before the step fails."
+    )
 
 
 class JudgeConfig(Section):

@@ -1,0 +1,185 @@
+"""Rollout workers: one generation engine per Ray actor, and the pool the driver talks to.
+
+Each worker holds a version number for its weights (0: the model folder's). The driver passes the version it
+needs with every `generate`; a worker that is behind raises StaleWeightsError instead of sampling from an old
+policy. New weights reach every worker from one object-store copy (`ray.put` once, the actors read it from
+shared memory); each worker reports the checksum of what it loaded, and the pool checks that they all agree
+with each other and with the trainer's checksum when given. Every remote call has a deadline from the config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import ray
+from ray.exceptions import GetTimeoutError
+
+from audio_thinker.config import RolloutConfig
+from audio_thinker.log import get_logger, setup_logging
+from rollout.engine import (
+    GenerationEngine,
+    GenerationRequest,
+    NamedTensors,
+    Sample,
+    SamplingConfig,
+    StaleWeightsError,
+)
+
+log = get_logger(__name__)
+
+
+class WeightSyncError(RuntimeError):
+    """Workers loaded different weights, or not the weights the trainer sent."""
+
+
+def build_engine(
+    rollout: RolloutConfig, model_path: str, family: str, dtype: str, seed: int
+) -> GenerationEngine:
+    """The engine named by `rollout.engine` (vllm is imported only when chosen)."""
+    if rollout.engine == "vllm":
+        from rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(
+            model_path, family, dtype=dtype, max_model_len=rollout.max_model_len,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            gpu_memory_utilization=rollout.gpu_memory_utilization, seed=seed,
+        )
+    from rollout.hf_engine import TransformersEngine
+
+    return TransformersEngine(model_path, family, dtype=dtype)
+
+
+class RolloutWorker:
+    """Hosts one engine. A plain class: `RolloutPool` runs it as a Ray actor; it also works in-process."""
+
+    def __init__(
+        self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
+    ) -> None:
+        setup_logging()
+        self.engine_name = rollout.engine
+        self.engine = build_engine(rollout, str(model_path), family, dtype, seed)
+        log.info("rollout worker pid %d: %s engine, %s (%s)", os.getpid(), rollout.engine, model_path, family)
+
+    def info(self) -> dict:
+        engine = self.engine
+        return {"engine": self.engine_name, "family": engine.family, "version": engine.version,
+                "pid": os.getpid()}
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, min_version: int
+    ) -> list[list[Sample]]:
+        if self.engine.version < min_version:
+            raise StaleWeightsError(
+                f"rollout worker pid {os.getpid()} holds weights version {self.engine.version}, "
+                f"the driver asks for version >= {min_version}: send the new weights (set_weights) first"
+            )
+        return self.engine.generate(requests, sampling)
+
+    def set_weights(self, named_tensors: NamedTensors | ray.ObjectRef, version: int) -> dict:
+        """Load a full checkpoint-layout state; returns {checksum, seconds, version, num_tensors}."""
+        if isinstance(named_tensors, ray.ObjectRef):  # Ray resolves it in an actor call, not in a direct one
+            named_tensors = ray.get(named_tensors)
+        report = self.engine.load_weights(named_tensors, version)
+        log.info("rollout worker pid %d: weights version %d loaded in %.2fs (%s...)",
+                 os.getpid(), version, report.seconds, report.checksum[:12])
+        return asdict(report)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) ranges covering range(n), sizes differing by at most one, larger ones first."""
+    base, extra = divmod(n, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of the worker processes: the driver's VLLM_* settings, vLLM's engine core in-process."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # weights are passed to the model runner as tensors
+    return env
+
+
+class RolloutPool:
+    """`rollout.num_workers` rollout-worker actors; the questions of a step are spread over them in order."""
+
+    def __init__(
+        self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
+    ) -> None:
+        if rollout.engine == "vllm" and 0 < rollout.num_gpus_per_worker < rollout.tensor_parallel_size:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs that many GPUs per "
+                f"worker, but rollout.num_gpus_per_worker={rollout.num_gpus_per_worker}"
+            )
+        self.rollout = rollout
+        actor = ray.remote(RolloutWorker).options(
+            num_cpus=rollout.num_cpus_per_worker, num_gpus=rollout.num_gpus_per_worker,
+            runtime_env={"env_vars": worker_env()},
+        )
+        self.workers = [
+            actor.remote(rollout, str(model_path), family, dtype, seed + i)
+            for i in range(rollout.num_workers)
+        ]
+        self.infos = self._get(
+            [w.info.remote() for w in self.workers], "start the rollout workers", "rollout.startup_timeout_s"
+        )
+
+    def _get(self, refs: list, what: str, key: str = "rollout.call_timeout_s") -> list:
+        timeout = getattr(self.rollout, key.removeprefix("rollout."))
+        try:
+            return ray.get(refs, timeout=timeout)
+        except GetTimeoutError:
+            message = f"{what}: no answer within {timeout:.0f}s (raise {key} if that is too short)"
+            raise TimeoutError(message) from None
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, min_version: int
+    ) -> list[list[Sample]]:
+        """`sampling.n` samples per request, in request order; StaleWeightsError from a lagging worker."""
+        requests = list(requests)
+        chunks = [(a, b) for a, b in split_evenly(len(requests), len(self.workers)) if b > a]
+        refs = [
+            w.generate.remote(requests[a:b], sampling, min_version) for w, (a, b) in zip(self.workers, chunks)
+        ]
+        results = self._get(refs, f"generate for {len(requests)} questions")
+        return [samples for chunk in results for samples in chunk]
+
+    def set_weights(
+        self, named_tensors: NamedTensors | ray.ObjectRef, version: int, expected_checksum: str | None = None
+    ) -> dict:
+        """Load new weights into every worker: {checksum, seconds (slowest worker), version, workers}."""
+        ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
+        refs = [w.set_weights.remote(ref, version) for w in self.workers]
+        reports = self._get(refs, f"load weights version {version}")
+        checksums = {r["checksum"] for r in reports}
+        if len(checksums) != 1:
+            raise WeightSyncError(f"workers loaded different weights (version {version}): {checksums}")
+        checksum = checksums.pop()
+        if expected_checksum is not None and checksum != expected_checksum:
+            raise WeightSyncError(
+                f"rollout workers loaded weights with checksum {checksum}, "
+                f"the trainer sent {expected_checksum} (version {version})"
+            )
+        seconds = max(r["seconds"] for r in reports)
+        return {"checksum": checksum, "seconds": seconds, "version": version, "workers": reports}
+
+    def versions(self) -> list[int]:
+        infos = self._get([w.info.remote() for w in self.workers], "ask the rollout workers their version")
+        return [info["version"] for info in infos]
+
+    def close(self) -> None:
+        """Shut the engines down, then end the actors (even when an engine fails or hangs on close)."""
+        try:
+            self._get([w.close.remote() for w in self.workers], "close the rollout workers")
+        finally:
+            for w in self.workers:
+                ray.kill(w)
+            self.workers = []

