@@ -32,7 +32,7 @@ endif
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/audio-thinker demo
+	$(BIN)/audio-thinker train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -16,6 +16,7 @@ from dataclasses import asdict
 import ray
 from ray.exceptions import GetTimeoutError
 
+from actors.weight_sync import SyncEndpoint, WeightReceiver, WeightsHandle, receive_published
 from audio_thinker.config import RolloutConfig
 from audio_thinker.log import get_logger, setup_logging
 from rollout.engine import (
@@ -77,10 +78,24 @@ class RolloutWorker:
             )
         return self.engine.generate(requests, sampling)
 
-    def set_weights(self, named_tensors: NamedTensors | ray.ObjectRef, version: int) -> dict:
-        """Load a full checkpoint-layout state; returns {checksum, seconds, version, num_tensors}."""
-        if isinstance(named_tensors, ray.ObjectRef):  # Ray resolves it in an actor call, not in a direct one
-            named_tensors = ray.get(named_tensors)
+    def set_weights(self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int) -> dict:
+        """Load a full checkpoint-layout state (tensors, or a handle to the buckets the trainer published in the
+        object store); returns {checksum, seconds, version, num_tensors}."""
+        if isinstance(weights, ray.ObjectRef):  # Ray resolves it in an actor call, not in a direct one
+            weights = ray.get(weights)
+        if isinstance(weights, WeightsHandle):
+            weights = receive_published(weights, self.engine.device)
+        return self._load(weights, version)
+
+    def open_sync(self, endpoint: SyncEndpoint, rank: int, timeout_s: float) -> None:
+        """Join the trainer's broadcast group as receiver `rank` (blocks until every member has joined)."""
+        self.receiver = WeightReceiver(endpoint, rank, self.engine.device, timeout_s)
+
+    def receive_weights(self, version: int) -> dict:
+        """Load the weights that rank 0 of the broadcast group is sending now, bucket by bucket."""
+        return self._load(self.receiver.receive(), version)
+
+    def _load(self, named_tensors, version: int) -> dict:
         report = self.engine.load_weights(named_tensors, version)
         log.info("rollout worker pid %d: weights version %d loaded in %.2fs (%s...)",
                  os.getpid(), version, report.seconds, report.checksum[:12])
@@ -153,12 +168,26 @@ class RolloutPool:
         return [samples for chunk in results for samples in chunk]
 
     def set_weights(
-        self, named_tensors: NamedTensors | ray.ObjectRef, version: int, expected_checksum: str | None = None
+        self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int, expected_checksum: str | None = None
     ) -> dict:
         """Load new weights into every worker: {checksum, seconds (slowest worker), version, workers}."""
-        ref = named_tensors if isinstance(named_tensors, ray.ObjectRef) else ray.put(named_tensors)
+        ref = weights if isinstance(weights, (ray.ObjectRef, WeightsHandle)) else ray.put(weights)
         refs = [w.set_weights.remote(ref, version) for w in self.workers]
         reports = self._get(refs, f"load weights version {version}")
+        return self.check_reports(reports, version, expected_checksum)
+
+    def open_sync(self, endpoint: SyncEndpoint) -> list:
+        """Start every worker's join of the broadcast group (ranks 1..K); `PolicyTrainerGroup.open_sync` awaits
+        these refs together with the trainer's own join."""
+        timeout = self.rollout.call_timeout_s
+        return [w.open_sync.remote(endpoint, rank, timeout) for rank, w in enumerate(self.workers, 1)]
+
+    def receive_weights(self, version: int) -> list:
+        """Start every worker's receive of the next broadcast; `PolicyTrainerGroup.broadcast_weights` awaits them."""
+        return [w.receive_weights.remote(version) for w in self.workers]
+
+    def check_reports(self, reports: list[dict], version: int, expected_checksum: str | None = None) -> dict:
+        """All workers must have loaded the same weights, and the trainer's when its checksum is given."""
         checksums = {r["checksum"] for r in reports}
         if len(checksums) != 1:
             raise WeightSyncError(f"workers loaded different weights (version {version}): {checksums}")

@@ -7,6 +7,7 @@ when it runs. Every handler returns a process exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from audio_thinker.log import setup_logging
@@ -41,10 +42,32 @@ def _serve_judge(args: argparse.Namespace) -> int:
     return run_serve_judge(args)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from audio_thinker.smoke import run_smoke
+def _eval(args: argparse.Namespace) -> int:
+    from audio_thinker.eval.runner import run_eval_command
 
-    return run_smoke(args.out)
+    return run_eval_command(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from audio_thinker.config import ConfigError, load_config
+    from audio_thinker.driver import TrainingError, run_training
+
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"audio-thinker train: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_dir = run_training(config)
+    except TrainingError as exc:
+        print(f"audio-thinker train: {exc}", file=sys.stderr)
+        return 1
+    print(f"run finished: {run_dir}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,11 +130,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 on GPU, float32 on CPU; vllm: auto)")
     p.add_argument("--max-model-len", type=int, default=None, help="with --backend vllm: context length (default: the model's)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="with --backend vllm: GPU memory share")
+    p.add_argument(
+        "--enforce-eager", action="store_true", help="with --backend vllm: no compilation / CUDA graphs (faster start)"
+    )
     p.set_defaults(func=_serve_judge)
 
-    p = sub.add_parser("demo", help="the tiny-model smoke path: make models and data, generate, parse")
-    p.add_argument("--out", default="artifacts", help="where the tiny models and synthetic data go")
-    p.set_defaults(func=_demo)
+    p = sub.add_parser(
+        "eval", help="evaluate a model on MMAU / MMAR / AIR-Bench / synthetic, or score predictions (docs/eval.md)",
+        description="Run: audio-thinker eval --model DIR --bench B --data FILE [...]. "
+        "Score an existing predictions file: audio-thinker eval score --bench B --predictions FILE.",
+    )
+    p.add_argument("--model", help="policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only)")
+    p.add_argument("--bench", choices=["mmau", "mmar", "air", "synthetic"], help="benchmark layout of --data")
+    p.add_argument("--data", help="the benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)")
+    p.add_argument("--audio-root", default=None, help="folder relative audio paths start from (default: --data's folder)")
+    p.add_argument("--prompt", choices=["adaptive", "think", "no_think"], default="adaptive")
+    p.add_argument("--template-file", default=None, help="instruction template with {question} and {choices}")
+    p.add_argument("--letter-choices", action="store_true", help="list choices as (A) ... and accept a bare letter")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    p.add_argument("--out", default=None, help="output folder (default: eval_results/<model>-<bench>-<prompt>)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N questions only")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per engine call")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling threshold")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (per question)")
+    p.add_argument("--judge-url", default=None, help="judge base URL: audit the consistency of think responses")
+    p.add_argument("--judge-api-key", default=None, help="judge API key (default: AUDIO_THINKER_JUDGE_API_KEY)")
+    p.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--device", default=None, help="torch device of the transformers engine (default: cuda if available)")
+    p.add_argument("--max-model-len", type=int, default=4096, help="vLLM context length")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM GPU memory share")
+    eval_sub = p.add_subparsers(dest="eval_command", metavar="score")
+    s = eval_sub.add_parser("score", help="score an existing predictions file; prints the results.json object")
+    s.add_argument("--bench", choices=["mmau", "mmar", "air", "synthetic"], required=True)
+    s.add_argument("--predictions", required=True, help="the benchmark's file with a prediction per row")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "train", help="Audio-Thinker GRPO training (also the entrypoint of `ray job submit`)",
+        description="Runs configs/tiny-cpu.yaml when no --config is given. Joins the Ray cluster of RAY_ADDRESS, "
+        "else starts a local one. Overrides: section.key=value, e.g. run.total_steps=10 reward.variant=atar_cr.",
+    )
+    p.add_argument("--config", default=None, help="YAML config (default: configs/tiny-cpu.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in run.output_dir from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_train)
+
     return parser
 
 

@@ -164,6 +164,7 @@ class GenerationEngine(ABC):
 
     family: str
     version: int = 0  # the weights in the model folder are version 0
+    device: torch.device = torch.device("cpu")  # where received weights are put before loading
 
     @property
     @abstractmethod

@@ -117,6 +117,7 @@ class VLLMEngine(GenerationEngine):
         from vllm.platforms import current_platform
 
         self.family = family
+        self.device = torch.device("cpu" if current_platform.is_cpu() else "cuda")
         self._vllm = vllm
         self._weights = folder_weights(model_path, family)
         self.tokenizer = load_tokenizer(model_path)

@@ -14,6 +14,8 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_exten
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("AUDIO_THINKER_NO_PROGRESS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray otherwise resolves 127.0.0.1 to the machine's network address: keep every test's traffic on loopback.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
