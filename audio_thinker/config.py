@@ -162,7 +162,7 @@ class Config(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="GRPO and DeepSpeed.")
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "Config":
+    def _check_consistency(self) -> Config:
         if self.reward.variant == "grpo" and self.prompt.mode != "no_think":
             raise ValueError("reward.variant=grpo needs prompt.mode=no_think (answer-only baseline)")
         if self.reward.variant == "grpo_cot" and self.prompt.mode != "think":

@@ -190,7 +190,7 @@ class MicroBatcher(Generic[T, R]):
                     raise RuntimeError(
                         f"batch function returned {len(results)} results for {len(items)} items"
                     )
-            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error, none a made-up result
+            except Exception as exc:
                 for entry in batch:
                     if not entry.request.cancelled:
                         entry.request.future.set_exception(exc)
