@@ -278,7 +278,7 @@ class Driver:
         requests = [GenerationRequest(p, a, seed=request_seed(c.run.seed, step, k)) for k, (p, a) in enumerate(zip(prompts, audios))]
         samples = self.pool.generate(requests, self.sampling, min_version=self.version)
         rows = []
-        for k, (q, enc, group) in enumerate(zip(items, encoded, samples)):
+        for q, enc, group in zip(items, encoded, samples):
             for j, s in enumerate(group):
                 if list(s.prompt_token_ids) != enc.input_ids:
                     raise TrainingError(f"step {step}: the rollout engine tokenized question {q.id} differently from "
