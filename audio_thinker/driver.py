@@ -99,7 +99,7 @@ def prepare_models(config: Config) -> None:
 
 
 def connect_ray(config: Config) -> bool:
-    """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a local one on loopback.
+    """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a new local one.
     Returns whether this call started Ray (and so must shut it down)."""
     if ray.is_initialized():
         return False
@@ -108,7 +108,7 @@ def connect_ray(config: Config) -> bool:
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}})
         log.info("started a local Ray instance (%d CPUs)", os.cpu_count())
     return not address

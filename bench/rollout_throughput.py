@@ -75,7 +75,7 @@ def bench_engine(
     cpus = os.cpu_count() or 1  # the actor gets all CPUs (and as many torch threads), as this process has
     rollout = RolloutConfig(engine=name, num_workers=1, num_cpus_per_worker=cpus, max_model_len=1024)
     engine = build_engine(rollout, str(model_path), FAMILY, "float32", seed=0)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         pool = RolloutPool(rollout, str(model_path), FAMILY)
         calls = {

@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best is reported")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only local cluster
-    ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
     bucket = args.bucket_mb << 20
     sender = Sender.options(num_cpus=0.1).remote(args.mb)
     receivers = [Receiver.options(num_cpus=0.1).remote() for _ in range(args.receivers)]

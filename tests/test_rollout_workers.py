@@ -38,7 +38,7 @@ FAMILY = "qwen2_audio"  # vLLM's Qwen2.5-Omni processor needs torchvision, which
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

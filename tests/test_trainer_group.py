@@ -54,7 +54,7 @@ def make_batch(policy_path, seed: int, questions: int = 2, samples: int = 3) -> 
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

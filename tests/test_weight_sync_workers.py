@@ -23,10 +23,10 @@ def actors(tiny_models):
     from actors.rollout_worker import RolloutPool
     from actors.trainer_group import PolicyTrainerGroup
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     path = str(tiny_models["qwen2_audio"])
     rollout = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=0.25, max_model_len=1024)
-    trainer_cfg = TrainerConfig(num_ranks=1, num_cpus_per_rank=0.25, lr=1e-3, micro_batch_size=8)
+    trainer_cfg = TrainerConfig(num_ranks=1, num_cpus_per_rank=0.25, lr=1e-3, micro_batch_size=8, beta=0.0)
     pool = RolloutPool(rollout, path, "qwen2_audio")
     trainer = PolicyTrainerGroup(path, "qwen2_audio", trainer_cfg, total_steps=4)
     encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
