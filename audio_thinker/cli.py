@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write one Hugging Face folder per model into")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (output is deterministic)")
     p.add_argument(
-        "--only", nargs="*", choices=["qwen2_audio", "qwen2_5_omni", "qwen3_judge"], default=None,
+        "--only",
+        nargs="*",
+        choices=["qwen2_audio", "qwen2_5_omni", "qwen3_judge"],
+        default=None,
         help="build only these models (default: all three)",
     )
     p.set_defaults(func=_make_tiny)
@@ -99,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, required=True, help="global step of the batch")
     p.add_argument("--total-steps", type=int, required=True, help="T, the total training steps")
     p.add_argument(
-        "--variant", default="atar_cr_tr", choices=["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"],
+        "--variant",
+        default="atar_cr_tr",
+        choices=["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"],
         help="reward preset (default: atar_cr_tr, the full method)",
     )
     p.set_defaults(func=_rewards)
@@ -109,15 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["transformers", "vllm", "openai"], default="transformers")
     p.add_argument("--openai-base-url", default=None, help="with --backend openai: the completions server URL")
     p.add_argument(
-        "--openai-tokenizer", default=None, help="with --backend openai: folder with the judge's tokenizer (default: --model)"
+        "--openai-tokenizer",
+        default=None,
+        help="with --backend openai: folder with the judge's tokenizer (default: --model)",
     )
     p.add_argument(
-        "--openai-top-logprobs", type=int, default=None,
-        help="with --backend openai: use the top-k logprobs of a non-vLLM server (default: vLLM's exact logprob_token_ids)",
+        "--openai-top-logprobs",
+        type=int,
+        default=None,
+        help="with --backend openai: use the top-k logprobs of a non-vLLM server (default: vLLM logprob_token_ids)",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key-file", default=None, help="file with one API key per line (and/or AUDIO_THINKER_JUDGE_API_KEYS)")
+    p.add_argument(
+        "--api-key-file", default=None, help="file with one API key per line (and/or AUDIO_THINKER_JUDGE_API_KEYS)"
+    )
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (loopback hosts only)")
     p.add_argument("--max-batch-size", type=int, default=32, help="items per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill up")
@@ -126,9 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-text-chars", type=int, default=16000, help="characters per text field before 413")
     p.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="request body size before 413")
     p.add_argument("--request-timeout-s", type=float, default=60.0, help="deadline of one request before 504")
-    p.add_argument("--device", default=None, help="torch device for --backend transformers (default: cuda if available)")
+    p.add_argument(
+        "--device", default=None, help="torch device for --backend transformers (default: cuda if available)"
+    )
     p.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 on GPU, float32 on CPU; vllm: auto)")
-    p.add_argument("--max-model-len", type=int, default=None, help="with --backend vllm: context length (default: the model's)")
+    p.add_argument(
+        "--max-model-len", type=int, default=None, help="with --backend vllm: context length (default: the model's)"
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="with --backend vllm: GPU memory share")
     p.add_argument(
         "--enforce-eager", action="store_true", help="with --backend vllm: no compilation / CUDA graphs (faster start)"
@@ -136,14 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_serve_judge)
 
     p = sub.add_parser(
-        "eval", help="evaluate a model on MMAU / MMAR / AIR-Bench / synthetic, or score predictions (docs/eval.md)",
+        "eval",
+        help="evaluate a model on MMAU / MMAR / AIR-Bench / synthetic, or score predictions (docs/eval.md)",
         description="Run: audio-thinker eval --model DIR --bench B --data FILE [...]. "
         "Score an existing predictions file: audio-thinker eval score --bench B --predictions FILE.",
     )
     p.add_argument("--model", help="policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only)")
     p.add_argument("--bench", choices=["mmau", "mmar", "air", "synthetic"], help="benchmark layout of --data")
-    p.add_argument("--data", help="the benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)")
-    p.add_argument("--audio-root", default=None, help="folder relative audio paths start from (default: --data's folder)")
+    p.add_argument(
+        "--data", help="the benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)"
+    )
+    p.add_argument(
+        "--audio-root", default=None, help="folder relative audio paths start from (default: --data's folder)"
+    )
     p.add_argument("--prompt", choices=["adaptive", "think", "no_think"], default="adaptive")
     p.add_argument("--template-file", default=None, help="instruction template with {question} and {choices}")
     p.add_argument("--letter-choices", action="store_true", help="list choices as (A) ... and accept a bare letter")
@@ -158,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", default=None, help="judge base URL: audit the consistency of think responses")
     p.add_argument("--judge-api-key", default=None, help="judge API key (default: AUDIO_THINKER_JUDGE_API_KEY)")
     p.add_argument("--dtype", default=None, help="weights dtype (default: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--device", default=None, help="torch device of the transformers engine (default: cuda if available)")
+    p.add_argument(
+        "--device", default=None, help="torch device of the transformers engine (default: cuda if available)"
+    )
     p.add_argument("--max-model-len", type=int, default=4096, help="vLLM context length")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM GPU memory share")
     eval_sub = p.add_subparsers(dest="eval_command", metavar="score")
@@ -168,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
-        "train", help="Audio-Thinker GRPO training (also the entrypoint of `ray job submit`)",
+        "train",
+        help="Audio-Thinker GRPO training (also the entrypoint of `ray job submit`)",
         description="Runs configs/tiny-cpu.yaml when no --config is given. Joins the Ray cluster of RAY_ADDRESS, "
         "else starts a local one. Overrides: section.key=value, e.g. run.total_steps=10 reward.variant=atar_cr.",
     )

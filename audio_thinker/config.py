@@ -45,7 +45,9 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train_manifest: str = Field("artifacts/synthetic/train.jsonl", description="Training set in the AVQA/R1-AQA jsonl layout.")
+    train_manifest: str = Field(
+        "artifacts/synthetic/train.jsonl", description="Training set in the AVQA/R1-AQA jsonl layout."
+    )
     eval_manifest: str | None = Field(
         "artifacts/synthetic/eval.jsonl", description="Held-out split for periodic evaluation (None: no evaluation)."
     )
@@ -53,25 +55,35 @@ class DataConfig(Section):
         "avqa", description="Layout of the held-out manifest (the benchmarks' official layouts)."
     )
     audio_root: str = Field("artifacts/synthetic", description="Folder that relative audio paths are resolved against.")
-    skip_bad_rows: bool = Field(False, description="Skip (and count) rows whose audio is missing or corrupt instead of failing.")
+    skip_bad_rows: bool = Field(
+        False, description="Skip (and count) rows whose audio is missing or corrupt instead of failing."
+    )
     make_synthetic_if_missing: bool = Field(True, description="Write the synthetic set when the manifest is missing.")
     synthetic_train_size: int = Field(96, ge=1, description="Questions in the synthetic training split.")
     synthetic_eval_size: int = Field(24, ge=1, description="Questions in the synthetic held-out split.")
-    max_audio_seconds: float = Field(30.0, gt=0, description="Clips are cut to this length (Whisper encoders see 30 s).")
+    max_audio_seconds: float = Field(
+        30.0, gt=0, description="Clips are cut to this length (Whisper encoders see 30 s)."
+    )
 
 
 class PromptConfig(Section):
-    mode: PromptMode = Field("adaptive", description="adaptive: the model decides; think: forced reasoning; no_think: answer only.")
+    mode: PromptMode = Field(
+        "adaptive", description="adaptive: the model decides; think: forced reasoning; no_think: answer only."
+    )
     template_file: str | None = Field(
         None, description="Text file with a custom instruction template (placeholders {question} and {choices})."
     )
-    letter_choices: bool = Field(False, description="List choices as (A) ... (D) and accept a bare letter as the answer.")
+    letter_choices: bool = Field(
+        False, description="List choices as (A) ... (D) and accept a bare letter as the answer."
+    )
 
 
 class RolloutConfig(Section):
     engine: Literal["vllm", "transformers"] = Field("vllm", description="Generation engine of the rollout workers.")
     num_workers: int = Field(1, ge=1, description="Rollout-worker actors; questions of a step are spread over them.")
-    num_cpus_per_worker: float = Field(0.5, gt=0, description="Ray CPUs per rollout worker (fractional on small boxes).")
+    num_cpus_per_worker: float = Field(
+        0.5, gt=0, description="Ray CPUs per rollout worker (fractional on small boxes)."
+    )
     num_gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per rollout worker.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one worker.")
     samples_per_question: int = Field(8, ge=1, description="G: samples per question (the GRPO group size).")
@@ -90,10 +102,15 @@ class RolloutConfig(Section):
 
 class JudgeConfig(Section):
     url: str | None = Field(
-        None, description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster."
+        None,
+        description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster.",
     )
-    api_key: str | None = Field(None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY).")
-    backend: Literal["transformers", "vllm", "openai"] = Field("transformers", description="Backend of an in-cluster judge.")
+    api_key: str | None = Field(
+        None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY)."
+    )
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Backend of an in-cluster judge."
+    )
     max_batch_size: int = Field(32, ge=1, description="Micro-batch size of the in-cluster judge server.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long the server waits to fill a micro-batch.")
     timeout_s: float = Field(120.0, gt=0, description="Client timeout of one judge request.")
@@ -104,7 +121,9 @@ class JudgeConfig(Section):
 
 
 class RewardConfig(Section):
-    variant: RewardVariant = Field("atar_cr_tr", description="Reward preset, one per row of the paper's ablation table.")
+    variant: RewardVariant = Field(
+        "atar_cr_tr", description="Reward preset, one per row of the paper's ablation table."
+    )
 
 
 class TrainerConfig(Section):
@@ -133,7 +152,9 @@ class TrainerConfig(Section):
         0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
     )
     timeout_s: float = Field(
-        1800.0, gt=0, description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails."
+        1800.0,
+        gt=0,
+        description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails.",
     )
 
 
@@ -148,7 +169,9 @@ class RunConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the oldest are removed).")
     resume: bool = Field(False, description="Continue the run in output_dir from its last checkpoint.")
-    num_gpus: int = Field(0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks).")
+    num_gpus: int = Field(
+        0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks)."
+    )
 
 
 class Config(Section):
@@ -238,4 +261,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def dump_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-

@@ -67,8 +67,10 @@ def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
 
     d = config.data
     root = Path(d.audio_root)
-    for manifest, size, split in ((d.train_manifest, d.synthetic_train_size, "train"),
-                                  (d.eval_manifest, d.synthetic_eval_size, "eval")):
+    for manifest, size, split in (
+        (d.train_manifest, d.synthetic_train_size, "train"),
+        (d.eval_manifest, d.synthetic_eval_size, "eval"),
+    ):
         if manifest and not Path(manifest).is_file() and d.make_synthetic_if_missing:
             log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
             written = write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
@@ -91,8 +93,10 @@ def prepare_models(config: Config) -> None:
             ensure_tiny_models(folder, seed=config.run.seed)
         missing = [p for p in missing if not (Path(p) / "config.json").is_file()]
     if missing:
-        raise TrainingError(f"model folder(s) {missing} not found (tiny models are named "
-                            "<folder>/qwen2_audio, qwen2_5_omni, qwen3_judge; real ones must exist)")
+        raise TrainingError(
+            f"model folder(s) {missing} not found (tiny models are named "
+            "<folder>/qwen2_audio, qwen2_5_omni, qwen3_judge; real ones must exist)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ Ray
@@ -108,8 +112,12 @@ def connect_ray(config: Config) -> bool:
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}})
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}},
+        )
         log.info("started a local Ray instance (%d CPUs)", os.cpu_count())
     return not address
 
@@ -148,7 +156,9 @@ def judge_items(rows: list[dict], needed: set[str]) -> dict[tuple[str, ...], lis
     for i, row in enumerate(rows):
         if row["mode"] != "think":
             continue
-        scores = tuple(s for s in ("consistency", "think_quality") if s in needed and (s != "consistency" or row["correct"]))
+        scores = tuple(
+            s for s in ("consistency", "think_quality") if s in needed and (s != "consistency" or row["correct"])
+        )
         if scores:
             groups.setdefault(scores, []).append(i)
     return groups
@@ -162,14 +172,22 @@ def call_judge(judge: Judge, config: Config, rows: list[dict], needed: set[str])
     chunk = config.judge.request_chunk
 
     async def run() -> None:
-        async with AsyncJudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s,
-                                    max_retries=config.judge.max_retries) as client:
+        async with AsyncJudgeClient(
+            judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s, max_retries=config.judge.max_retries
+        ) as client:
             jobs = []
             for scores, idx in groups.items():
                 for k in range(0, len(idx), chunk):
-                    part = idx[k:k + chunk]
-                    items = [{"question": rows[i]["question"], "think": rows[i]["think"], "answer": rows[i]["answer_text"],
-                              "choices": rows[i]["choices"]} for i in part]
+                    part = idx[k : k + chunk]
+                    items = [
+                        {
+                            "question": rows[i]["question"],
+                            "think": rows[i]["think"],
+                            "answer": rows[i]["answer_text"],
+                            "choices": rows[i]["choices"],
+                        }
+                        for i in part
+                    ]
                     jobs.append((part, scores, client.judge(items, scores=list(scores))))
             results = await asyncio.gather(*(job for _, _, job in jobs))
             for (part, scores, _), res in zip(jobs, results):
@@ -222,10 +240,12 @@ def step_metrics(rows: list[dict], batch) -> dict[str, float]:
 
 
 def console_line(step: int, total: int, m: dict) -> str:
-    return (f"step {step}/{total} | reward {m['reward/total']:+.3f} | acc {m['acc/overall']:.2f} | "
-            f"think {m['think_rate']:.2f} (g_t {m['gamma_think']:.2f} g_n {m['gamma_no_think']:.2f}) | "
-            f"len {m['response_length/mean']:.0f} | loss {m.get('actor/loss', float('nan')):+.4f} | "
-            f"{m['timing_s/step']:.1f}s")
+    return (
+        f"step {step}/{total} | reward {m['reward/total']:+.3f} | acc {m['acc/overall']:.2f} | "
+        f"think {m['think_rate']:.2f} (g_t {m['gamma_think']:.2f} g_n {m['gamma_no_think']:.2f}) | "
+        f"len {m['response_length/mean']:.0f} | loss {m.get('actor/loss', float('nan')):+.4f} | "
+        f"{m['timing_s/step']:.1f}s"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -254,7 +274,9 @@ class Driver:
         try:
             self.judge = start_judge(c)
             self.pool = RolloutPool(c.rollout, c.model.policy_path, c.model.family, c.model.dtype, c.run.seed)
-            self.trainer = PolicyTrainerGroup(c.model.policy_path, c.model.family, c.trainer, c.run.total_steps, c.model.dtype)
+            self.trainer = PolicyTrainerGroup(
+                c.model.policy_path, c.model.family, c.trainer, c.run.total_steps, c.model.dtype
+            )
             self.reference = start_reference(c.model.policy_path, c.model.family, c.trainer, c.model.dtype)
             if self.judge is not None:
                 from reward_server.client import JudgeClient
@@ -272,36 +294,71 @@ class Driver:
         idx = step_questions(self.train_set, c.run.seed, step, c.run.questions_per_step)
         items = [self.train_set[i] for i in idx]
         audios = [self.train_set.audio(i) for i in idx]
-        prompts = [render_chat(c.model.family, build_instruction(q.question, q.choices, c.prompt.mode, self.template,
-                                                                 c.prompt.letter_choices)) for q in items]
+        prompts = [
+            render_chat(
+                c.model.family,
+                build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices),
+            )
+            for q in items
+        ]
         encoded = [self.encoder.encode(p, a) for p, a in zip(prompts, audios)]
-        requests = [GenerationRequest(p, a, seed=request_seed(c.run.seed, step, k)) for k, (p, a) in enumerate(zip(prompts, audios))]
+        requests = [
+            GenerationRequest(p, a, seed=request_seed(c.run.seed, step, k))
+            for k, (p, a) in enumerate(zip(prompts, audios))
+        ]
         samples = self.pool.generate(requests, self.sampling, min_version=self.version)
         rows = []
         for q, enc, group in zip(items, encoded, samples):
             for j, s in enumerate(group):
                 if list(s.prompt_token_ids) != enc.input_ids:
-                    raise TrainingError(f"step {step}: the rollout engine tokenized question {q.id} differently from "
-                                        "the trainer's prompt encoder (audio placeholder expansion mismatch)")
+                    raise TrainingError(
+                        f"step {step}: the rollout engine tokenized question {q.id} differently from "
+                        "the trainer's prompt encoder (audio placeholder expansion mismatch)"
+                    )
                 parsed = parse_response(s.text)
                 correct = parsed.mode != "invalid" and is_correct(parsed, q.choices, q.answer, c.prompt.letter_choices)
-                rows.append({
-                    "step": step, "group": q.id, "sample": j, "question_id": q.id, "audio_path": str(q.audio_path),
-                    "difficulty": q.difficulty, "category": q.task, "question": q.question, "choices": q.choices,
-                    "answer": q.answer, "letters": c.prompt.letter_choices, "response": s.text,
-                    "num_tokens": len(s.token_ids), "finish_reason": s.finish_reason, "mode": parsed.mode,
-                    "think": parsed.think, "answer_text": parsed.answer, "correct": correct,
-                    "consistency": None, "consistency_prob": None, "think_quality": None,
-                })
+                rows.append(
+                    {
+                        "step": step,
+                        "group": q.id,
+                        "sample": j,
+                        "question_id": q.id,
+                        "audio_path": str(q.audio_path),
+                        "difficulty": q.difficulty,
+                        "category": q.task,
+                        "question": q.question,
+                        "choices": q.choices,
+                        "answer": q.answer,
+                        "letters": c.prompt.letter_choices,
+                        "response": s.text,
+                        "num_tokens": len(s.token_ids),
+                        "finish_reason": s.finish_reason,
+                        "mode": parsed.mode,
+                        "think": parsed.think,
+                        "answer_text": parsed.answer,
+                        "correct": correct,
+                        "consistency": None,
+                        "consistency_prob": None,
+                        "think_quality": None,
+                    }
+                )
         return rows, encoded, samples
 
     def policy_batch(self, encoded: list[EncodedPrompt], samples: list[list[Sample]]):
         from trainer.logprobs import PolicyBatch
 
         flat = [(k, s) for k, group in enumerate(samples) for s in group]
-        engine_lp = [np.asarray(s.logprobs, dtype=np.float32) for _, s in flat] if all(s.logprobs is not None for _, s in flat) else None
-        return PolicyBatch(prompts=encoded, prompt_index=[k for k, _ in flat],
-                           completion_ids=[list(s.token_ids) for _, s in flat], engine_logprobs=engine_lp)
+        engine_lp = (
+            [np.asarray(s.logprobs, dtype=np.float32) for _, s in flat]
+            if all(s.logprobs is not None for _, s in flat)
+            else None
+        )
+        return PolicyBatch(
+            prompts=encoded,
+            prompt_index=[k for k, _ in flat],
+            completion_ids=[list(s.token_ids) for _, s in flat],
+            engine_logprobs=engine_lp,
+        )
 
     def step(self, step: int) -> dict:
         c = self.config
@@ -314,31 +371,52 @@ class Driver:
         # The old and reference log-probs do not depend on the rewards: compute them while the judge works.
         temperature = c.rollout.temperature
         with ThreadPoolExecutor(max_workers=2) as pool:
+
             def timed(fn):
                 start = time.perf_counter()
                 return fn(), time.perf_counter() - start
 
             old_f = pool.submit(timed, lambda: self.trainer.compute_logprobs(batch, temperature))
-            ref_f = pool.submit(timed, lambda: ray.get(self.reference.compute_logprobs.remote(batch, temperature),
-                                                       timeout=c.trainer.timeout_s))
+            ref_f = pool.submit(
+                timed,
+                lambda: ray.get(
+                    self.reference.compute_logprobs.remote(batch, temperature), timeout=c.trainer.timeout_s
+                ),
+            )
             t = time.perf_counter()
             judged = call_judge(self.judge, c, rows, self.needed) if self.judge is not None else 0
             timing["timing_s/judge"] = time.perf_counter() - t
             (old, timing["timing_s/old_logprob"]), (ref, timing["timing_s/ref"]) = old_f.result(), ref_f.result()
 
-        verdicts = [SampleVerdict(mode=r["mode"], correct=r["correct"], group=r["group"],
-                                  consistency=r["consistency"], think_quality=r["think_quality"]) for r in rows]
+        verdicts = [
+            SampleVerdict(
+                mode=r["mode"],
+                correct=r["correct"],
+                group=r["group"],
+                consistency=r["consistency"],
+                think_quality=r["think_quality"],
+            )
+            for r in rows
+        ]
         rewards = compute_rewards(verdicts, step, c.run.total_steps, c.reward.variant)
         for r, s in zip(rows, rewards.samples):
-            r.update(format=s.format, accuracy=s.accuracy, consistency_reward=s.consistency, think_reward=s.think,
-                     total=s.total, advantage=s.advantage)
+            r.update(
+                format=s.format,
+                accuracy=s.accuracy,
+                consistency_reward=s.consistency,
+                think_reward=s.think,
+                total=s.total,
+                advantage=s.advantage,
+            )
         batch.advantages = [s.advantage for s in rewards.samples]
         batch.old_logprobs, batch.ref_logprobs = old, ref
 
         train = self.trainer.train_step(batch, temperature)
         if not math.isfinite(train["actor/loss"]) or not math.isfinite(train.get("actor/grad_norm", 0.0)):
-            raise FloatingPointError(f"non-finite loss {train['actor/loss']} / grad norm {train.get('actor/grad_norm')}; "
-                                     "the weights of this step are not synced or saved")
+            raise FloatingPointError(
+                f"non-finite loss {train['actor/loss']} / grad norm {train.get('actor/grad_norm')}; "
+                "the weights of this step are not synced or saved"
+            )
         sync = self.sync_weights(step)
 
         metrics = {"step": step, **step_metrics(rows, rewards), **train, **timing, **sync, "judge/items": judged}
@@ -398,10 +476,14 @@ class Driver:
         for step in progress(steps, desc="training", total=len(steps), unit="step"):
             try:
                 metrics = self.step(step)
-                if self.eval_set is not None and (step == c.run.total_steps or (c.run.eval_every and step % c.run.eval_every == 0)):
+                if self.eval_set is not None and (
+                    step == c.run.total_steps or (c.run.eval_every and step % c.run.eval_every == 0)
+                ):
                     metrics.update(self.evaluate())
                 if step % c.run.checkpoint_every == 0 or step == c.run.total_steps:
-                    self.trainer.save_checkpoint(self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints)
+                    self.trainer.save_checkpoint(
+                        self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                    )
             except Exception as exc:
                 raise TrainingError(self.failure_message(step, exc)) from exc
             self.run_dir.log_metrics(metrics)
@@ -424,8 +506,11 @@ class Driver:
         else:
             cause = f"{type(exc).__name__}: {exc}"
         latest = latest_checkpoint(self.run_dir.checkpoints)
-        kept = (f"resume from {latest} with run.resume=true run.output_dir={self.run_dir.path}" if latest
-                else "no checkpoint was written yet")
+        kept = (
+            f"resume from {latest} with run.resume=true run.output_dir={self.run_dir.path}"
+            if latest
+            else "no checkpoint was written yet"
+        )
         return f"step {step} failed: {cause}. Metrics up to step {step - 1} are in {self.run_dir.metrics_path}; {kept}"
 
     def evaluate(self) -> dict[str, float]:
@@ -435,9 +520,17 @@ class Driver:
         c = self.config
         n = len(self.eval_set) if c.run.eval_limit is None else min(c.run.eval_limit, len(self.eval_set))
         items = [self.eval_set[i] for i in range(n)]
-        requests = [GenerationRequest(render_chat(c.model.family, build_instruction(q.question, q.choices, c.prompt.mode,
-                                                                                   self.template, c.prompt.letter_choices)),
-                                      self.eval_set.audio(i), seed=request_seed(c.run.seed, -1, i)) for i, q in enumerate(items)]
+        requests = [
+            GenerationRequest(
+                render_chat(
+                    c.model.family,
+                    build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices),
+                ),
+                self.eval_set.audio(i),
+                seed=request_seed(c.run.seed, -1, i),
+            )
+            for i, q in enumerate(items)
+        ]
         sampling = SamplingConfig(n=1, max_new_tokens=c.rollout.max_new_tokens, logprobs=False, greedy=True)
         t = time.perf_counter()
         outputs = self.pool.generate(requests, sampling, min_version=self.version)
@@ -452,8 +545,12 @@ class Driver:
                 self.trainer.close_sync()
             except Exception as exc:
                 log.warning("closing the weight-sync group failed: %s", exc)
-        for part, stop in ((self.pool, lambda p: p.close()), (self.trainer, lambda t: t.shutdown()),
-                           (self.reference, ray.kill), (self.judge, lambda j: j.actor and ray.get(j.actor.stop.remote(), timeout=120))):
+        for part, stop in (
+            (self.pool, lambda p: p.close()),
+            (self.trainer, lambda t: t.shutdown()),
+            (self.reference, ray.kill),
+            (self.judge, lambda j: j.actor and ray.get(j.actor.stop.remote(), timeout=120)),
+        ):
             if part is None:
                 continue
             try:

@@ -70,7 +70,7 @@ def checkpoint_key(family: str, key: str) -> str:
         return key
     for src, dst in _QWEN2_AUDIO_PREFIXES:
         if key.startswith(src):
-            return dst + key[len(src):]
+            return dst + key[len(src) :]
     raise KeyError(f"unexpected Qwen2-Audio parameter {key!r}")
 
 
@@ -80,7 +80,7 @@ def model_key(family: str, key: str) -> str:
         return key
     for src, dst in _QWEN2_AUDIO_PREFIXES:
         if key.startswith(dst):
-            return src + key[len(dst):]
+            return src + key[len(dst) :]
     raise KeyError(f"unexpected Qwen2-Audio checkpoint key {key!r}")
 
 

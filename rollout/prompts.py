@@ -62,16 +62,21 @@ class PromptEncoder:
 
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.feature_extractor(
-            np.asarray(audio, dtype=np.float32), sampling_rate=SAMPLE_RATE, return_attention_mask=True,
-            padding="max_length", return_tensors="np",
+            np.asarray(audio, dtype=np.float32),
+            sampling_rate=SAMPLE_RATE,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="np",
         )
         return out["input_features"][0].astype(np.float32), out["attention_mask"][0].astype(np.int64)
 
     def encode(self, prompt: str, audio: np.ndarray) -> EncodedPrompt:
         if prompt.count(AUDIO_TOKEN) != 1:
-            raise ValueError(f"prompt must hold exactly one {AUDIO_TOKEN} placeholder, found {prompt.count(AUDIO_TOKEN)}")
+            raise ValueError(
+                f"prompt must hold exactly one {AUDIO_TOKEN} placeholder, found {prompt.count(AUDIO_TOKEN)}"
+            )
         features, mask = self.features(audio)
         ids = self.tokenizer.encode(prompt, add_special_tokens=False)
         i = ids.index(self.audio_token_id)
         n = num_audio_tokens(int(mask.sum()))
-        return EncodedPrompt(ids[:i] + [self.audio_token_id] * n + ids[i + 1:], features, mask)
+        return EncodedPrompt(ids[:i] + [self.audio_token_id] * n + ids[i + 1 :], features, mask)

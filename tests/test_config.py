@@ -18,7 +18,9 @@ def test_default_is_tiny_cpu():
     assert cfg.model.family == "qwen2_audio" and cfg.model.dtype == "float32"
 
 
-@pytest.mark.parametrize("preset,family", [("qwen2-audio-7b.yaml", "qwen2_audio"), ("qwen2.5-omni-7b.yaml", "qwen2_5_omni")])
+@pytest.mark.parametrize(
+    "preset,family", [("qwen2-audio-7b.yaml", "qwen2_audio"), ("qwen2.5-omni-7b.yaml", "qwen2_5_omni")]
+)
 def test_paper_presets_carry_the_paper_settings(preset, family):
     cfg = load_config(CONFIG_DIR / preset)
     assert cfg.model.family == family
@@ -33,8 +35,16 @@ def test_paper_presets_carry_the_paper_settings(preset, family):
 
 
 def test_overrides_are_typed_yaml_values():
-    cfg = load_config(None, ["run.total_steps=7", "trainer.lr=3e-5", "judge.url=null", "rollout.engine=transformers",
-                             "prompt.letter_choices=true"])
+    cfg = load_config(
+        None,
+        [
+            "run.total_steps=7",
+            "trainer.lr=3e-5",
+            "judge.url=null",
+            "rollout.engine=transformers",
+            "prompt.letter_choices=true",
+        ],
+    )
     assert cfg.run.total_steps == 7 and cfg.trainer.lr == 3e-5 and cfg.judge.url is None
     assert cfg.rollout.engine == "transformers" and cfg.prompt.letter_choices is True
 

@@ -29,21 +29,52 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REQUIRED = [
-    "step", "think_rate", "gamma_think", "gamma_no_think", "reward/total", "reward/accuracy", "reward/format",
-    "reward/consistency", "reward/think", "acc/overall", "acc/think", "acc/no_think", "response_length/mean",
-    "timing_s/gen", "timing_s/judge", "timing_s/ref", "timing_s/train", "timing_s/sync", "timing_s/step", "sync/bytes",
+    "step",
+    "think_rate",
+    "gamma_think",
+    "gamma_no_think",
+    "reward/total",
+    "reward/accuracy",
+    "reward/format",
+    "reward/consistency",
+    "reward/think",
+    "acc/overall",
+    "acc/think",
+    "acc/no_think",
+    "response_length/mean",
+    "timing_s/gen",
+    "timing_s/judge",
+    "timing_s/ref",
+    "timing_s/train",
+    "timing_s/sync",
+    "timing_s/step",
+    "sync/bytes",
 ]
-TERMS = {"format": "format", "accuracy": "accuracy", "consistency": "consistency_reward", "think": "think_reward",
-         "total": "total", "advantage": "advantage"}
+TERMS = {
+    "format": "format",
+    "accuracy": "accuracy",
+    "consistency": "consistency_reward",
+    "think": "think_reward",
+    "total": "total",
+    "advantage": "advantage",
+}
 
 
 def overrides(tiny: dict[str, Path], data: Path, out: Path, steps: int) -> list[str]:
     return [
-        f"model.policy_path={tiny['qwen2_audio']}", f"model.judge_path={tiny['qwen3_judge']}",
-        f"data.train_manifest={data / 'train.jsonl'}", f"data.eval_manifest={data / 'eval.jsonl'}",
-        f"data.audio_root={data}", "data.synthetic_train_size=24", "data.synthetic_eval_size=6",
-        f"run.output_dir={out}", f"run.total_steps={steps}", "run.questions_per_step=2", "run.eval_limit=4",
-        "rollout.max_new_tokens=16", "trainer.micro_batch_size=16",
+        f"model.policy_path={tiny['qwen2_audio']}",
+        f"model.judge_path={tiny['qwen3_judge']}",
+        f"data.train_manifest={data / 'train.jsonl'}",
+        f"data.eval_manifest={data / 'eval.jsonl'}",
+        f"data.audio_root={data}",
+        "data.synthetic_train_size=24",
+        "data.synthetic_eval_size=6",
+        f"run.output_dir={out}",
+        f"run.total_steps={steps}",
+        "run.questions_per_step=2",
+        "run.eval_limit=4",
+        "rollout.max_new_tokens=16",
+        "trainer.micro_batch_size=16",
     ]
 
 
@@ -55,8 +86,18 @@ def check_step_dump(run: Path, step: int, total_steps: int, metrics: dict, rows_
     rows = [json.loads(line) for line in (run / "rollouts" / f"step_{step:06d}.jsonl").read_text().splitlines()]
     assert len(rows) == rows_per_step
     for row in rows:
-        for key in ("question_id", "audio_path", "difficulty", "response", "mode", "answer_text", "correct",
-                    "consistency", "think_quality", *TERMS.values()):
+        for key in (
+            "question_id",
+            "audio_path",
+            "difficulty",
+            "response",
+            "mode",
+            "answer_text",
+            "correct",
+            "consistency",
+            "think_quality",
+            *TERMS.values(),
+        ):
             assert key in row, key
         assert Path(row["audio_path"]).is_file()
     recomputed = rescore_records(rows, step, total_steps, "atar_cr_tr")
@@ -111,19 +152,41 @@ def ray_cluster(tmp_path_factory):
     """`ray start --head --block` on loopback in its own process group; the whole group is ended afterwards."""
     dash = free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.monotonic() + 120
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+            ).returncode
+            != 0
+        ):
             assert proc.poll() is None, "ray start exited"
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(1)
@@ -140,8 +203,14 @@ def ray_cluster(tmp_path_factory):
 
 def job(address: str, env: dict, *args: str, check: bool = True) -> str:
     command, *rest = args
-    done = subprocess.run([str(BIN / "ray"), "job", command, "--address", address, *rest], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", command, "--address", address, *rest],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"ray job {args[0]} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout + done.stderr
@@ -168,18 +237,49 @@ def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_model
     args = overrides(tiny_models, synthetic, out, steps=4) + ["run.eval_limit=2"]
 
     first = f"audio-thinker-{os.getpid()}-first"
-    job(address, env, "submit", "--no-wait", "--submission-id", first, "--working-dir", ".", "--",
-        "audio-thinker", "train", *args)
-    wait_for(lambda: ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2)
-             or status(address, first) in ("FAILED", "SUCCEEDED"), 900, "step 2 of the first job")
+    job(
+        address,
+        env,
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        first,
+        "--working-dir",
+        ".",
+        "--",
+        "audio-thinker",
+        "train",
+        *args,
+    )
+    wait_for(
+        lambda: (
+            ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2)
+            or status(address, first) in ("FAILED", "SUCCEEDED")
+        ),
+        900,
+        "step 2 of the first job",
+    )
     assert status(address, first) == "RUNNING", job(address, env, "logs", first)
     job(address, env, "stop", first)  # the driver is killed mid-run, like a preempted node
     wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 120, "the first job to stop")
     assert {m["step"] for m in read_metrics(out)} >= {1, 2}
 
     second = f"audio-thinker-{os.getpid()}-second"
-    job(address, env, "submit", "--no-wait", "--submission-id", second, "--working-dir", ".", "--",
-        "audio-thinker", "train", "--resume", *args)
+    job(
+        address,
+        env,
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        second,
+        "--working-dir",
+        ".",
+        "--",
+        "audio-thinker",
+        "train",
+        "--resume",
+        *args,
+    )
     wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
     assert status(address, second) == "SUCCEEDED", job(address, env, "logs", second)
     assert "resumed from" in job(address, env, "logs", second)

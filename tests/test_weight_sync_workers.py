@@ -51,9 +51,12 @@ def train_once(trainer, pool, encoder, version: int) -> None:
 
     encoded, samples = sample(pool, encoder, version - 1)
     flat = [(k, s) for k, group in enumerate(samples) for s in group]
-    batch = PolicyBatch(prompts=encoded, prompt_index=[k for k, _ in flat],
-                        completion_ids=[s.token_ids for _, s in flat],
-                        advantages=list(np.linspace(-1.5, 1.5, len(flat))))
+    batch = PolicyBatch(
+        prompts=encoded,
+        prompt_index=[k for k, _ in flat],
+        completion_ids=[s.token_ids for _, s in flat],
+        advantages=list(np.linspace(-1.5, 1.5, len(flat))),
+    )
     trainer.train_step(batch)
 
 
@@ -74,7 +77,9 @@ def test_sync_reaches_every_worker(actors, backend):
 
     encoded, samples = sample(pool, encoder, version)
     flat = [(k, s) for k, group in enumerate(samples) for s in group]
-    batch = PolicyBatch(prompts=encoded, prompt_index=[k for k, _ in flat], completion_ids=[s.token_ids for _, s in flat])
+    batch = PolicyBatch(
+        prompts=encoded, prompt_index=[k for k, _ in flat], completion_ids=[s.token_ids for _, s in flat]
+    )
     trainer_lp = trainer.compute_logprobs(batch)
     for (_, s), lp in zip(flat, trainer_lp):
         np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=1e-4)  # sampled from the new weights
@@ -82,7 +87,10 @@ def test_sync_reaches_every_worker(actors, backend):
     assert max(np.abs(a - b).max() for a, b in zip(initial, trainer_lp)) > 1e-3  # ... which are not the old ones
 
     with pytest.raises(Exception, match="version"):
-        pool.generate([GenerationRequest(render_chat("qwen2_audio", "q"), np.zeros(1600, np.float32))],
-                      SamplingConfig(n=1, max_new_tokens=2), min_version=version + 1)
+        pool.generate(
+            [GenerationRequest(render_chat("qwen2_audio", "q"), np.zeros(1600, np.float32))],
+            SamplingConfig(n=1, max_new_tokens=2),
+            min_version=version + 1,
+        )
     if driver.sync_open:
         trainer.close_sync()
