@@ -310,6 +310,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     except (EvalError, DataError, AudioError, TemplateError, JudgeError) as exc:
         log.error("eval: %s", exc)
         return 1
+    rate = results["no_think_rate"]["total"]
+    rate = "n/a (no valid response)" if rate is None else f"{rate}%"
     print(f"accuracy {results['total']['accuracy']}% ({results['total']['correct']}/{results['total']['count']}), "
-          f"no-think rate {results['no_think_rate']['total']}%; see {spec.out_dir / 'report.md'}")
+          f"no-think rate {rate}; see {spec.out_dir / 'report.md'}")
     return 0
