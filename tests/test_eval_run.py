@@ -50,6 +50,9 @@ class CountingEngine(GenerationEngine):
     def _load(self, named):
         self.inner._load(named)
 
+    def close(self):
+        self.inner.close()
+
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
