@@ -16,7 +16,10 @@ from audio_thinker.log import setup_logging
 def _make_tiny(args: argparse.Namespace) -> int:
     from audio_thinker.tiny import make_tiny_models
 
-    paths = make_tiny_models(args.out, seed=args.seed, only=args.only)
+    if args.warmup_steps < 0:
+        print(f"audio-thinker make-tiny: --warmup-steps must be >= 0, got {args.warmup_steps}", file=sys.stderr)
+        return 2
+    paths = make_tiny_models(args.out, seed=args.seed, only=args.only, warmup_steps=args.warmup_steps)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("make-tiny", help="build the tiny random-init policies, judge and tokenizer")
+    p = sub.add_parser("make-tiny", help="build the tiny policies (random init, optional warm-up), judge, tokenizer")
     p.add_argument("--out", required=True, help="folder to write one Hugging Face folder per model into")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (output is deterministic)")
     p.add_argument(
@@ -87,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["qwen2_audio", "qwen2_5_omni", "qwen3_judge"],
         default=None,
         help="build only these models (default: all three)",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="steps of supervised format warm-up for the two policies, so that they write well-formed "
+        "<think>/<answer> responses (default: 0, pure random init; the CPU demo uses 150)",
     )
     p.set_defaults(func=_make_tiny)
 

@@ -42,6 +42,12 @@ class ModelConfig(Section):
     make_tiny_if_missing: bool = Field(
         True, description="Build the tiny random-init models when the paths are missing (CPU demo only)."
     )
+    tiny_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Supervised format warm-up steps given to tiny policies built by the run, so that they "
+        "write well-formed <think>/<answer> responses from step 1 (0: pure random init; see docs/tiny-models.md).",
+    )
 
 
 class DataConfig(Section):

@@ -83,19 +83,31 @@ def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
 
 
 def prepare_models(config: Config) -> None:
-    """Build the tiny models where the config allows it and the folders are missing (the CPU default)."""
-    from audio_thinker.tiny import ensure_tiny_models
+    """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
+    `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
+    from audio_thinker.tiny import ensure_tiny_models, read_provenance
 
     m = config.model
     missing = [p for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
     if missing and m.make_tiny_if_missing:
         for folder in sorted({str(Path(p).parent) for p in missing}):
-            ensure_tiny_models(folder, seed=config.run.seed)
+            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps)
         missing = [p for p in missing if not (Path(p) / "config.json").is_file()]
     if missing:
         raise TrainingError(
             f"model folder(s) {missing} not found (tiny models are named "
             "<folder>/qwen2_audio, qwen2_5_omni, qwen3_judge; real ones must exist)"
+        )
+    built = read_provenance(m.policy_path)
+    if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
+        log.warning(
+            "tiny policy %s was built with %d format warm-up steps, model.tiny_warmup_steps=%d: using it as is "
+            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d)",
+            m.policy_path,
+            built["warmup_steps"],
+            m.tiny_warmup_steps,
+            Path(m.policy_path).parent,
+            m.tiny_warmup_steps,
         )
 
 

@@ -24,3 +24,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from audio_thinker.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def warm_policy(tmp_path_factory) -> Path:
+    """The tiny Qwen2-Audio after the CPU demo's format warm-up (configs/tiny-cpu.yaml): it writes valid think
+    and no_think responses, so rewards, the judge and GRPO have something to work on."""
+    from audio_thinker.config import load_config
+    from audio_thinker.tiny import make_tiny_models
+
+    steps = load_config().model.tiny_warmup_steps
+    out = tmp_path_factory.mktemp("warm")
+    return make_tiny_models(out, seed=0, only=["qwen2_audio"], warmup_steps=steps)["qwen2_audio"]

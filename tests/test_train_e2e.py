@@ -60,9 +60,9 @@ TERMS = {
 }
 
 
-def overrides(tiny: dict[str, Path], data: Path, out: Path, steps: int) -> list[str]:
+def overrides(tiny: dict[str, Path], policy: Path, data: Path, out: Path, steps: int) -> list[str]:
     return [
-        f"model.policy_path={tiny['qwen2_audio']}",
+        f"model.policy_path={policy}",
         f"model.judge_path={tiny['qwen3_judge']}",
         f"data.train_manifest={data / 'train.jsonl'}",
         f"data.eval_manifest={data / 'eval.jsonl'}",
@@ -73,7 +73,7 @@ def overrides(tiny: dict[str, Path], data: Path, out: Path, steps: int) -> list[
         f"run.total_steps={steps}",
         "run.questions_per_step=2",
         "run.eval_limit=4",
-        "rollout.max_new_tokens=16",
+        "rollout.max_new_tokens=24",
         "trainer.micro_batch_size=16",
     ]
 
@@ -121,11 +121,11 @@ def synthetic(tmp_path_factory) -> Path:
     return out
 
 
-def test_three_steps_in_process(tiny_models, synthetic, tmp_path):
+def test_three_steps_in_process(tiny_models, warm_policy, synthetic, tmp_path):
     from audio_thinker.driver import run_training
 
     out = tmp_path / "run"
-    config = load_config(None, overrides(tiny_models, synthetic, out, steps=3))
+    config = load_config(None, overrides(tiny_models, warm_policy, synthetic, out, steps=3))
     assert run_training(config) == out
 
     metrics = read_metrics(out)
@@ -136,6 +136,8 @@ def test_three_steps_in_process(tiny_models, synthetic, tmp_path):
         assert m["sync/bytes"] > 0 and m["judge/items"] >= 0
         check_step_dump(out, m["step"], 3, m, rows_per_step=2 * 8)
     assert any(k.startswith("eval/") for k in metrics[-1])
+    assert sum(m["judge/items"] for m in metrics) > 0  # the warm policy thinks: the HTTP judge scored it
+    assert sum(m["count/think"] + m["count/no_think"] for m in metrics) > 0
     assert (out / "config.yaml").is_file() and load_config(out / "config.yaml").run.total_steps == 3
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("3")
@@ -231,10 +233,10 @@ def status(address: str, job_id: str) -> str:
 
 
 @pytest.mark.timeout(1800)
-def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_models, synthetic, tmp_path):
+def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_models, warm_policy, synthetic, tmp_path):
     address, env = ray_cluster
     out = tmp_path / "run"
-    args = overrides(tiny_models, synthetic, out, steps=4) + ["run.eval_limit=2"]
+    args = overrides(tiny_models, warm_policy, synthetic, out, steps=4) + ["run.eval_limit=2"]
 
     first = f"audio-thinker-{os.getpid()}-first"
     job(
