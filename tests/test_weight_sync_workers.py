@@ -94,3 +94,25 @@ def test_sync_reaches_every_worker(actors, backend):
         )
     if driver.sync_open:
         trainer.close_sync()
+
+
+def test_exported_folder_loads_in_both_engines(actors, tmp_path):
+    """The trainer's Hugging Face export is what both rollout engines load: same log-probs as the trainer."""
+    from rollout.hf_engine import TransformersEngine
+    from rollout.vllm_engine import VLLMEngine
+    from trainer.logprobs import PolicyBatch
+
+    pool, trainer, encoder, _ = actors
+    folder = trainer.export(tmp_path / "export")
+    prompt = render_chat("qwen2_audio", "Question 0: what do you hear?")
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    request = GenerationRequest(prompt, audio, seed=5)
+    for engine in (TransformersEngine(folder, "qwen2_audio"), VLLMEngine(folder, "qwen2_audio", max_model_len=1024)):
+        try:
+            (group,) = engine.generate([request], SamplingConfig(n=2, max_new_tokens=6))
+        finally:
+            engine.close()
+        batch = PolicyBatch(prompts=[encoder.encode(prompt, audio)], prompt_index=[0, 0],
+                            completion_ids=[s.token_ids for s in group])
+        for s, lp in zip(group, trainer.compute_logprobs(batch)):
+            np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=1e-4)
