@@ -325,18 +325,18 @@ def format_warmup(
     return losses
 
 
+# The Whisper-style audio encoder both tiny policies share (128 mel bins, 30 s = 1500 positions).
+TINY_AUDIO_ENCODER = {
+    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+    "num_mel_bins": 128, "max_source_positions": 1500,
+}
+
+
 def make_qwen2_audio(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
     config = Qwen2AudioConfig(
-        audio_config=dict(
-            d_model=64,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=128,
-            num_mel_bins=128,
-            max_source_positions=1500,
-        ),
+        audio_config=dict(TINY_AUDIO_ENCODER),
         text_config=dict(model_type="qwen2", **_text_config(tokenizer, tie=False)),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
@@ -361,16 +361,7 @@ def make_qwen2_5_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) ->
     text = _text_config(tokenizer, tie=False)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}
     config = Qwen2_5OmniThinkerConfig(
-        audio_config=dict(
-            d_model=64,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=128,
-            num_mel_bins=128,
-            max_source_positions=1500,
-            n_window=100,
-            output_dim=64,
-        ),
+        audio_config={**TINY_AUDIO_ENCODER, "n_window": 100, "output_dim": 64},
         vision_config=dict(
             depth=1,
             hidden_size=32,
