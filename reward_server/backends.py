@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def load_backend(
     raise ValueError(f"unknown judge backend {kind!r}; expected one of {', '.join(BACKENDS)}")
 
 
-class JudgeBackend:
+class JudgeBackend(ABC):
     """Common part: the tokenizer and the checked label ids (checked first: a judge whose labels are not
     single tokens fails before any weights are loaded). Subclasses set `max_prompt_tokens` and implement
     `label_logprobs`; `close` releases what they hold.
@@ -99,9 +100,9 @@ class JudgeBackend:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    @abstractmethod
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """log P(label | prompt), shape (len(prompt_ids), len(ALL_LABELS)); -inf where a label is not visible."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the model / engine / connections (the server calls it once, at shutdown)."""
