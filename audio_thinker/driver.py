@@ -301,18 +301,18 @@ class Driver:
 
     # -------------------------------------------------------------------------------- one step
 
+    def prompt(self, q) -> str:
+        """The chat prompt of a question, in the configured prompt mode (training and evaluation alike)."""
+        c = self.config
+        instruction = build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices)
+        return render_chat(c.model.family, instruction)
+
     def rollout(self, step: int) -> tuple[list[dict], list[EncodedPrompt], list[list[Sample]]]:
         c = self.config
         idx = step_questions(self.train_set, c.run.seed, step, c.run.questions_per_step)
         items = [self.train_set[i] for i in idx]
         audios = [self.train_set.audio(i) for i in idx]
-        prompts = [
-            render_chat(
-                c.model.family,
-                build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices),
-            )
-            for q in items
-        ]
+        prompts = [self.prompt(q) for q in items]
         encoded = [self.encoder.encode(p, a) for p, a in zip(prompts, audios)]
         requests = [
             GenerationRequest(p, a, seed=request_seed(c.run.seed, step, k))
@@ -533,14 +533,7 @@ class Driver:
         n = len(self.eval_set) if c.run.eval_limit is None else min(c.run.eval_limit, len(self.eval_set))
         items = [self.eval_set[i] for i in range(n)]
         requests = [
-            GenerationRequest(
-                render_chat(
-                    c.model.family,
-                    build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices),
-                ),
-                self.eval_set.audio(i),
-                seed=request_seed(c.run.seed, -1, i),
-            )
+            GenerationRequest(self.prompt(q), self.eval_set.audio(i), seed=request_seed(c.run.seed, -1, i))
             for i, q in enumerate(items)
         ]
         sampling = SamplingConfig(n=1, max_new_tokens=c.rollout.max_new_tokens, logprobs=False, greedy=True)
