@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ray
 
-from audio_thinker.config import JudgeConfig
+from audio_thinker.core.config import JudgeConfig
 
 
 @ray.remote

@@ -12,9 +12,9 @@ import numpy as np
 import ray
 import torch
 
-from audio_thinker.config import TrainerConfig
-from audio_thinker.models import checkpoint_state, load_policy
-from rollout.weights import state_checksum
+from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.models import checkpoint_state, load_policy
+from audio_thinker.core.weights import state_checksum
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 
 

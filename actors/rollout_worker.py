@@ -16,40 +16,23 @@ from dataclasses import asdict
 import ray
 from ray.exceptions import GetTimeoutError
 
-from actors.weight_sync import SyncEndpoint, WeightReceiver, WeightsHandle, receive_published
-from audio_thinker.config import RolloutConfig
-from audio_thinker.log import get_logger, setup_logging
+from audio_thinker.core.config import RolloutConfig
+from audio_thinker.core.log import get_logger, setup_logging
+from rollout.build import build_engine
 from rollout.engine import (
-    GenerationEngine,
     GenerationRequest,
     NamedTensors,
     Sample,
     SamplingConfig,
     StaleWeightsError,
 )
+from rollout.weight_sync import SyncEndpoint, WeightReceiver, WeightsHandle, receive_published
 
 log = get_logger(__name__)
 
 
 class WeightSyncError(RuntimeError):
     """Workers loaded different weights, or not the weights the trainer sent."""
-
-
-def build_engine(
-    rollout: RolloutConfig, model_path: str, family: str, dtype: str, seed: int
-) -> GenerationEngine:
-    """The engine named by `rollout.engine` (vllm is imported only when chosen)."""
-    if rollout.engine == "vllm":
-        from rollout.vllm_engine import VLLMEngine
-
-        return VLLMEngine(
-            model_path, family, dtype=dtype, max_model_len=rollout.max_model_len,
-            tensor_parallel_size=rollout.tensor_parallel_size,
-            gpu_memory_utilization=rollout.gpu_memory_utilization, seed=seed,
-        )
-    from rollout.hf_engine import TransformersEngine
-
-    return TransformersEngine(model_path, family, dtype=dtype)
 
 
 class RolloutWorker:
@@ -60,7 +43,11 @@ class RolloutWorker:
     ) -> None:
         setup_logging()
         self.engine_name = rollout.engine
-        self.engine = build_engine(rollout, str(model_path), family, dtype, seed)
+        self.engine = build_engine(
+            rollout.engine, model_path, family, dtype, max_model_len=rollout.max_model_len,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            gpu_memory_utilization=rollout.gpu_memory_utilization, seed=seed,
+        )
         log.info("rollout worker pid %d: %s engine, %s (%s)", os.getpid(), rollout.engine, model_path, family)
 
     def info(self) -> dict:

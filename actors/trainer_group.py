@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from actors.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
-from audio_thinker.config import REPO_ROOT, TrainerConfig
-from rollout.weights import state_checksum
+from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.weights import state_checksum
+from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
 from trainer.engine import PolicyEngine, merge_rank_metrics
 from trainer.logprobs import PolicyBatch
@@ -59,7 +59,7 @@ class PolicyTrainerRank:
             MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank), LOCAL_RANK="0",
             WORLD_SIZE=str(self.world_size),
         )
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
         self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
 
     def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:

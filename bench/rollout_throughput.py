@@ -26,11 +26,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from audio_thinker.config import RolloutConfig
-from audio_thinker.protocol import build_instruction
-from audio_thinker.tiny import ensure_tiny_models
+from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.core.config import RolloutConfig
+from audio_thinker.core.families import render_chat
+from audio_thinker.core.protocol import build_instruction
 from rollout.engine import GenerationRequest, SamplingConfig
-from rollout.prompts import render_chat
 
 FAMILY = "qwen2_audio"
 

@@ -18,7 +18,8 @@ import time
 import ray
 import torch
 
-from actors.weight_sync import (
+from audio_thinker.core.weights import state_checksum
+from rollout.weight_sync import (
     SyncEndpoint,
     WeightReceiver,
     WeightSender,
@@ -26,7 +27,6 @@ from actors.weight_sync import (
     publish,
     receive_published,
 )
-from rollout.weights import state_checksum
 
 
 def synthetic_state(total_mb: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -27,8 +27,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from audio_thinker.protocol import parse_response
-from audio_thinker.rewards import SampleVerdict, compute_rewards
+from audio_thinker.core.protocol import parse_response
+from audio_thinker.core.rewards import SampleVerdict, compute_rewards
+from audio_thinker.core.vocab import normalize_text
 from reward_server.auth import AuthMiddleware, is_loopback, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
@@ -277,10 +278,6 @@ class _Judge:
             raise _error(500, f"judge failed: {type(exc).__name__}: {exc}") from None
 
 
-def _normalize(text: str) -> str:
-    return " ".join(text.split()).casefold()
-
-
 def create_app(
     load: Callable[[], JudgeBackend], settings: ServerSettings, on_fatal: Callable[[], None] | None = None
 ) -> FastAPI:
@@ -354,7 +351,7 @@ def create_app(
         verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES))) if items else {}
         samples = []
         for i, (p, label) in enumerate(zip(parsed, request.labels)):
-            correct = p.mode != "invalid" and _normalize(p.answer or "") == _normalize(label)
+            correct = p.mode != "invalid" and normalize_text(p.answer or "") == normalize_text(label)
             v = verdicts.get(i, JudgeResult())
             samples.append(SampleVerdict(p.mode, correct, str(i), v.consistency, v.think_quality))
         terms = compute_rewards(samples, step=1, total_steps=1, variant="atar_cr_tr").samples

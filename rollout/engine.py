@@ -6,7 +6,7 @@ expanded), so the trainer can rebuild what was generated. Engine log-probs are t
 distribution (before temperature and top-p), i.e. the policy's own log-probs.
 
 Weights arrive as (checkpoint key, tensor) pairs in the layout of the model folder's `model.safetensors`
-(see `audio_thinker.models.checkpoint_key`) with an integer version (the optimizer step). The base class
+(see `audio_thinker.core.models.checkpoint_key`) with an integer version (the optimizer step). The base class
 checks the message against the engine's parameter names and shapes before any tensor is loaded, times the
 load and reports the checksum the trainer computes on its side.
 """
@@ -25,8 +25,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rollout.prompts import AUDIO_TOKEN, SAMPLE_RATE
-from rollout.weights import state_checksum
+from audio_thinker.core.audio import SAMPLE_RATE
+from audio_thinker.core.families import AUDIO_TOKEN
+from audio_thinker.core.weights import state_checksum
 
 FinishReason = Literal["stop", "length"]
 # Placeholders that the models' forward passes expand into audio/vision features. A sampled one would turn
@@ -82,7 +83,7 @@ class SamplingConfig:
 
     @classmethod
     def from_rollout(cls, rollout, logprobs: bool = True) -> SamplingConfig:
-        """From `audio_thinker.config.RolloutConfig`."""
+        """From `audio_thinker.core.config.RolloutConfig`."""
         return cls(
             rollout.samples_per_question, rollout.temperature, rollout.top_p, rollout.max_new_tokens, logprobs
         )

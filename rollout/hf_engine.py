@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
-from audio_thinker.models import DTYPES, checkpoint_key, load_feature_extractor, load_policy, load_tokenizer
+from audio_thinker.core.encoding import PromptEncoder
+from audio_thinker.core.families import checkpoint_key
+from audio_thinker.core.models import DTYPES, load_feature_extractor, load_policy, load_tokenizer
 from rollout.engine import (
     GenerationEngine,
     GenerationRequest,
@@ -28,7 +30,6 @@ from rollout.engine import (
     banned_token_ids,
     stop_token_ids,
 )
-from rollout.prompts import PromptEncoder
 
 
 class _SampledLogprobs(LogitsProcessor):

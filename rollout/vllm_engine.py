@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from audio_thinker.models import load_tokenizer
+from audio_thinker.core.audio import SAMPLE_RATE
+from audio_thinker.core.models import load_tokenizer
 from rollout.engine import (
     GenerationEngine,
     GenerationRequest,
@@ -33,7 +34,6 @@ from rollout.engine import (
     banned_token_ids,
     stop_token_ids,
 )
-from rollout.prompts import SAMPLE_RATE
 
 MIN_VLLM_VERSION = (0, 11)
 TESTED_VLLM_VERSION = "0.32.0"
@@ -76,7 +76,7 @@ def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, 
     """Checkpoint key -> shape of the policy tensors in a model folder, read from the safetensors headers.
 
     For Qwen2.5-Omni the keys are the thinker's own (a full checkpoint's `thinker.` prefix removed, talker and
-    token2wav left out): that is the layout the trainer sends (audio_thinker.models.checkpoint_key).
+    token2wav left out): that is the layout the trainer sends (audio_thinker.core.models.checkpoint_key).
     """
     files = sorted(Path(model_path).glob("*.safetensors"))
     if not files:

@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """All three tiny models (Qwen2-Audio, Qwen2.5-Omni thinker, Qwen3 judge), built once per test session."""
-    from audio_thinker.tiny import make_tiny_models
+    from audio_thinker.app.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
@@ -30,8 +30,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 def warm_policy(tmp_path_factory) -> Path:
     """The tiny Qwen2-Audio after the CPU demo's format warm-up (configs/tiny-cpu.yaml): it writes valid think
     and no_think responses, so rewards, the judge and GRPO have something to work on."""
-    from audio_thinker.config import load_config
-    from audio_thinker.tiny import make_tiny_models
+    from audio_thinker.app.tiny import make_tiny_models
+    from audio_thinker.core.presets import load_config
 
     steps = load_config().model.tiny_warmup_steps
     out = tmp_path_factory.mktemp("warm")

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from audio_thinker.log import get_logger
+from audio_thinker.core.log import get_logger
 from trainer.engine import PolicyEngine
 
 log = get_logger(__name__)

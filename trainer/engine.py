@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from audio_thinker.config import TrainerConfig
-from audio_thinker.log import get_logger
-from audio_thinker.models import checkpoint_key, load_policy
+from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.families import checkpoint_key
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.models import load_policy
 from trainer.grpo import grpo_loss, merge_stats
 from trainer.logprobs import (
     CompletionLogprobs,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rollout.prompts import EncodedPrompt
+from audio_thinker.core.encoding import EncodedPrompt
 
 # Any id works as right padding (padded positions are masked and come after all real tokens), except the
 # audio placeholder, which the models count to place the audio features. 0 is <|endoftext|> in Qwen vocabularies.

@@ -1,0 +1,139 @@
+"""Predictions in each benchmark's own layout: the original row plus the field its official scorer reads.
+
+- MMAU: `model_prediction` (the released evaluation.py) and `model_output` (the key later versions of the
+  script read), both holding the chosen choice's text.
+- MMAR: `answer_prediction` and `model_prediction` (the key MMAR's README and evaluation.py name), both
+  the chosen choice's text.
+- AIR-Bench foundation: `response`, a letter A-D (score_foundation.py reads its first character).
+- synthetic (AVQA layout): as MMAU.
+
+Reading takes the first of a benchmark's keys that a row has (`null` counts as absent: the row is skipped).
+Our rows also carry `audio_thinker`: the raw completion, its mode, think and answer text, the finish
+reason, the scoring status and, after a consistency audit, the judge's verdict. Official scripts ignore
+unknown keys, so the file can be handed to them as it is.
+
+`predictions.json` is one JSON list (the layout MMAU ships). The reader also takes JSON lines (AIR's own
+result files); `jq -c '.[]' predictions.json > Foundation_result_modelx.jsonl` gives the official AIR
+script its input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from audio_thinker.core.data import PARSERS, DataError, _read_rows, _Row
+from audio_thinker.core.protocol import LETTERS, Parsed, match_choice
+from audio_thinker.core.vocab import RESPONSE_MODES
+
+BENCHES = ("mmau", "mmar", "air", "synthetic")
+FORMATS = {"mmau": "mmau", "mmar": "mmar", "air": "air", "synthetic": "avqa"}  # bench -> data.load_dataset fmt
+PREDICTION_KEYS = {
+    "mmau": ("model_prediction", "model_output"),
+    "mmar": ("answer_prediction", "model_prediction"),
+    "air": ("response",),
+    "synthetic": ("model_prediction", "model_output"),
+}
+OURS = "audio_thinker"  # the key of our per-row details
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One benchmark row with its prediction (None: the row has none) and, for our rows, the response mode."""
+
+    id: str
+    row: int
+    choices: list[str]
+    answer: str  # the correct choice's text, "" when the split has no labels
+    prediction: str | None
+    task: str | None = None
+    difficulty: str | None = None
+    category: str | None = None
+    mode: str | None = None
+
+
+def check_bench(bench: str) -> str:
+    if bench not in BENCHES:
+        raise ValueError(f"unknown benchmark {bench!r}; expected one of {', '.join(BENCHES)}")
+    return bench
+
+
+def prediction_text(bench: str, parsed: Parsed, choices: Sequence[str], letters: bool = False) -> str:
+    """What our response puts under the benchmark's prediction key.
+
+    Token-match benchmarks: the text of the choice the answer names (a bare letter would not match the
+    official rule), else the answer as written (the official rule judges it), "" for an invalid response
+    (scored wrong). AIR: the letter of the named choice, "" when the answer names none (unparseable).
+    """
+    check_bench(bench)
+    if parsed.mode == "invalid" or parsed.answer is None:
+        return ""
+    index = match_choice(parsed.answer, choices, letters)
+    if bench == "air":
+        return LETTERS[index] if index is not None else ""
+    return choices[index] if index is not None else parsed.answer
+
+
+def prediction_row(bench: str, source: dict, prediction: str, details: dict) -> dict:
+    """The benchmark's own row with our prediction under every key its official scripts read."""
+    row = dict(source)
+    for key in PREDICTION_KEYS[check_bench(bench)]:
+        row[key] = prediction
+    row[OURS] = details
+    return row
+
+
+def write_predictions(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Write the JSON list atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(list(rows), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _prediction(r: _Row, bench: str) -> str | None:
+    for key in PREDICTION_KEYS[bench]:
+        value = r.data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise r.error(f"field '{key}' must be a string, got {type(value).__name__} {value!r}")
+        return value
+    return None
+
+
+def _mode(r: _Row) -> str | None:
+    details = r.data.get(OURS)
+    if details is None:
+        return None
+    if not isinstance(details, dict) or details.get("mode") not in RESPONSE_MODES:
+        raise r.error(f"field '{OURS}' must be an object whose 'mode' is one of {', '.join(RESPONSE_MODES)}")
+    return details["mode"]
+
+
+def read_predictions(path: str | Path, bench: str) -> list[PredictionRow]:
+    """Read a predictions file in the benchmark's layout, validating each row like the dataset reader does
+    (no audio needed); errors name the file, the row and the field."""
+    path = Path(path)
+    parse = PARSERS[FORMATS[check_bench(bench)]]
+    if not path.is_file():
+        raise DataError(f"predictions file {path} does not exist")
+    rows = []
+    for row_no, data in _read_rows(path):
+        if isinstance(data, DataError):
+            raise data
+        if not isinstance(data, dict):
+            raise DataError(f"{path} row {row_no}: expected a JSON object, got {type(data).__name__}")
+        r = _Row(path, row_no, data)
+        parsed = parse(r)
+        rows.append(PredictionRow(
+            id=parsed.id, row=row_no, choices=parsed.choices, answer=parsed.answer, prediction=_prediction(r, bench),
+            task=parsed.task, difficulty=parsed.difficulty, category=parsed.category, mode=_mode(r),
+        ))
+    if not rows:
+        raise DataError(f"predictions file {path} has no rows")
+    return rows

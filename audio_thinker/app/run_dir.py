@@ -1,0 +1,93 @@
+"""The run directory: resolved config, one metrics line per step, rollout dumps, checkpoints, TensorBoard.
+
+    runs/<name>-<timestamp>/
+      config.yaml                 the resolved config of the run
+      metrics.jsonl               one JSON object per step
+      rollouts/step_000001.jsonl  every sample of the step with every reward term
+      checkpoints/                trainer checkpoints (trainer.checkpoint)
+      tensorboard/                event files
+
+On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
+logged twice (TensorBoard's own `purge_step` does the same for the event files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from audio_thinker.core.config import Config
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.presets import dump_config
+
+log = get_logger(__name__)
+
+
+def default_output_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.rollouts = self.path / "rollouts"
+        self.checkpoints = self.path / "checkpoints"
+        self.tensorboard = self.path / "tensorboard"
+        self._writer = None
+
+    def create(self, config: Config) -> RunDir:
+        for folder in (self.path, self.rollouts, self.checkpoints, self.tensorboard):
+            folder.mkdir(parents=True, exist_ok=True)
+        dump_config(config, self.path / "config.yaml")
+        return self
+
+    def rollout_path(self, step: int) -> Path:
+        return self.rollouts / f"step_{step:06d}.jsonl"
+
+    def logged_steps(self) -> list[int]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line)["step"] for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Forget every step after `step` (the checkpoint a resumed run continues from)."""
+        if self.metrics_path.is_file():
+            lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line)["step"] <= step]
+            if len(kept) != len(lines):
+                log.info("resume: dropping %d metric lines logged after step %d", len(lines) - len(kept), step)
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        for dump in self.rollouts.glob("step_*.jsonl"):
+            if int(dump.stem.split("_")[1]) > step:
+                dump.unlink()
+
+    def open_tensorboard(self, purge_step: int | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
+
+    def log_metrics(self, metrics: dict) -> None:
+        """Append one step's metrics (JSON line + TensorBoard scalars); the line is flushed before returning."""
+        step = int(metrics["step"])
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        if self._writer is not None:
+            for key, value in metrics.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def write_rollouts(self, step: int, rows: list[dict]) -> Path:
+        path = self.rollout_path(step)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.rename(path)
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,467 @@
+"""Tiny random-init models for tests and the CPU demo (no weights can be downloaded here).
+
+`make_tiny_models(out)` writes three standard Hugging Face folders, seeded and deterministic:
+- `qwen2_audio`: Qwen2AudioForConditionalGeneration with its Qwen2AudioProcessor (Whisper features,
+  128 mel bins, 30 s padding) and chat template, saved in the hub key layout that vLLM reads;
+- `qwen2_5_omni`: Qwen2_5OmniThinkerForConditionalGeneration with tokenizer, Whisper feature extractor and
+  chat template (its own processor class needs torchvision, which this machine cannot have);
+- `qwen3_judge`: Qwen3ForCausalLM with the same tokenizer.
+
+Sizes respect what vLLM's CPU backend needs (head_dim 32) and what the real checkpoints look like
+(untied embeddings for Qwen2-Audio). The same loading code reads the real checkpoints from a path.
+
+Random-init policies never write a well-formed response, so every reward of the CPU demo would be 0 and GRPO
+would have nothing to learn from. `warmup_steps > 0` adds a supervised format warm-up to the two policies
+(`format_warmup`): teacher forcing on synthetic questions rendered through the project's real prompt path, with
+targets that are well formed but carry a random choice, so the model learns the format, not the answers.
+Each folder records how it was built in `tiny.json` (seed, warm-up steps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.models import save_checkpoint_weights
+
+log = get_logger(__name__)
+
+MODEL_NAMES = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
+POLICY_NAMES = ("qwen2_audio", "qwen2_5_omni")
+PROVENANCE_FILE = "tiny.json"
+
+# Special tokens in the order Qwen checkpoints use them; the tags of our protocol are ordinary added tokens
+# so that decoding keeps them in the text.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+    "<|IMAGE|>",
+    "<|VIDEO|>",
+    "<|vision_bos|>",
+    "<|vision_eos|>",
+]
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+VOCAB_SIZE = 1024  # tokenizer size; model vocab is padded to a multiple of 64
+
+QWEN2_AUDIO_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+QWEN2_5_OMNI_SYSTEM = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
+    "and visual inputs, as well as generating text and speech."
+)
+QWEN2_5_OMNI_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    + QWEN2_5_OMNI_SYSTEM
+    + "<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS_WORDS = (
+    "the audio clip question answer choice which how many what is louder higher lower pitch tone beep beeps "
+    "rhythm fast slow irregular steady sound music speech speaker voice syllable syllables first second half "
+    "think reason step because therefore so the final answer is yes no consistent reasoning quality score "
+    "listen carefully decide whether this needs thinking give only a direct short explanation options "
+    "dog cat car bird engine rain water wind guitar piano drum violin singing male female child man woman "
+    "one two three four five six seven eight nine ten zero A B C D easy medium hard noise loud quiet "
+    "does the reasoning support judge rate from to of and or in on with for it that there are not"
+).split()
+
+
+def _corpus(seed: int) -> list[str]:
+    """A deterministic pseudo-English corpus for the byte-level BPE (quality is irrelevant, coverage is not)."""
+    gen = torch.Generator().manual_seed(seed)
+    words = _CORPUS_WORDS
+    lines = [" ".join(words)]
+    for _ in range(400):
+        idx = torch.randint(len(words), (12,), generator=gen).tolist()
+        lines.append(" ".join(words[i] for i in idx) + ".")
+    lines += [f"<think>{w}</think><answer>{w}</answer>" for w in words]
+    lines += [str(i) for i in range(100)]
+    return lines
+
+
+def build_tokenizer(seed: int = 0) -> PreTrainedTokenizerFast:
+    """Train a small byte-level BPE with the Qwen chat/audio special tokens and our protocol tags."""
+    tok = Tokenizer(models.BPE())
+    # Digits are split one by one, like Qwen's tokenizers, so score labels 0..9 are single tokens.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - len(TAG_TOKENS),
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        clean_up_tokenization_spaces=False,
+        model_max_length=32768,
+    )
+    fast.add_tokens(TAG_TOKENS)  # ordinary (non-special) tokens: decode keeps them
+    fast.padding_side = "left"
+    return fast
+
+
+def _padded_vocab(tokenizer) -> int:
+    return (len(tokenizer) + 63) // 64 * 64
+
+
+def _text_config(tokenizer, tie: bool) -> dict:
+    return dict(
+        vocab_size=_padded_vocab(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _feature_extractor() -> WhisperFeatureExtractor:
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400)
+
+
+def _init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-initialise every parameter from a seeded generator so that output is independent of torch's global RNG."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.ndim == 1 and ("norm" in name or "ln" in name):
+                p.fill_(1.0)
+            elif p.ndim == 1:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def _generation_config(tokenizer) -> dict:
+    return {
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": [
+            tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        ],
+        "pad_token_id": tokenizer.pad_token_id,
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ warm-up
+
+# Short reasonings for the think targets: few, made of words the tokenizer knows whole and that no synthetic
+# choice uses, so that the tiny model can tell from the content alone whether it is inside <think> or <answer>.
+THINK_SENTENCES = ("I listen carefully.", "this needs thinking.", "listen carefully then decide.")
+WARMUP_QUESTIONS = 24  # synthetic questions (all six types, all difficulties) the targets are built on
+WARMUP_BATCH = 8  # sequences per step
+WARMUP_LR = 1e-2
+
+
+def warmup_target(rng: np.random.Generator, choices: list[str]) -> str:
+    """A well-formed response with a random choice: think + answer or answer alone, half and half."""
+    answer = f"<answer>{choices[int(rng.integers(len(choices)))]}</answer>"
+    if rng.random() < 0.5:
+        return f"<think>{THINK_SENTENCES[int(rng.integers(len(THINK_SENTENCES)))]}</think>{answer}<|im_end|>"
+    return answer + "<|im_end|>"
+
+
+@contextmanager
+def _encode_each_clip_once(encoder: torch.nn.Module) -> Iterator[None]:
+    """Let a frozen Qwen2-Audio encoder compute each clip's output once and reuse it afterwards.
+
+    Its forward always covers a 30 s window (input [B, mel, 3000]): two thirds of a warm-up step's time for the
+    ~24 clips that the warm-up repeats. Rows are keyed by their feature bytes, so a cached output is exactly
+    what the encoder would return for that row.
+    """
+    from transformers.modeling_outputs import BaseModelOutput
+
+    forward, cache = encoder.forward, {}
+
+    def cached(input_features: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> BaseModelOutput:
+        keys = [hashlib.sha256(row.numpy().tobytes()).digest() for row in input_features]
+        new = [i for i, key in enumerate(keys) if key not in cache]
+        if new:
+            mask = None if attention_mask is None else attention_mask[new]
+            for i, hidden in zip(new, forward(input_features[new], attention_mask=mask, **kwargs).last_hidden_state):
+                cache[keys[i]] = hidden
+        return BaseModelOutput(last_hidden_state=torch.stack([cache[key] for key in keys]))
+
+    encoder.forward = cached
+    try:
+        yield
+    finally:
+        del encoder.forward  # back to the class's forward
+
+
+def format_warmup(
+    model: torch.nn.Module, family: str, tokenizer, feature_extractor, steps: int, seed: int
+) -> list[float]:
+    """Train `model` in place for `steps` AdamW steps of teacher forcing on well-formed responses; returns the
+    mean completion-token loss of each step.
+
+    Prompts go through the same path as a rollout (synthetic clips, adaptive instruction, `render_chat`,
+    `PromptEncoder`), and the loss covers only the completion tokens (`CompletionLogprobs` runs the LM head only
+    there), so the model learns what to write after `<|im_start|>assistant`, whatever the audio.
+    """
+    from audio_thinker.app.synthetic import write_synthetic_dataset
+    from audio_thinker.core.data import load_dataset
+    from audio_thinker.core.encoding import PromptEncoder, render_chat
+    from audio_thinker.core.protocol import build_instruction
+    from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate
+
+    start = time.perf_counter()
+    encoder = PromptEncoder(tokenizer, feature_extractor)
+    with tempfile.TemporaryDirectory(prefix="tiny-warmup-") as tmp:
+        data = load_dataset(write_synthetic_dataset(tmp, n=WARMUP_QUESTIONS, seed=seed, split="warmup"), "avqa", tmp)
+        prompts = [
+            encoder.encode(render_chat(family, build_instruction(q.question, q.choices, "adaptive")), data.audio(i))
+            for i, q in enumerate(data)
+        ]
+    rng = np.random.default_rng(seed)
+    module = CompletionLogprobs(model)
+    # The format lives on the language side: the audio encoder keeps its init (and its backward pass, the
+    # costly part of a step for Qwen2-Audio's 30 s window, is skipped).
+    trained = [p for name, p in model.named_parameters() if p.requires_grad and "audio_tower." not in name]
+    flags = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=WARMUP_LR, weight_decay=0.0)
+    # Linear decay to 0: the last steps average over many batches instead of following the latest one (with a
+    # constant lr the think/answer balance of the first token drifts with the last few batches).
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)
+    losses = []
+    # Qwen2.5-Omni's encoder takes the clips concatenated and only their real frames: it is cheap as it is.
+    cache = _encode_each_clip_once(model.model.audio_tower) if family == "qwen2_audio" else nullcontext()
+    # One thread: the matrices are tiny, the result does not depend on the machine's core count, and on shared
+    # cores a second OpenMP thread made the warm-up 6-10x slower (measured with other tests running).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with cache:
+            for _ in range(steps):
+                index = [int(i) for i in rng.integers(len(prompts), size=WARMUP_BATCH)]
+                texts = [warmup_target(rng, data[i].choices) for i in index]
+                targets = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+                batch = PolicyBatch(prompts=prompts, prompt_index=index, completion_ids=targets)
+                inputs = collate(batch, range(len(batch)))
+                mask = inputs.pop("mask")
+                loss = -(module(**inputs) * mask).sum() / mask.sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    if losses:
+        log.info(
+            "tiny %s format warm-up: %d steps, loss %.3f -> %.3f, %.1fs",
+            family,
+            steps,
+            losses[0],
+            float(np.mean(losses[-10:])),
+            time.perf_counter() - start,
+        )
+    return losses
+
+
+# The Whisper-style audio encoder both tiny policies share (128 mel bins, 30 s = 1500 positions).
+TINY_AUDIO_ENCODER = {
+    "d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128,
+    "num_mel_bins": 128, "max_source_positions": 1500,
+}
+
+
+def make_qwen2_audio(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+    config = Qwen2AudioConfig(
+        audio_config=dict(TINY_AUDIO_ENCODER),
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer, tie=False)),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    model = _init(Qwen2AudioForConditionalGeneration(config), seed)
+    if warmup_steps:
+        format_warmup(model, "qwen2_audio", tokenizer, _feature_extractor(), warmup_steps, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    config.architectures = ["Qwen2AudioForConditionalGeneration"]
+    config.save_pretrained(out)
+    save_checkpoint_weights(model, "qwen2_audio", out)
+    _write_json(out / "generation_config.json", _generation_config(tokenizer))
+    processor = Qwen2AudioProcessor(
+        feature_extractor=_feature_extractor(), tokenizer=tokenizer, chat_template=QWEN2_AUDIO_CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+def make_qwen2_5_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    text = _text_config(tokenizer, tie=False)
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config={**TINY_AUDIO_ENCODER, "n_window": 100, "output_dim": 64},
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=1,
+            out_hidden_size=64,
+            fullatt_block_indexes=[0],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        text_config=text,
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<|IMAGE|>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<|VIDEO|>"),
+        audio_start_token_id=tokenizer.convert_tokens_to_ids("<|audio_bos|>"),
+        audio_end_token_id=tokenizer.convert_tokens_to_ids("<|audio_eos|>"),
+        user_token_id=tokenizer.convert_tokens_to_ids("user") if "user" in tokenizer.get_vocab() else 0,
+    )
+    # The released checkpoint carries these too; the rope-index code reads them.
+    config.vision_start_token_id = tokenizer.convert_tokens_to_ids("<|vision_bos|>")
+    config.vision_end_token_id = tokenizer.convert_tokens_to_ids("<|vision_eos|>")
+    model = _init(Qwen2_5OmniThinkerForConditionalGeneration(config), seed)
+    if warmup_steps:
+        format_warmup(model, "qwen2_5_omni", tokenizer, _feature_extractor(), warmup_steps, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _write_json(out / "generation_config.json", _generation_config(tokenizer))
+    tokenizer.chat_template = QWEN2_5_OMNI_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    tokenizer.chat_template = None
+    _feature_extractor().save_pretrained(out)
+    return out
+
+
+def make_qwen3_judge(out: Path, tokenizer, seed: int) -> Path:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = _text_config(tokenizer, tie=True)
+    cfg["num_key_value_heads"] = 1
+    model = _init(Qwen3ForCausalLM(Qwen3Config(**cfg)), seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _write_json(out / "generation_config.json", _generation_config(tokenizer))
+    tokenizer.save_pretrained(out)
+    return out
+
+
+_BUILDERS = {"qwen2_audio": make_qwen2_audio, "qwen2_5_omni": make_qwen2_5_omni, "qwen3_judge": make_qwen3_judge}
+
+
+def _provenance(name: str, seed: int, warmup_steps: int) -> dict:
+    """What `tiny.json` records for a model built with these settings (the judge is never warmed up)."""
+    return {"model": name, "seed": seed, "warmup_steps": warmup_steps if name in POLICY_NAMES else 0}
+
+
+def make_tiny_models(
+    out: str | Path, seed: int = 0, only: list[str] | None = None, warmup_steps: int = 0
+) -> dict[str, Path]:
+    """Build the tiny models into `out/<name>/`; each folder is written to a temp path and then renamed.
+
+    `warmup_steps` > 0 gives the two policies that many steps of format warm-up (`format_warmup`); 0 keeps
+    them purely random-init.
+    """
+    out = Path(out)
+    names = list(only) if only else list(MODEL_NAMES)
+    unknown = set(names) - set(MODEL_NAMES)
+    if unknown:
+        raise ValueError(f"unknown tiny model(s) {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    tokenizer = build_tokenizer(seed)
+    paths = {}
+    for name in names:
+        final = out / name
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model_seed = seed + MODEL_NAMES.index(name)
+        if name in POLICY_NAMES:
+            _BUILDERS[name](tmp, tokenizer, model_seed, warmup_steps)
+        else:
+            _BUILDERS[name](tmp, tokenizer, model_seed)
+        _write_json(tmp / PROVENANCE_FILE, _provenance(name, seed, warmup_steps))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        log.info("tiny %s written to %s", name, final)
+        paths[name] = final
+    return paths
+
+
+def read_provenance(folder: str | Path) -> dict | None:
+    """How a tiny model was built (its `tiny.json`), or None for a folder without one (e.g. a real checkpoint)."""
+    path = Path(folder) / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ensure_tiny_models(out: str | Path, seed: int = 0, warmup_steps: int = 0) -> dict[str, Path]:
+    """Build only the tiny models that are missing under `out` (used by the demo and the driver)."""
+    out = Path(out)
+    missing = [n for n in MODEL_NAMES if not (out / n / "config.json").is_file()]
+    if missing:
+        make_tiny_models(out, seed=seed, only=missing, warmup_steps=warmup_steps)
+    return {n: out / n for n in MODEL_NAMES}

@@ -1,0 +1,244 @@
+"""The typed run configuration: one pydantic section per part of the system.
+
+The field defaults ARE the embedded default run (tiny models, synthetic audio, 2 CPU cores); presets in
+`audio_thinker/configs/` name only what differs (see `audio_thinker.core.presets`). Every section forbids
+unknown keys, and `Config` rejects combinations the code cannot run, naming the keys, before anything starts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from audio_thinker.core.vocab import (
+    DataFormat,
+    Dtype,
+    EngineName,
+    JudgeBackendName,
+    ModelFamily,
+    PromptMode,
+    RewardVariant,
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    family: ModelFamily = Field("qwen2_audio", description="Policy architecture: Qwen2-Audio or Qwen2.5-Omni thinker.")
+    policy_path: str = Field(
+        "artifacts/tiny/qwen2_audio",
+        description="Hugging Face folder of the policy (a hub checkpoint on a cluster, the tiny model here).",
+    )
+    judge_path: str = Field("artifacts/tiny/qwen3_judge", description="Hugging Face folder of the judge causal LM.")
+    dtype: Dtype = Field(
+        "float32",
+        description="Weights dtype for rollout and training (bfloat16 on GPU, float32 on CPU; the DeepSpeed "
+        "trainer takes no float16).",
+    )
+    make_tiny_if_missing: bool = Field(
+        True, description="Build the tiny random-init models when the paths are missing (CPU demo only)."
+    )
+    tiny_warmup_steps: int = Field(
+        150,
+        ge=0,
+        description="Supervised format warm-up steps given to tiny policies built by the run, so that they "
+        "write well-formed <think>/<answer> responses from step 1 (0: pure random init; see docs/tiny-models.md).",
+    )
+
+
+class DataConfig(Section):
+    train_manifest: str = Field(
+        "artifacts/synthetic/train.jsonl", description="Training set in the AVQA/R1-AQA jsonl layout."
+    )
+    eval_manifest: str | None = Field(
+        "artifacts/synthetic/eval.jsonl", description="Held-out split for periodic evaluation (None: no evaluation)."
+    )
+    eval_format: DataFormat = Field(
+        "avqa", description="Layout of the held-out manifest (the benchmarks' official layouts)."
+    )
+    audio_root: str = Field("artifacts/synthetic", description="Folder that relative audio paths are resolved against.")
+    skip_bad_rows: bool = Field(
+        False, description="Skip (and count) rows whose audio is missing or corrupt instead of failing."
+    )
+    make_synthetic_if_missing: bool = Field(True, description="Write the synthetic set when the manifest is missing.")
+    synthetic_train_size: int = Field(96, ge=1, description="Questions in the synthetic training split.")
+    synthetic_eval_size: int = Field(24, ge=1, description="Questions in the synthetic held-out split.")
+    max_audio_seconds: float = Field(
+        30.0, gt=0, description="Clips are cut to this length (Whisper encoders see 30 s)."
+    )
+
+
+class PromptConfig(Section):
+    mode: PromptMode = Field(
+        "adaptive", description="adaptive: the model decides; think: forced reasoning; no_think: answer only."
+    )
+    template_file: str | None = Field(
+        None, description="Text file with a custom instruction template (placeholders {question} and {choices})."
+    )
+    letter_choices: bool = Field(
+        False, description="List choices as (A) ... (D) and accept a bare letter as the answer."
+    )
+
+
+class RolloutConfig(Section):
+    engine: EngineName = Field("vllm", description="Generation engine of the rollout workers.")
+    num_workers: int = Field(1, ge=1, description="Rollout-worker actors; questions of a step are spread over them.")
+    num_cpus_per_worker: float = Field(
+        0.5, gt=0, description="Ray CPUs per rollout worker (fractional on small boxes)."
+    )
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per rollout worker.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism inside one worker.")
+    samples_per_question: int = Field(8, ge=1, description="G: samples per question (the GRPO group size).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (must be > 0 for several samples).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(48, ge=1, description="Generation budget per sample (the 7B presets: 1024).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share (GPU only).")
+    max_model_len: int = Field(
+        1024, ge=128, description="vLLM context length (prompt with audio tokens + completion; 7B presets: 4096)."
+    )
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline for the rollout workers to load their engines before the run fails."
+    )
+    call_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of one rollout-worker call (generate or set_weights) before the step fails."
+    )
+
+
+class JudgeLimits(Section):
+    """Limits of one judge server: the same defaults for `serve-judge`, the service and a training run's judge."""
+
+    max_batch_size: int = Field(32, ge=1, description="Items per model call (micro-batch size).")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a micro-batch waits to fill up.")
+    max_queue: int = Field(1024, ge=1, description="Queued items before the server answers 429.")
+    max_items: int = Field(256, ge=1, description="Items per request before the server answers 413.")
+    max_text_chars: int = Field(16000, ge=1, description="Characters per text field before 413.")
+    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size in bytes before 413.")
+    request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request inside the server before 504.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds of 429 and 503 answers.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> JudgeLimits:
+        if self.max_items > self.max_queue:
+            raise ValueError(
+                f"max_items ({self.max_items}) > max_queue ({self.max_queue}): a full request could never be queued"
+            )
+        return self
+
+    def limits(self) -> JudgeLimits:
+        """Only the limits (a subclass's other fields dropped)."""
+        return JudgeLimits(**{k: getattr(self, k) for k in JudgeLimits.model_fields})
+
+
+class JudgeConfig(JudgeLimits):
+    url: str | None = Field(
+        None,
+        description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster.",
+    )
+    api_key: str | None = Field(
+        None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY)."
+    )
+    backend: JudgeBackendName = Field(
+        "transformers", description="Backend of an in-cluster judge."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Client timeout of one judge request.")
+    max_retries: int = Field(5, ge=0, description="Client retries on 429/5xx/connection errors before the step fails.")
+    request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor.")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs of the judge actor.")
+
+
+class RewardConfig(Section):
+    variant: RewardVariant = Field(
+        "atar_cr_tr", description="Reward preset, one per row of the paper's ablation table."
+    )
+
+
+class TrainerConfig(Section):
+    num_ranks: int = Field(1, ge=1, description="Policy-trainer actors forming one torch.distributed group.")
+    num_cpus_per_rank: float = Field(0.5, gt=0, description="Ray CPUs per trainer rank.")
+    num_gpus_per_rank: float = Field(0.0, ge=0, description="Ray GPUs per trainer rank.")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (paper and 7B presets: 1e-6; tiny: 1e-4).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model (paper: 0.04).")
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clipping epsilon.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward; accumulation covers the step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
+    sync_backend: Literal["object_store", "broadcast"] = Field(
+        "object_store", description="How new weights reach the rollout workers."
+    )
+    sync_bucket_mb: int = Field(256, ge=1, description="Bucket size of the weight broadcast.")
+    reference_num_cpus: float = Field(
+        0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
+    )
+    reference_num_gpus: float = Field(
+        0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
+    )
+    timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails.",
+    )
+
+
+class RunConfig(Section):
+    name: str = Field("tiny-cpu", description="Run name; the run directory is runs/<name>-<timestamp>/ by default.")
+    output_dir: str | None = Field(None, description="Run directory (default runs/<name>-<timestamp>/).")
+    seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
+    total_steps: int = Field(3, ge=1, description="T: optimizer steps of the run (also the ATAR annealing horizon).")
+    questions_per_step: int = Field(4, ge=1, description="Questions per optimizer step (7B presets: 16).")
+    eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
+    eval_limit: int | None = Field(8, ge=1, description="Cap on held-out questions per evaluation (None: all).")
+    checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the oldest are removed).")
+    resume: bool = Field(False, description="Continue the run in output_dir from its last checkpoint.")
+    num_gpus: int = Field(
+        0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks)."
+    )
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="The run: steps, seed, output, checkpoints.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy and judge checkpoints.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training and evaluation data.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="Prompt mode and template.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Rollout workers and sampling.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The reward judge service.")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward variant.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="GRPO and DeepSpeed.")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Config:
+        if self.reward.variant == "grpo" and self.prompt.mode != "no_think":
+            raise ValueError("reward.variant=grpo needs prompt.mode=no_think (answer-only baseline)")
+        if self.reward.variant == "grpo_cot" and self.prompt.mode != "think":
+            raise ValueError("reward.variant=grpo_cot needs prompt.mode=think (forced-think baseline)")
+        if self.model.dtype == "float16":
+            raise ValueError("model.dtype=float16: the DeepSpeed trainer runs float32 (CPU) or bfloat16 (GPU)")
+        if self.judge.backend == "openai" and self.judge.url is None:
+            raise ValueError(
+                "judge.backend=openai with judge.url unset: an in-cluster judge runs transformers or vllm; "
+                "point judge.url at a `serve-judge --backend openai` server instead"
+            )
+        r = self.rollout
+        if r.engine == "vllm" and 0 < r.num_gpus_per_worker < r.tensor_parallel_size:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs per worker, "
+                f"but rollout.num_gpus_per_worker={r.num_gpus_per_worker}"
+            )
+        sequences = self.run.questions_per_step * r.samples_per_question
+        if self.trainer.num_ranks > sequences:
+            raise ValueError(
+                f"trainer.num_ranks={self.trainer.num_ranks} > the {sequences} sequences of a step "
+                "(run.questions_per_step x rollout.samples_per_question): every rank needs at least one"
+            )
+        return self
+
+

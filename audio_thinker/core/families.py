@@ -1,0 +1,88 @@
+"""What differs between the two policy families (Qwen2-Audio, Qwen2.5-Omni thinker), in one place: the chat
+layout, the checkpoint key layout, the transformers classes and how a folder's `model_type` names its family.
+Every other module asks here instead of branching on the family name itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from audio_thinker.core.vocab import FAMILIES
+
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+SYSTEM_PROMPTS = {
+    "qwen2_audio": "You are a helpful assistant.",
+    "qwen2_5_omni": (
+        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
+        "and visual inputs, as well as generating text and speech."
+    ),
+}
+# config.json model_type -> family (the released Omni checkpoint holds thinker + talker; we use its thinker).
+MODEL_TYPES = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni": "qwen2_5_omni", "qwen2_5_omni_thinker": "qwen2_5_omni"}
+
+# In-memory transformers keys -> checkpoint keys. Qwen2-Audio checkpoints (the hub's and ours) use the layout
+# vLLM reads; transformers 5.19 would save `language_model.model.model.*`, so we write the files ourselves.
+_QWEN2_AUDIO_PREFIXES = (
+    ("model.audio_tower.", "audio_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r} ({' or '.join(FAMILIES)})")
+    return family
+
+
+def detect_family(model: str | Path) -> str:
+    """The family of a Hugging Face folder, from its config.json."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{model} is not a Hugging Face model folder (no config.json)")
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{config}: model_type {model_type!r} is neither Qwen2-Audio nor Qwen2.5-Omni")
+    return MODEL_TYPES[model_type]
+
+
+def render_chat(family: str, instruction: str, system: str | None = None) -> str:
+    """One user turn holding one clip and the instruction, ready for the assistant's reply."""
+    check_family(family)
+    system = SYSTEM_PROMPTS[family] if system is None else system
+    clip = f"{AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}"
+    user = f"Audio 1: {clip}\n{instruction}" if family == "qwen2_audio" else f"{clip}{instruction}"
+    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def checkpoint_key(family: str, key: str) -> str:
+    if check_family(family) == "qwen2_5_omni":
+        return key
+    for src, dst in _QWEN2_AUDIO_PREFIXES:
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    raise KeyError(f"unexpected Qwen2-Audio parameter {key!r}")
+
+
+def model_key(family: str, key: str) -> str:
+    """Checkpoint key -> in-memory transformers key (inverse of `checkpoint_key`)."""
+    if check_family(family) == "qwen2_5_omni":
+        return key
+    for src, dst in _QWEN2_AUDIO_PREFIXES:
+        if key.startswith(dst):
+            return src + key[len(dst) :]
+    raise KeyError(f"unexpected Qwen2-Audio checkpoint key {key!r}")
+
+
+def model_class(family: str, model_type: str | None = None):
+    """The transformers class that loads a folder of this family (and `model_type`, for the full Omni)."""
+    import transformers
+
+    if check_family(family) == "qwen2_audio":
+        return transformers.Qwen2AudioForConditionalGeneration
+    if model_type == "qwen2_5_omni":
+        return transformers.Qwen2_5OmniForConditionalGeneration
+    return transformers.Qwen2_5OmniThinkerForConditionalGeneration

@@ -1,0 +1,215 @@
+"""Audio-Thinker rewards (paper eqs. 1-8, DESIGN sec. 2): format, ATAR accuracy, consistency, think quality.
+
+Pure Python + numpy (no torch): light tools such as `audio-thinker rewards` and the dashboard import it.
+One call, `compute_rewards`, turns the verdicts of one training batch into every reward term and the
+group advantages, so the driver and the offline re-scorer cannot disagree.
+
+Decisions (DESIGN sec. 2):
+- lambda is the share of think samples among the batch's VALID samples; a batch without valid samples has
+  lambda = 0 (no think sample was seen; every R_a is 0 there, so the factors change nothing).
+- Invalid samples earn nothing: R_f = R_a = R_c = R_t = 0.
+- Consistency counts only for correct answers (effective R_c = 0 when wrong, so it never deepens a
+  negative R_a); correct no_think samples get 1.
+- No_think samples get the batch mean think quality of the think samples (0 when there are none).
+- The baselines `grpo` / `grpo_cot` accept only one mode (answer-only / forced think); the other mode is
+  invalid for them. Their accuracy is 1/0 and their factors are reported but not applied.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from audio_thinker.core.vocab import RESPONSE_MODES, VARIANTS
+from audio_thinker.core.vocab import ResponseMode as Mode
+
+ADV_EPS = 1e-4
+
+_VALID_MODES = {
+    "grpo": {"no_think"},
+    "grpo_cot": {"think"},
+    "atar": {"think", "no_think"},
+    "atar_cr": {"think", "no_think"},
+    "atar_cr_tr": {"think", "no_think"},
+}
+_JUDGE_TERMS = {
+    "grpo": set(),
+    "grpo_cot": set(),
+    "atar": set(),
+    "atar_cr": {"consistency"},
+    "atar_cr_tr": {"consistency", "think_quality"},
+}
+
+
+class SampleError(ValueError):
+    """Bad input for one sample; `index` is its position in the batch and `field` the offending field."""
+
+    def __init__(self, index: int, field: str, message: str):
+        super().__init__(f"sample {index}: {field}: {message}")
+        self.index = index
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SampleVerdict:
+    """What the rewards need to know about one rollout.
+
+    `mode` is the parser's mode; `consistency` (0/1) and `think_quality` (0..1) are judge verdicts, None
+    when not asked for.
+    """
+
+    mode: Mode
+    correct: bool
+    group: str
+    consistency: int | None = None
+    think_quality: float | None = None
+
+
+@dataclass(frozen=True)
+class SampleReward:
+    """Every reward term of one sample; terms the variant does not use are 0."""
+
+    mode: Mode
+    correct: bool
+    format: float
+    accuracy: float
+    consistency: float
+    think: float
+    total: float
+    advantage: float
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    think_rate: float
+    gamma_think: float
+    gamma_no_think: float
+    samples: list[SampleReward]
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown reward variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def needs_judge(variant: str) -> set[str]:
+    """The judge verdicts a variant uses: a subset of {"consistency", "think_quality"}."""
+    check_variant(variant)
+    return set(_JUDGE_TERMS[variant])
+
+
+def penalty_factors(think_rate: float, step: int, total_steps: int) -> tuple[float, float]:
+    """(gamma_think, gamma_no_think) of eqs. 3-4: exp(-lambda*s), exp(-(1-lambda)*s), s = 1 - step/T."""
+    check_step(step, total_steps)
+    if not 0.0 <= think_rate <= 1.0:
+        raise ValueError(f"think_rate must be in [0, 1], got {think_rate}")
+    s = 1.0 - step / total_steps
+    return math.exp(-think_rate * s), math.exp(-(1.0 - think_rate) * s)
+
+
+def atar_accuracy(mode: str, correct: bool, gamma_think: float, gamma_no_think: float) -> float:
+    """R_a of eq. 5 (cases 1-4); 0 for an invalid sample."""
+    if mode == "think":
+        return gamma_think if correct else -(1.0 - gamma_think)
+    if mode == "no_think":
+        return 2.0 * gamma_no_think if correct else -gamma_no_think - 2.0 * (1.0 - gamma_no_think)
+    return 0.0
+
+
+def check_step(step: int, total_steps: int) -> None:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        raise ValueError(f"step must be an integer in [0, total_steps={total_steps}], got {step!r}")
+
+
+def group_advantages(totals: Sequence[float], groups: Sequence[str]) -> list[float]:
+    """Eq. 8 per group: (R - mean) / (std + 1e-4), std unbiased (ddof=1, as torch.std).
+
+    A group of one has no spread to compare against and gets 0.
+    """
+    if len(totals) != len(groups):
+        raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
+    values = np.asarray(totals, dtype=np.float64)
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = np.zeros(len(values), dtype=np.float64)
+    for idx in members.values():
+        if len(idx) < 2:
+            continue
+        r = values[idx]
+        out[idx] = (r - r.mean()) / (r.std(ddof=1) + ADV_EPS)
+    return [float(a) for a in out]
+
+
+def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
+    needs, valid = _JUDGE_TERMS[variant], _VALID_MODES[variant]
+    if s.mode not in RESPONSE_MODES:
+        raise SampleError(i, "mode", f"must be one of {', '.join(RESPONSE_MODES)}, got {s.mode!r}")
+    if not isinstance(s.correct, bool):
+        raise SampleError(i, "correct", f"must be a bool, got {s.correct!r}")
+    if s.mode == "invalid" and s.correct:
+        raise SampleError(i, "correct", "an invalid response has no answer and cannot be correct")
+    if not isinstance(s.group, str):
+        raise SampleError(i, "group", f"must be a string, got {s.group!r}")
+    if s.consistency is not None and (isinstance(s.consistency, float) or s.consistency not in (0, 1)):
+        raise SampleError(i, "consistency", f"must be 0 or 1, got {s.consistency!r}")
+    if s.think_quality is not None:
+        q = s.think_quality
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= q <= 1.0:
+            raise SampleError(i, "think_quality", f"must be a number in [0, 1], got {q!r}")
+    if s.mode == "think" and "think" in valid:
+        if "consistency" in needs and s.correct and s.consistency is None:
+            raise SampleError(i, "consistency", f"missing: {variant} needs it for a correct think sample")
+        if "think_quality" in needs and s.think_quality is None:
+            raise SampleError(i, "think_quality", f"missing: {variant} needs it for a think sample")
+
+
+def compute_rewards(
+    samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str
+) -> RewardBatch:
+    """All reward terms, totals and group advantages of one training batch (input order kept)."""
+    check_variant(variant)
+    check_step(step, total_steps)
+    needs, valid = _JUDGE_TERMS[variant], _VALID_MODES[variant]
+    for i, s in enumerate(samples):
+        _check_sample(i, s, variant)
+
+    modes = [s.mode if s.mode in valid else "invalid" for s in samples]
+    n_think, n_valid = modes.count("think"), sum(m != "invalid" for m in modes)
+    think_rate = n_think / n_valid if n_valid else 0.0
+    g_t, g_n = penalty_factors(think_rate, step, total_steps)
+    mean_think = 0.0
+    if "think_quality" in needs and n_think:
+        mean_think = float(np.mean([s.think_quality for s, m in zip(samples, modes) if m == "think"]))
+
+    terms = []
+    for s, mode in zip(samples, modes):
+        fmt = 0.0 if mode == "invalid" else 1.0
+        if variant in ("grpo", "grpo_cot"):
+            acc = 1.0 if mode != "invalid" and s.correct else 0.0
+            terms.append((fmt, acc, 0.0, 0.0, acc + 0.5 * fmt))
+            continue
+        acc = atar_accuracy(mode, s.correct, g_t, g_n)
+        cons = 0.0
+        if "consistency" in needs and s.correct and mode != "invalid":
+            cons = 1.0 if mode == "no_think" else float(s.consistency)
+        think = 0.0
+        if "think_quality" in needs and mode == "think":
+            think = float(s.think_quality)
+        elif "think_quality" in needs and mode == "no_think":
+            think = mean_think
+        terms.append((fmt, acc, cons, think, acc * (1.0 + 0.5 * cons) + 0.5 * fmt + think))
+
+    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples])
+    rewards = [
+        SampleReward(s.mode, s.correct, format=f, accuracy=a, consistency=c, think=t, total=r, advantage=adv)
+        for s, (f, a, c, t, r), adv in zip(samples, terms, advantages)
+    ]
+    return RewardBatch(think_rate=think_rate, gamma_think=g_t, gamma_no_think=g_n, samples=rewards)

@@ -1,0 +1,31 @@
+"""Every closed vocabulary of the project, defined once: model families, prompt and response modes, reward
+variants, data and benchmark layouts, engines, judge scores. Config sections, parsers, the CLI and the
+judge service import these instead of spelling the lists again."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+ModelFamily = Literal["qwen2_audio", "qwen2_5_omni"]
+PromptMode = Literal["adaptive", "think", "no_think"]
+ResponseMode = Literal["think", "no_think", "invalid"]
+RewardVariant = Literal["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"]
+DataFormat = Literal["avqa", "mmau", "mmar", "air"]
+Benchmark = Literal["mmau", "mmar", "air", "synthetic"]
+EngineName = Literal["vllm", "transformers"]
+JudgeBackendName = Literal["transformers", "vllm", "openai"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+FAMILIES: tuple[str, ...] = get_args(ModelFamily)
+PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
+RESPONSE_MODES: tuple[str, ...] = get_args(ResponseMode)
+VARIANTS: tuple[str, ...] = get_args(RewardVariant)
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
+ENGINES: tuple[str, ...] = get_args(EngineName)
+JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
+
+
+def normalize_text(text: str) -> str:
+    """The one answer normalisation: collapse whitespace and case-fold (choice matching, answer checks)."""
+    return " ".join(text.split()).casefold()

@@ -1,0 +1,293 @@
+"""End-to-end tiny training on CPU through every real component: Ray actors, vLLM rollout workers (CPU build),
+the DeepSpeed trainer group, the reference actor and the HTTP judge actor.
+
+One in-process run of 3 steps; then, on a `ray start --head` cluster on loopback, a `ray job submit` run of 4
+steps that is stopped after step 2 (the driver is killed) and resumed by a second submission.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from audio_thinker.app.rescore import rescore_records
+from audio_thinker.core.presets import load_config
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+REQUIRED = [
+    "step",
+    "think_rate",
+    "gamma_think",
+    "gamma_no_think",
+    "reward/total",
+    "reward/accuracy",
+    "reward/format",
+    "reward/consistency",
+    "reward/think",
+    "acc/overall",
+    "acc/think",
+    "acc/no_think",
+    "response_length/mean",
+    "timing_s/gen",
+    "timing_s/judge",
+    "timing_s/ref",
+    "timing_s/train",
+    "timing_s/sync",
+    "timing_s/step",
+    "sync/bytes",
+]
+TERMS = {
+    "format": "format",
+    "accuracy": "accuracy",
+    "consistency": "consistency_reward",
+    "think": "think_reward",
+    "total": "total",
+    "advantage": "advantage",
+}
+
+
+def overrides(tiny: dict[str, Path], policy: Path, data: Path, out: Path, steps: int) -> list[str]:
+    return [
+        f"model.policy_path={policy}",
+        f"model.judge_path={tiny['qwen3_judge']}",
+        f"data.train_manifest={data / 'train.jsonl'}",
+        f"data.eval_manifest={data / 'eval.jsonl'}",
+        f"data.audio_root={data}",
+        "data.synthetic_train_size=24",
+        "data.synthetic_eval_size=6",
+        f"run.output_dir={out}",
+        f"run.total_steps={steps}",
+        "run.questions_per_step=2",
+        "run.eval_limit=4",
+        "rollout.max_new_tokens=24",
+        "trainer.micro_batch_size=16",
+    ]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def check_step_dump(run: Path, step: int, total_steps: int, metrics: dict, rows_per_step: int) -> None:
+    rows = [json.loads(line) for line in (run / "rollouts" / f"step_{step:06d}.jsonl").read_text().splitlines()]
+    assert len(rows) == rows_per_step
+    for row in rows:
+        for key in (
+            "question_id",
+            "audio_path",
+            "difficulty",
+            "response",
+            "mode",
+            "answer_text",
+            "correct",
+            "consistency",
+            "think_quality",
+            *TERMS.values(),
+        ):
+            assert key in row, key
+        assert Path(row["audio_path"]).is_file()
+    recomputed = rescore_records(rows, step, total_steps, "atar_cr_tr")
+    for row, sample in zip(rows, recomputed["samples"]):
+        for term, key in TERMS.items():
+            assert math.isclose(sample[term], row[key], rel_tol=1e-9, abs_tol=1e-9), (step, term)
+    for stat in ("think_rate", "gamma_think", "gamma_no_think"):
+        assert math.isclose(recomputed["batch"][stat], metrics[stat], rel_tol=1e-12)
+    s = 1 - step / total_steps
+    assert math.isclose(metrics["gamma_think"], math.exp(-metrics["think_rate"] * s))
+    assert math.isclose(metrics["gamma_no_think"], math.exp(-(1 - metrics["think_rate"]) * s))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    from audio_thinker.app.synthetic import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("data")
+    write_synthetic_dataset(out, n=24, seed=0, split="train")
+    write_synthetic_dataset(out, n=6, seed=0, split="eval")
+    return out
+
+
+def test_three_steps_in_process(tiny_models, warm_policy, synthetic, tmp_path):
+    from audio_thinker.app.driver import run_training
+
+    out = tmp_path / "run"
+    config = load_config(None, overrides(tiny_models, warm_policy, synthetic, out, steps=3))
+    assert run_training(config) == out
+
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for m in metrics:
+        for key in REQUIRED:
+            assert key in m and math.isfinite(m[key]), key
+        assert m["sync/bytes"] > 0 and m["judge/items"] >= 0
+        check_step_dump(out, m["step"], 3, m, rows_per_step=2 * 8)
+    assert any(k.startswith("eval/") for k in metrics[-1])
+    assert sum(m["judge/items"] for m in metrics) > 0  # the warm policy thinks: the HTTP judge scored it
+    assert sum(m["count/think"] + m["count/no_think"] for m in metrics) > 0
+    assert (out / "config.yaml").is_file() and load_config(out / "config.yaml").run.total_steps == 3
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """`ray start --head --block` on loopback in its own process group; the whole group is ended afterwards."""
+    dash = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    proc = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            subprocess.run(
+                [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+            ).returncode
+            != 0
+        ):
+            assert proc.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, "the Ray dashboard did not come up"
+            time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def job(address: str, env: dict, *args: str, check: bool = True) -> str:
+    command, *rest = args
+    done = subprocess.run(
+        [str(BIN / "ray"), "job", command, "--address", address, *rest],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"ray job {args[0]} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(2)
+
+
+def status(address: str, job_id: str) -> str:
+    """The job's state, over the dashboard's REST API (a CLI process per poll would load the 2 cores)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return str(JobSubmissionClient(address).get_job_status(job_id).value)
+
+
+@pytest.mark.timeout(1800)
+def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_models, warm_policy, synthetic, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "run"
+    args = overrides(tiny_models, warm_policy, synthetic, out, steps=4) + ["run.eval_limit=2"]
+
+    first = f"audio-thinker-{os.getpid()}-first"
+    job(
+        address,
+        env,
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        first,
+        "--working-dir",
+        ".",
+        "--",
+        "audio-thinker",
+        "train",
+        *args,
+    )
+    wait_for(
+        lambda: (
+            ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2)
+            or status(address, first) in ("FAILED", "SUCCEEDED")
+        ),
+        900,
+        "step 2 of the first job",
+    )
+    assert status(address, first) == "RUNNING", job(address, env, "logs", first)
+    job(address, env, "stop", first)  # the driver is killed mid-run, like a preempted node
+    wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 120, "the first job to stop")
+    assert {m["step"] for m in read_metrics(out)} >= {1, 2}
+
+    second = f"audio-thinker-{os.getpid()}-second"
+    job(
+        address,
+        env,
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        second,
+        "--working-dir",
+        ".",
+        "--",
+        "audio-thinker",
+        "train",
+        "--resume",
+        *args,
+    )
+    wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
+    assert status(address, second) == "SUCCEEDED", job(address, env, "logs", second)
+    assert "resumed from" in job(address, env, "logs", second)
+
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # every step once
+    for m in metrics:
+        check_step_dump(out, m["step"], 4, m, rows_per_step=2 * 8)  # the ATAR schedule continues at 3/4 and 4/4
+    assert metrics[-1]["gamma_think"] == 1.0 and metrics[-1]["gamma_no_think"] == 1.0

@@ -1,0 +1,178 @@
+"""Config loading: presets validate, overrides apply, bad keys and values are errors that name them."""
+
+from pathlib import Path
+
+import pytest
+
+from audio_thinker.core.config import Config
+from audio_thinker.core.presets import PRESET_DIR, ConfigError, dump_config, load_config, parse_override
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in PRESET_DIR.glob("*.yaml")))
+def test_every_preset_validates(preset):
+    assert isinstance(load_config(PRESET_DIR / preset), Config)
+
+
+def test_default_is_tiny_cpu():
+    cfg = load_config()
+    assert cfg.run.name == "tiny-cpu"
+    assert cfg.model.family == "qwen2_audio" and cfg.model.dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "preset,family", [("qwen2-audio-7b.yaml", "qwen2_audio"), ("qwen2.5-omni-7b.yaml", "qwen2_5_omni")]
+)
+def test_paper_presets_carry_the_paper_settings(preset, family):
+    cfg = load_config(PRESET_DIR / preset)
+    assert cfg.model.family == family
+    assert cfg.run.num_gpus == 8
+    assert cfg.rollout.samples_per_question == 8
+    assert cfg.trainer.lr == 1e-6
+    assert cfg.trainer.beta == 0.04
+    assert cfg.rollout.temperature == 1.0
+    assert cfg.run.total_steps == 1000
+    assert cfg.run.questions_per_step == 16
+    assert cfg.reward.variant == "atar_cr_tr"
+
+
+def test_overrides_are_typed_yaml_values():
+    cfg = load_config(
+        None,
+        [
+            "run.total_steps=7",
+            "trainer.lr=3e-5",
+            "judge.url=null",
+            "rollout.engine=transformers",
+            "prompt.letter_choices=true",
+        ],
+    )
+    assert cfg.run.total_steps == 7 and cfg.trainer.lr == 3e-5 and cfg.judge.url is None
+    assert cfg.rollout.engine == "transformers" and cfg.prompt.letter_choices is True
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("trainer.lrr=1", "trainer.lrr: unknown key"),
+        ("nosuch.key=1", "nosuch: unknown key"),
+        ("run.total_steps=0", "run.total_steps"),
+        ("run.total_steps=ten", "run.total_steps"),
+        ("rollout.engine=sglang", "rollout.engine"),
+        ("reward.variant=ppo", "reward.variant"),
+        ("model.dtype=int8", "model.dtype"),
+    ],
+)
+def test_bad_override_names_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["no_equals_sign", "=3", "a..b=1"])
+def test_malformed_override(text):
+    with pytest.raises(ConfigError, match="override"):
+        parse_override(text)
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="run.name is not a section"):
+        load_config(None, ["run.name=a", "run.name.x=1"])
+    with pytest.raises(ConfigError, match=r"run.name: Input should be a valid string \(got \{'x': 1\}\)"):
+        load_config(None, ["run.name.x=1"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="grpo needs prompt.mode=no_think"):
+        load_config(None, ["reward.variant=grpo"])
+    cfg = load_config(None, ["reward.variant=grpo", "prompt.mode=no_think"])
+    assert cfg.reward.variant == "grpo"
+    with pytest.raises(ConfigError, match="grpo_cot needs prompt.mode=think"):
+        load_config(None, ["reward.variant=grpo_cot"])
+
+
+def test_bad_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="missing.yaml is neither a file nor a packaged preset"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("run: {name: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "typo.yaml").write_text("run:\n  totl_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml.*\n  run.totl_steps: unknown key"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_dump_round_trips(tmp_path: Path):
+    cfg = load_config(None, ["run.total_steps=11"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_every_field_has_a_description():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                walk(ann)
+
+    walk(Config)
+
+
+def test_the_defaults_are_the_embedded_tiny_run():
+    """No file: the pydantic defaults are the CPU demo, one default per key."""
+    cfg = load_config()
+    assert cfg == Config()
+    assert (cfg.run.questions_per_step, cfg.trainer.lr, cfg.model.tiny_warmup_steps) == (4, 1e-4, 150)
+    assert cfg.rollout.max_new_tokens == 48
+
+
+def test_presets_load_by_name_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("qwen2-audio-7b") == load_config(PRESET_DIR / "qwen2-audio-7b.yaml")
+    assert load_config("qwen2-audio-7b.yaml").model.family == "qwen2_audio"
+
+
+def test_the_7b_presets_share_one_base_and_differ_only_in_the_model():
+    a, b = load_config("qwen2-audio-7b").model_dump(), load_config("qwen2.5-omni-7b").model_dump()
+    differing = {(section, key) for section in a for key in a[section] if a[section][key] != b[section][key]}
+    assert differing == {("run", "name"), ("model", "family"), ("model", "policy_path")}
+
+
+def test_base_inheritance_merges_sections_and_names_bad_files(tmp_path):
+    (tmp_path / "base.yaml").write_text("run:\n  total_steps: 9\n  seed: 5\ntrainer:\n  lr: 0.5\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nrun:\n  seed: 6\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.run.total_steps, cfg.run.seed, cfg.trainer.lr) == (9, 6, 0.5)
+    (tmp_path / "preset_child.yaml").write_text("base: qwen2-audio-7b\nrun:\n  total_steps: 2\n")
+    cfg = load_config(tmp_path / "preset_child.yaml")
+    assert (cfg.run.total_steps, cfg.trainer.lr) == (2, 1e-6)
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml: base: config nowhere.yaml is neither a file"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"base: cycle .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_an_unknown_key_suggests_the_closest_one():
+    with pytest.raises(ConfigError, match=r"run.totl_steps: unknown key \(did you mean run.total_steps\?\)"):
+        load_config(None, ["run.totl_steps=3"])
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["model.dtype=float16"], "model.dtype=float16"),
+        (["judge.backend=openai"], "judge.backend=openai with judge.url unset"),
+        (["rollout.num_gpus_per_worker=1", "rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size=2"),
+        (["trainer.num_ranks=40"], "trainer.num_ranks=40 > the 32 sequences"),
+        (["judge.max_items=2000"], "max_items \\(2000\\) > max_queue"),
+    ],
+)
+def test_combinations_the_code_cannot_run_are_refused_at_load(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
