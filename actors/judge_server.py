@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ray
 
+from actors.group import ActorGroup
 from audio_thinker.core.config import JudgeConfig
 
 
@@ -36,3 +37,20 @@ class JudgeServer:
     def stop(self) -> None:
         """Graceful: stop accepting, answer what is in flight, release the model."""
         self.thread.stop(timeout_s=60)
+
+
+class JudgeService:
+    """The driver's handle on the in-cluster judge: one `JudgeServer` actor in an `ActorGroup`."""
+
+    def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
+        self.group = ActorGroup(
+            "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host),
+            num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.timeout_s, timeout_key="judge.timeout_s",
+        )
+        self.url = self.group.call_rank0("url", what="start the judge server")
+
+    def close(self) -> None:
+        try:
+            self.group.call_rank0("stop", what="stop the judge server")
+        finally:
+            self.group.shutdown()

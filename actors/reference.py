@@ -1,7 +1,8 @@
 """The reference model: the frozen initial policy, asked only for completion log-probs (the KL anchor).
 
-Plain transformers, no DeepSpeed and no optimizer state. Its resources are fractional
-(`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share a node or GPU with a trainer rank.
+Plain transformers, no DeepSpeed and no optimizer state, in a one-actor `ActorGroup`. Its resources are
+fractional (`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share a node or GPU with a
+trainer rank.
 """
 
 from __future__ import annotations
@@ -9,17 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 
+from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.models import checkpoint_state, load_policy
 from audio_thinker.core.weights import state_checksum
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 
 
-@ray.remote
 class ReferenceModel:
+    """The actor: the policy as it was at step 0."""
+
     def __init__(self, model_path: str, family: str, dtype: str = "float32", micro_batch_size: int = 8):
         self.family = family
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -34,8 +36,26 @@ class ReferenceModel:
         return state_checksum(checkpoint_state(self.module.policy, self.family))
 
 
-def start_reference(model_path: str | Path, family: str, cfg: TrainerConfig, dtype: str = "float32"):
-    """The reference actor with the trainer config's (fractional) resources."""
-    return ReferenceModel.options(num_cpus=cfg.reference_num_cpus, num_gpus=cfg.reference_num_gpus).remote(
-        str(model_path), family, dtype, cfg.micro_batch_size
-    )
+class Reference:
+    """The driver's handle on the reference actor."""
+
+    def __init__(self, model_path: str | Path, family: str, cfg: TrainerConfig, dtype: str = "float32"):
+        self.group = ActorGroup(
+            "reference model",
+            ReferenceModel,
+            1,
+            lambda _: (str(model_path), family, dtype, cfg.micro_batch_size),
+            num_cpus=cfg.reference_num_cpus,
+            num_gpus=cfg.reference_num_gpus,
+            timeout_s=cfg.timeout_s,
+            timeout_key="trainer.timeout_s",
+        )
+
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+        return self.group.call_rank0("compute_logprobs", batch, temperature, what="reference log-probs")
+
+    def weights_checksum(self) -> str:
+        return self.group.call_rank0("weights_checksum")
+
+    def close(self) -> None:
+        self.group.shutdown()

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import ray
-from ray.exceptions import GetTimeoutError
 
+from actors.group import ActorGroup
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.log import get_logger, setup_logging
+from audio_thinker.core.weights import NamedTensors
 from rollout.build import build_engine
 from rollout.engine import (
     GenerationRequest,
-    NamedTensors,
     Sample,
     SamplingConfig,
     StaleWeightsError,
@@ -44,16 +44,20 @@ class RolloutWorker:
         setup_logging()
         self.engine_name = rollout.engine
         self.engine = build_engine(
-            rollout.engine, model_path, family, dtype, max_model_len=rollout.max_model_len,
+            rollout.engine,
+            model_path,
+            family,
+            dtype,
+            max_model_len=rollout.max_model_len,
             tensor_parallel_size=rollout.tensor_parallel_size,
-            gpu_memory_utilization=rollout.gpu_memory_utilization, seed=seed,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            seed=seed,
         )
         log.info("rollout worker pid %d: %s engine, %s (%s)", os.getpid(), rollout.engine, model_path, family)
 
     def info(self) -> dict:
         engine = self.engine
-        return {"engine": self.engine_name, "family": engine.family, "version": engine.version,
-                "pid": os.getpid()}
+        return {"engine": self.engine_name, "family": engine.family, "version": engine.version, "pid": os.getpid()}
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, min_version: int
@@ -84,8 +88,13 @@ class RolloutWorker:
 
     def _load(self, named_tensors, version: int) -> dict:
         report = self.engine.load_weights(named_tensors, version)
-        log.info("rollout worker pid %d: weights version %d loaded in %.2fs (%s...)",
-                 os.getpid(), version, report.seconds, report.checksum[:12])
+        log.info(
+            "rollout worker pid %d: weights version %d loaded in %.2fs (%s...)",
+            os.getpid(),
+            version,
+            report.seconds,
+            report.checksum[:12],
+        )
         return asdict(report)
 
     def close(self) -> None:
@@ -116,42 +125,40 @@ class RolloutPool:
     def __init__(
         self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
     ) -> None:
-        if rollout.engine == "vllm" and 0 < rollout.num_gpus_per_worker < rollout.tensor_parallel_size:
-            raise ValueError(
-                f"rollout.tensor_parallel_size={rollout.tensor_parallel_size} needs that many GPUs per "
-                f"worker, but rollout.num_gpus_per_worker={rollout.num_gpus_per_worker}"
-            )
         self.rollout = rollout
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=rollout.num_cpus_per_worker, num_gpus=rollout.num_gpus_per_worker,
+        self.group = ActorGroup(
+            "rollout worker",
+            RolloutWorker,
+            rollout.num_workers,
+            lambda i: (rollout, str(model_path), family, dtype, seed + i),
+            num_cpus=rollout.num_cpus_per_worker,
+            num_gpus=rollout.num_gpus_per_worker,
+            timeout_s=rollout.call_timeout_s,
+            timeout_key="rollout.call_timeout_s",
             runtime_env={"env_vars": worker_env()},
         )
-        self.workers = [
-            actor.remote(rollout, str(model_path), family, dtype, seed + i)
-            for i in range(rollout.num_workers)
-        ]
-        self.infos = self._get(
-            [w.info.remote() for w in self.workers], "start the rollout workers", "rollout.startup_timeout_s"
+        self.infos = self.group.get(
+            self.group.submit("info"),
+            "start the rollout workers",
+            timeout_s=rollout.startup_timeout_s,
+            timeout_key="rollout.startup_timeout_s",
         )
 
-    def _get(self, refs: list, what: str, key: str = "rollout.call_timeout_s") -> list:
-        timeout = getattr(self.rollout, key.removeprefix("rollout."))
-        try:
-            return ray.get(refs, timeout=timeout)
-        except GetTimeoutError:
-            message = f"{what}: no answer within {timeout:.0f}s (raise {key} if that is too short)"
-            raise TimeoutError(message) from None
+    @property
+    def workers(self) -> list:
+        return self.group.actors
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, min_version: int
     ) -> list[list[Sample]]:
         """`sampling.n` samples per request, in request order; StaleWeightsError from a lagging worker."""
         requests = list(requests)
-        chunks = [(a, b) for a, b in split_evenly(len(requests), len(self.workers)) if b > a]
-        refs = [
-            w.generate.remote(requests[a:b], sampling, min_version) for w, (a, b) in zip(self.workers, chunks)
-        ]
-        results = self._get(refs, f"generate for {len(requests)} questions")
+        chunks = [(a, b) for a, b in split_evenly(len(requests), len(self.group)) if b > a]
+        results = self.group.call_each(
+            "generate",
+            [(requests[a:b], sampling, min_version) for a, b in chunks],
+            what=f"generate for {len(requests)} questions",
+        )
         return [samples for chunk in results for samples in chunk]
 
     def set_weights(
@@ -159,19 +166,20 @@ class RolloutPool:
     ) -> dict:
         """Load new weights into every worker: {checksum, seconds (slowest worker), version, workers}."""
         ref = weights if isinstance(weights, (ray.ObjectRef, WeightsHandle)) else ray.put(weights)
-        refs = [w.set_weights.remote(ref, version) for w in self.workers]
-        reports = self._get(refs, f"load weights version {version}")
+        reports = self.group.call("set_weights", ref, version, what=f"load weights version {version}")
         return self.check_reports(reports, version, expected_checksum)
 
     def open_sync(self, endpoint: SyncEndpoint) -> list:
         """Start every worker's join of the broadcast group (ranks 1..K); `PolicyTrainerGroup.open_sync` awaits
         these refs together with the trainer's own join."""
         timeout = self.rollout.call_timeout_s
-        return [w.open_sync.remote(endpoint, rank, timeout) for rank, w in enumerate(self.workers, 1)]
+        return self.group.submit_each(
+            "open_sync", [(endpoint, rank, timeout) for rank in range(1, len(self.group) + 1)]
+        )
 
     def receive_weights(self, version: int) -> list:
         """Start every worker's receive of the next broadcast; `PolicyTrainerGroup.broadcast_weights` awaits them."""
-        return [w.receive_weights.remote(version) for w in self.workers]
+        return self.group.submit("receive_weights", version)
 
     def check_reports(self, reports: list[dict], version: int, expected_checksum: str | None = None) -> dict:
         """All workers must have loaded the same weights, and the trainer's when its checksum is given."""
@@ -188,14 +196,8 @@ class RolloutPool:
         return {"checksum": checksum, "seconds": seconds, "version": version, "workers": reports}
 
     def versions(self) -> list[int]:
-        infos = self._get([w.info.remote() for w in self.workers], "ask the rollout workers their version")
-        return [info["version"] for info in infos]
+        return [info["version"] for info in self.group.call("info", what="ask the rollout workers their version")]
 
     def close(self) -> None:
         """Shut the engines down, then end the actors (even when an engine fails or hangs on close)."""
-        try:
-            self._get([w.close.remote() for w in self.workers], "close the rollout workers")
-        finally:
-            for w in self.workers:
-                ray.kill(w)
-            self.workers = []
+        self.group.shutdown("close")

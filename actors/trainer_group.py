@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
@@ -51,12 +52,21 @@ class PolicyTrainerRank:
         return ray.util.get_node_ip_address(), free_port()
 
     def setup(
-        self, master_addr: str, master_port: int, model_path: str, family: str, cfg: TrainerConfig,
-        total_steps: int, dtype: str,
+        self,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        family: str,
+        cfg: TrainerConfig,
+        total_steps: int,
+        dtype: str,
     ) -> None:
         # Each actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), so its local rank is 0.
         os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank), LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            LOCAL_RANK="0",
             WORLD_SIZE=str(self.world_size),
         )
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
@@ -125,16 +135,19 @@ class PolicyTrainerGroup:
         self.cfg = cfg
         self.family = family
         n = cfg.num_ranks
-        self.ranks = [
-            PolicyTrainerRank.options(num_cpus=cfg.num_cpus_per_rank, num_gpus=cfg.num_gpus_per_rank).remote(r, n)
-            for r in range(n)
-        ]
-        addr, port = self._get(self.ranks[0].rendezvous.remote())
-        self._get([a.setup.remote(addr, port, str(model_path), family, cfg, total_steps, dtype) for a in self.ranks])
+        self.ranks = ActorGroup(
+            "trainer rank",
+            PolicyTrainerRank,
+            n,
+            lambda r: (r, n),
+            num_cpus=cfg.num_cpus_per_rank,
+            num_gpus=cfg.num_gpus_per_rank,
+            timeout_s=cfg.timeout_s,
+            timeout_key="trainer.timeout_s",
+        )
+        addr, port = self.ranks.call_rank0("rendezvous")
+        self.ranks.call("setup", addr, port, str(model_path), family, cfg, total_steps, dtype, what="load the policy")
         self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
-
-    def _get(self, refs):
-        return ray.get(refs, timeout=self.cfg.timeout_s)
 
     def _sharded(self, batch: PolicyBatch) -> tuple[list[PolicyBatch], int]:
         shards, num_micro = shard_plan(len(batch), len(self.ranks), self.cfg.micro_batch_size)
@@ -144,9 +157,7 @@ class PolicyTrainerGroup:
         """One optimizer step on all the step's sequences; returns the step's metrics (`actor/*`, `timing_s/train`)."""
         start = time.perf_counter()
         parts, num_micro = self._sharded(batch)
-        results = self._get([
-            a.train_step.remote(part, len(batch), num_micro, temperature) for a, part in zip(self.ranks, parts)
-        ])
+        results = self.ranks.call_each("train_step", [(part, len(batch), num_micro, temperature) for part in parts])
         metrics = merge_rank_metrics(results)
         metrics["timing_s/train"] = time.perf_counter() - start
         return metrics
@@ -154,57 +165,53 @@ class PolicyTrainerGroup:
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
         """Per-sequence completion log-probs under the current weights (the 'old' log-probs), in batch order."""
         parts, num_micro = self._sharded(batch)
-        results = self._get([
-            a.compute_logprobs.remote(part, num_micro, temperature) for a, part in zip(self.ranks, parts)
-        ])
+        results = self.ranks.call_each("compute_logprobs", [(part, num_micro, temperature) for part in parts])
         return [lp for part in results for lp in part]
 
     def save_checkpoint(self, root: str | Path, extra: dict | None = None, keep: int = 2) -> Path:
-        paths = self._get([a.save_checkpoint.remote(str(root), extra or {}, keep) for a in self.ranks])
-        return Path(paths[0])
+        return Path(self.ranks.call("save_checkpoint", str(root), extra or {}, keep)[0])
 
     def load_checkpoint(self, folder: str | Path) -> dict:
         """Restore a checkpoint of a group of the same size; returns its trainer_state (step, extra, ...)."""
-        return self._get([a.load_checkpoint.remote(str(folder)) for a in self.ranks])[0]
+        return self.ranks.call("load_checkpoint", str(folder))[0]
 
     def export(self, out: str | Path) -> Path:
-        return Path(self._get([a.export.remote(str(out)) for a in self.ranks])[0])
+        return Path(self.ranks.call("export", str(out))[0])
 
     def status(self) -> dict:
-        """Rank 0's optimizer steps taken, the lr of the next step and a digest of its RNG states (to check a resume)."""
-        return self._get(self.ranks[0].status.remote())
+        """Rank 0's optimizer steps, the lr of the next step and a digest of its RNG states (to check a resume)."""
+        return self.ranks.call_rank0("status")
 
     def weights_checksum(self) -> str:
-        return self._get([a.weights_checksum.remote() for a in self.ranks])[0]
+        return self.ranks.call("weights_checksum")[0]
 
     def publish_weights(self, version: int) -> WeightsHandle:
         """Object-store sync: the current weights as a `WeightsHandle` for `receive_published` in the workers."""
-        bucket = self.cfg.sync_bucket_mb << 20
-        return self._get([a.publish_weights.remote(bucket, version) for a in self.ranks])[0]
+        return self.ranks.call("publish_weights", self.cfg.sync_bucket_mb << 20, version)[0]
 
     def sync_endpoint(self, num_receivers: int) -> SyncEndpoint:
         """A fresh rendezvous (rank 0's IP, a free port) for a broadcast group of rank 0 + `num_receivers`."""
-        host, port = self._get(self.ranks[0].rendezvous.remote())
+        host, port = self.ranks.call_rank0("rendezvous")
         return SyncEndpoint(host, port, num_receivers + 1, self.sync_backend)
 
     def open_sync(self, endpoint: SyncEndpoint, receiver_refs: list) -> list:
         """Form the broadcast group. `receiver_refs` are the workers' (already started) calls that construct their
         `WeightReceiver`s: both sides block until all have joined, so they are awaited together."""
-        results = self._get([self.ranks[0].open_sync.remote(endpoint, self.cfg.timeout_s), *receiver_refs])
-        return results[1:]
+        refs = [self.ranks.actors[0].open_sync.remote(endpoint, self.cfg.timeout_s), *receiver_refs]
+        owners = ["trainer rank 0", *(f"weight receiver {i}" for i in range(1, len(refs)))]
+        return self.ranks.get(refs, "open the weight-sync group", owners=owners)[1:]
 
     def broadcast_weights(self, version: int, receiver_refs: list) -> tuple[dict, list]:
         """Broadcast the current weights; `receiver_refs` are the workers' (already started) receive calls.
         Returns rank 0's transfer report (bytes, tensors, buckets, seconds) and the workers' results."""
-        bucket = self.cfg.sync_bucket_mb << 20
-        refs = [a.broadcast_weights.remote(bucket, version) for a in self.ranks]
-        results = self._get(refs + list(receiver_refs))
-        return results[0], results[len(refs):]
+        refs = self.ranks.submit("broadcast_weights", self.cfg.sync_bucket_mb << 20, version)
+        owners = [f"trainer rank {r}" for r in range(len(refs))]
+        owners += [f"weight receiver {i}" for i in range(1, len(receiver_refs) + 1)]
+        results = self.ranks.get(refs + list(receiver_refs), f"broadcast weights version {version}", owners=owners)
+        return results[0], results[len(refs) :]
 
     def close_sync(self) -> None:
-        self._get(self.ranks[0].close_sync.remote())
+        self.ranks.call_rank0("close_sync")
 
     def shutdown(self) -> None:
-        for actor in self.ranks:
-            ray.kill(actor)
-        self.ranks = []
+        self.ranks.shutdown()

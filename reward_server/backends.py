@@ -198,7 +198,7 @@ class VLLMBackend(JudgeBackend):
         seed: int = 0,
         enforce_eager: bool = False,
     ):
-        # One process: the engine lives in the server's worker thread (DESIGN sec. 4).
+        # One process: the engine lives in the server's worker thread (docs/architecture.md, 'Outside dependencies').
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM, SamplingParams
 

@@ -17,7 +17,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,7 +27,7 @@ import torch
 
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.families import AUDIO_TOKEN
-from audio_thinker.core.weights import state_checksum
+from audio_thinker.core.weights import NamedTensors, named_items, state_checksum
 
 FinishReason = Literal["stop", "length"]
 # Placeholders that the models' forward passes expand into audio/vision features. A sampled one would turn
@@ -36,7 +36,6 @@ MULTIMODAL_TOKENS = (
     "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
     "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>",
 )
-NamedTensors = Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,7 @@ class GenerationEngine(ABC):
                 f"refusing weights of version {version}: version {self.version} is already loaded"
             )
         start = time.perf_counter()
-        items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
+        items = named_items(named_tensors)
         named = [(k, t) for k, t in items]
         check_weights(named, self.expected_weights)
         self._load(named)

@@ -1,4 +1,4 @@
-"""Moving the trainer's weights to the rollout workers after each optimizer step (DESIGN sec. 3, 5).
+"""Moving the trainer's weights to the rollout workers after each optimizer step (docs/architecture.md).
 
 Both paths use one bucket format: tensors (under checkpoint keys, the layout the engines load) packed into
 flat uint8 buffers of about `sync_bucket_mb`, with a JSON list of (name, dtype, shape, offset). Bucketing is
@@ -20,17 +20,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
+import ray
 import torch
 import torch.distributed as dist
 
-ALIGN = 64  # byte alignment of tensors in a bucket, so every dtype view of the buffer is aligned
+from audio_thinker.core.weights import NamedTensors, named_items
 
-NamedTensors = Iterable[tuple[str, torch.Tensor]]
+ALIGN = 64  # byte alignment of tensors in a bucket, so every dtype view of the buffer is aligned
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -55,7 +56,7 @@ def pack_buckets(named: NamedTensors, bucket_bytes: int) -> Iterator[tuple[list[
     """
     pending: list[tuple[str, torch.Tensor]] = []
     size = 0
-    for name, tensor in named:
+    for name, tensor in named_items(named):
         n = _aligned(_nbytes(tensor))
         if pending and size + n > bucket_bytes:
             yield _pack(pending, size)
@@ -71,7 +72,7 @@ def _pack(items: list[tuple[str, torch.Tensor]], size: int) -> tuple[list[dict],
     header, offset = [], 0
     for name, tensor in items:
         n = _nbytes(tensor)
-        flat[offset: offset + n].copy_(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
+        flat[offset : offset + n].copy_(tensor.detach().contiguous().reshape(-1).view(torch.uint8))
         header.append({"name": name, "dtype": str(tensor.dtype), "shape": list(tensor.shape), "offset": offset})
         offset += _aligned(n)
     return header, flat
@@ -86,7 +87,7 @@ def unpack(header: list[dict], flat: torch.Tensor) -> Iterator[tuple[str, torch.
         start = entry["offset"]
         if start + n > flat.numel():
             raise ValueError(f"weight sync: {entry['name']} runs past the end of its bucket ({flat.numel()} bytes)")
-        yield entry["name"], flat[start: start + n].view(dtype).reshape(shape)
+        yield entry["name"], flat[start : start + n].view(dtype).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -105,8 +106,6 @@ class WeightsHandle:
 
 def publish(named: NamedTensors, bucket_bytes: int, version: int = 0) -> WeightsHandle:
     """Put the weights into the Ray object store, one object per bucket."""
-    import ray
-
     handle = WeightsHandle(version=version)
     for header, flat in pack_buckets(named, bucket_bytes):
         handle.refs.append(ray.put((header, flat.cpu().numpy())))
@@ -121,8 +120,6 @@ def receive_published(handle: WeightsHandle, device: torch.device | str = "cpu")
     Ray hands numpy buffers back read-only and zero-copy; each bucket is copied once so that the tensors
     are ordinary writable tensors the caller may keep or modify.
     """
-    import ray
-
     for ref in handle.refs:
         header, array = ray.get(ref)
         yield from unpack(header, torch.from_numpy(array.copy()).to(device))

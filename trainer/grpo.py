@@ -1,4 +1,4 @@
-"""The GRPO objective (DESIGN sec. 2): token-level clipped ratio minus beta * k3 KL, per-sequence means.
+"""The GRPO objective (docs/rewards.md, docs/architecture.md): token-level clipped ratio minus beta * k3 KL, per-sequence means.
 
 `grpo_loss` takes `num_sequences`, the number of sequences of the whole optimizer step, so that the losses of
 micro-batches (and of data-parallel ranks) add up to the loss of the whole step: each micro-batch contributes

@@ -6,6 +6,8 @@
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
       tensorboard/                event files
+      status.json                 {"state": "running" | "finished" | "failed", "message", "time"}
+      final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
 logged twice (TensorBoard's own `purge_step` does the same for the event files).
@@ -17,6 +19,8 @@ import json
 import math
 import time
 from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
 
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
@@ -36,6 +40,8 @@ class RunDir:
         self.rollouts = self.path / "rollouts"
         self.checkpoints = self.path / "checkpoints"
         self.tensorboard = self.path / "tensorboard"
+        self.status_path = self.path / "status.json"
+        self.final = self.path / "final"
         self._writer = None
 
     def create(self, config: Config) -> RunDir:
@@ -43,6 +49,12 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.path / "config.yaml")
         return self
+
+    def write_status(self, state: str, message: str | None = None) -> None:
+        """What the run is doing, for people and the dashboard (written atomically)."""
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"state": state, "message": message, "time": time.time()}) + "\n")
+        tmp.replace(self.status_path)
 
     def rollout_path(self, step: int) -> Path:
         return self.rollouts / f"step_{step:06d}.jsonl"
@@ -65,8 +77,6 @@ class RunDir:
                 dump.unlink()
 
     def open_tensorboard(self, purge_step: int | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         self._writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
 
     def log_metrics(self, metrics: dict) -> None:

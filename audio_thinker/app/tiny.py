@@ -31,10 +31,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    WhisperFeatureExtractor,
+)
+from transformers.modeling_outputs import BaseModelOutput
 
+from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.core.data import load_dataset
+from audio_thinker.core.encoding import PromptEncoder
+from audio_thinker.core.families import render_chat
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import save_checkpoint_weights
+from audio_thinker.core.protocol import build_instruction
+from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate
 
 log = get_logger(__name__)
 
@@ -230,7 +247,6 @@ def _encode_each_clip_once(encoder: torch.nn.Module) -> Iterator[None]:
     ~24 clips that the warm-up repeats. Rows are keyed by their feature bytes, so a cached output is exactly
     what the encoder would return for that row.
     """
-    from transformers.modeling_outputs import BaseModelOutput
 
     forward, cache = encoder.forward, {}
 
@@ -260,11 +276,6 @@ def format_warmup(
     `PromptEncoder`), and the loss covers only the completion tokens (`CompletionLogprobs` runs the LM head only
     there), so the model learns what to write after `<|im_start|>assistant`, whatever the audio.
     """
-    from audio_thinker.app.synthetic import write_synthetic_dataset
-    from audio_thinker.core.data import load_dataset
-    from audio_thinker.core.encoding import PromptEncoder, render_chat
-    from audio_thinker.core.protocol import build_instruction
-    from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate
 
     start = time.perf_counter()
     encoder = PromptEncoder(tokenizer, feature_extractor)
@@ -333,7 +344,6 @@ TINY_AUDIO_ENCODER = {
 
 
 def make_qwen2_audio(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
-    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
     config = Qwen2AudioConfig(
         audio_config=dict(TINY_AUDIO_ENCODER),
@@ -356,7 +366,6 @@ def make_qwen2_audio(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> 
 
 
 def make_qwen2_5_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     text = _text_config(tokenizer, tie=False)
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]}
@@ -398,7 +407,6 @@ def make_qwen2_5_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) ->
 
 
 def make_qwen3_judge(out: Path, tokenizer, seed: int) -> Path:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     cfg = _text_config(tokenizer, tie=True)
     cfg["num_key_value_heads"] = 1

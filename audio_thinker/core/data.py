@@ -1,6 +1,6 @@
 """Training and benchmark manifests, read into one record type: `AudioQuestion`.
 
-Supported layouts (`fmt`), as the datasets ship them (DESIGN sec. 2):
+Supported layouts (`fmt`), as the datasets ship them (docs/architecture.md, 'Data'):
 - "avqa": AVQA in the R1-AQA jsonl form: `question_text`, `multi_choice` (list), `answer` (int index),
   `audio_path`, optional `id`. "video" in a question becomes "audio" (the clips are the videos' sound
   tracks). Our own extra keys `category` (sound / music / speech, read as the task) and `difficulty` are

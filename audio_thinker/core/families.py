@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import transformers
+
 from audio_thinker.core.vocab import FAMILIES
 
 AUDIO_TOKEN = "<|AUDIO|>"
@@ -79,8 +81,6 @@ def model_key(family: str, key: str) -> str:
 
 def model_class(family: str, model_type: str | None = None):
     """The transformers class that loads a folder of this family (and `model_type`, for the full Omni)."""
-    import transformers
-
     if check_family(family) == "qwen2_audio":
         return transformers.Qwen2AudioForConditionalGeneration
     if model_type == "qwen2_5_omni":

@@ -141,7 +141,7 @@ def _invalid(reason: str) -> Parsed:
 
 
 def parse_response(text: str) -> Parsed:
-    """Classify a completion as think / no_think / invalid (DESIGN sec. 2) and extract its parts."""
+    """Classify a completion as think / no_think / invalid (docs/rewards.md) and extract its parts."""
     if not isinstance(text, str):
         raise TypeError(f"response must be a string, got {type(text).__name__}")
     text = strip_end_tokens(text)

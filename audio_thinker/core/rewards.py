@@ -1,10 +1,10 @@
-"""Audio-Thinker rewards (paper eqs. 1-8, DESIGN sec. 2): format, ATAR accuracy, consistency, think quality.
+"""Audio-Thinker rewards (paper eqs. 1-8, docs/rewards.md): format, ATAR accuracy, consistency, think quality.
 
 Pure Python + numpy (no torch): light tools such as `audio-thinker rewards` and the dashboard import it.
 One call, `compute_rewards`, turns the verdicts of one training batch into every reward term and the
 group advantages, so the driver and the offline re-scorer cannot disagree.
 
-Decisions (DESIGN sec. 2):
+Decisions (docs/architecture.md, 'Decisions'):
 - lambda is the share of think samples among the batch's VALID samples; a batch without valid samples has
   lambda = 0 (no think sample was seen; every R_a is 0 there, so the factors change nothing).
 - Invalid samples earn nothing: R_f = R_a = R_c = R_t = 0.
@@ -171,9 +171,7 @@ def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
             raise SampleError(i, "think_quality", f"missing: {variant} needs it for a think sample")
 
 
-def compute_rewards(
-    samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str
-) -> RewardBatch:
+def compute_rewards(samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str) -> RewardBatch:
     """All reward terms, totals and group advantages of one training batch (input order kept)."""
     check_variant(variant)
     check_step(step, total_steps)
@@ -213,3 +211,20 @@ def compute_rewards(
         for s, (f, a, c, t, r), adv in zip(samples, terms, advantages)
     ]
     return RewardBatch(think_rate=think_rate, gamma_think=g_t, gamma_no_think=g_n, samples=rewards)
+
+
+def rewards_from_totals(samples: Sequence[SampleVerdict], totals: Sequence[float]) -> RewardBatch:
+    """A RewardBatch for a reward hook that only gives each sample's total (a toy or a researcher's own reward):
+    the terms are 0, the ATAR factors 1, the advantages eq. 8 within each group."""
+    if len(samples) != len(totals):
+        raise ValueError(f"{len(samples)} samples but {len(totals)} totals: one total per sample")
+    valid = [s.mode for s in samples if s.mode != "invalid"]
+    think_rate = valid.count("think") / len(valid) if valid else 0.0
+    advantages = group_advantages([float(t) for t in totals], [s.group for s in samples])
+    rewards = [
+        SampleReward(
+            s.mode, s.correct, format=0.0, accuracy=0.0, consistency=0.0, think=0.0, total=float(t), advantage=a
+        )
+        for s, t, a in zip(samples, totals, advantages)
+    ]
+    return RewardBatch(think_rate=think_rate, gamma_think=1.0, gamma_no_think=1.0, samples=rewards)

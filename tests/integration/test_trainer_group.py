@@ -11,7 +11,7 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from actors.reference import start_reference
+from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
@@ -67,7 +67,7 @@ def policy_path(tiny_models):
 
 @pytest.fixture(scope="module")
 def reference(ray_session, policy_path):
-    return start_reference(policy_path, FAMILY, trainer_config())
+    return Reference(policy_path, FAMILY, trainer_config())
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def batches(reference, policy_path):
     out = []
     for seed in (1, 2):
         batch = make_batch(policy_path, seed)
-        batch.ref_logprobs = ray.get(reference.compute_logprobs.remote(batch), timeout=120)
+        batch.ref_logprobs = reference.compute_logprobs(batch)
         out.append(batch)
     return out
 
@@ -121,7 +121,7 @@ def first_step(one_rank, two_ranks, two_ranks_zero3, batches):
 
 def test_reference_equals_initial_policy(reference, one_rank, two_ranks_zero3, batches, policy_path):
     source = state_checksum(load_file(str(policy_path / "model.safetensors")))
-    assert ray.get(reference.weights_checksum.remote()) == source
+    assert reference.weights_checksum() == source
     assert one_rank.weights_checksum() == source  # trainer weights gathered under checkpoint keys
     assert two_ranks_zero3.weights_checksum() == source  # ZeRO-3: gathered from two partitions
     old = one_rank.compute_logprobs(batches[0])

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.driver import Driver, Judge, call_judge, judge_items, step_metrics, step_questions
+import numpy as np
+
+from audio_thinker.app.driver import Driver, paper_reward, step_questions
+from audio_thinker.app.judging import Judge, call_judge, judge_items
 from audio_thinker.app.run_dir import RunDir
+from audio_thinker.app.step_metrics import step_metrics
 from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
+from audio_thinker.core.encoding import EncodedPrompt
 from audio_thinker.core.presets import load_config
-from audio_thinker.core.rewards import SampleVerdict, compute_rewards
+from audio_thinker.core.records import RolloutRecord
+from audio_thinker.core.rewards import SampleVerdict, compute_rewards, rewards_from_totals
+from reward_server.client import JudgeUnavailableError
+from rollout.engine import Sample
 from trainer.checkpoint import checkpoint_dir
 
 
@@ -35,8 +43,28 @@ def test_step_questions_walk_through_epochs_and_resume_alike(dataset):
     assert step_questions(dataset, 4, 1, per_step) != order[:4]
 
 
-def row(mode: str, correct: bool) -> dict:
-    return {"mode": mode, "correct": correct, "question": "q", "think": "t", "answer_text": "a", "choices": ["a", "b"]}
+def row(mode: str, correct: bool, **fields) -> RolloutRecord:
+    base = dict(
+        step=1,
+        group="g",
+        sample=0,
+        question_id="g",
+        audio_path="a.wav",
+        difficulty=None,
+        category=None,
+        question="q",
+        choices=["a", "b"],
+        answer="a",
+        letters=False,
+        response="",
+        num_tokens=1,
+        finish_reason="stop",
+        mode=mode,
+        think="t",
+        answer_text="a",
+        correct=correct,
+    )
+    return RolloutRecord(**{**base, **fields})
 
 
 def test_judge_items_asks_only_for_what_rewards_use():
@@ -50,30 +78,27 @@ def test_judge_items_asks_only_for_what_rewards_use():
 
 
 def test_unreachable_judge_raises_instead_of_inventing_a_reward():
-    from reward_server.client import JudgeUnavailableError
-
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = load_config(None, ["judge.max_retries=1", "judge.timeout_s=2"])
     rows = [row("think", True)]
     with pytest.raises(JudgeUnavailableError):
-        call_judge(Judge(f"http://127.0.0.1:{port}", "k"), config, rows, {"consistency", "think_quality"})
-    assert rows[0].get("consistency") is None and rows[0].get("think_quality") is None
+        call_judge(Judge(f"http://127.0.0.1:{port}", "k"), config.judge, rows, {"consistency", "think_quality"})
+    assert rows[0].consistency is None and rows[0].think_quality is None
 
 
 def test_step_metrics_hand_computed():
     rows = [
-        {**row("think", True), "difficulty": "easy", "num_tokens": 10, "finish_reason": "stop"},
-        {**row("no_think", False), "difficulty": "easy", "num_tokens": 4, "finish_reason": "stop"},
-        {**row("no_think", True), "difficulty": "hard", "num_tokens": 6, "finish_reason": "length"},
-        {**row("invalid", False), "difficulty": "hard", "num_tokens": 20, "finish_reason": "length"},
+        row("think", True, difficulty="easy", num_tokens=10, finish_reason="stop"),
+        row("no_think", False, difficulty="easy", num_tokens=4, finish_reason="stop"),
+        row("no_think", True, difficulty="hard", num_tokens=6, finish_reason="length"),
+        row("invalid", False, difficulty="hard", num_tokens=20, finish_reason="length"),
     ]
-    verdicts = [SampleVerdict(r["mode"], r["correct"], "g", 1, 0.5) for r in rows]
+    verdicts = [SampleVerdict(r.mode, r.correct, "g", 1, 0.5) for r in rows]
     batch = compute_rewards(verdicts, step=1, total_steps=2, variant="atar_cr_tr")
     for r, s in zip(rows, batch.samples):
-        r.update(format=s.format, accuracy=s.accuracy, consistency_reward=s.consistency, think_reward=s.think,
-                 total=s.total, advantage=s.advantage)
+        r.set_reward(s)
     m = step_metrics(rows, batch)
     assert m["think_rate"] == pytest.approx(1 / 3)
     assert m["acc/overall"] == 0.5 and m["acc/think"] == 1.0 and m["acc/no_think"] == 0.5
@@ -96,11 +121,104 @@ def test_run_dir_truncates_what_came_after_the_checkpoint(tmp_path: Path):
     assert [json.loads(line)["step"] for line in run.metrics_path.read_text().splitlines()] == [1, 2, 3]
 
 
-def test_failure_message_names_the_cause_and_the_resume_point(tmp_path: Path):
-    from reward_server.client import JudgeUnavailableError
+# ------------------------------------------------------------------------------------------------ the step
+# Stand-ins for the actor parts with the interfaces the driver calls; the real ones run in tests/integration.
 
-    driver = Driver.__new__(Driver)
-    driver.run_dir = RunDir(tmp_path / "run").create(load_config())
+PROMPT_IDS = [5, 6, 7]
+RESPONSES = ["<answer>x</answer>", "<think>hm</think><answer>x</answer>", "no tags", "<answer>y</answer>"]
+
+
+class StubEncoder:
+    def encode(self, prompt, audio):
+        return EncodedPrompt(PROMPT_IDS, np.zeros((2, 4), np.float32), np.ones(4, np.int64))
+
+
+class StubRollout:
+    """G samples per question, cycling through RESPONSES (no_think, think, invalid, no_think)."""
+
+    def __init__(self, g):
+        self.g, self.calls, self.weights = g, [], []
+
+    def generate(self, requests, sampling, min_version):
+        self.calls.append((len(requests), sampling.n, min_version))
+        out = []
+        for _ in requests:
+            texts = [RESPONSES[j % len(RESPONSES)] for j in range(self.g)]
+            out.append([Sample(PROMPT_IDS, [1] * (j + 1), t, "stop", [-0.5] * (j + 1)) for j, t in enumerate(texts)])
+        return out
+
+    def set_weights(self, handle, version, expected_checksum=None):
+        self.weights.append((version, expected_checksum))
+        return {"seconds": 0.0}
+
+
+class StubTrainer:
+    def __init__(self):
+        self.batches = []
+
+    def compute_logprobs(self, batch, temperature=1.0):
+        return [np.full(len(ids), -0.5, np.float32) for ids in batch.completion_ids]
+
+    def train_step(self, batch, temperature=1.0):
+        self.batches.append(batch)
+        return {"actor/loss": 0.0, "actor/grad_norm": 0.1, "actor/kl": 0.0}
+
+    def weights_checksum(self):
+        return "sum"
+
+    def publish_weights(self, version):
+        return type("Handle", (), {"num_bytes": 10})()
+
+
+class StubReference(StubTrainer):
+    pass
+
+
+@pytest.fixture()
+def stub_driver(dataset, tmp_path):
+    config = load_config(None, ["run.total_steps=4", "run.questions_per_step=2", "rollout.samples_per_question=4"])
+    rollout, trainer = StubRollout(4), StubTrainer()
+    run_dir = RunDir(tmp_path / "run").create(config)
+    return Driver(config, rollout, trainer, StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+
+
+def test_a_step_flows_from_generation_to_the_dump(stub_driver):
+    driver = stub_driver
+    seen = []
+
+    def reward(records, step):
+        seen.append((step, len(records)))
+        return rewards_from_totals([r.verdict() for r in records], [float(r.mode == "no_think") for r in records])
+
+    driver.reward_fn = reward
+    metrics = driver.step(1)
+    assert driver.rollout.calls == [(2, 4, 0)]  # 2 questions x G=4, sampled from weights version 0
+    assert seen == [(1, 8)]
+    batch = driver.trainer.batches[0]
+    assert batch.prompt_index == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert batch.advantages[0] > 0 > batch.advantages[1]  # no_think paid 1, think 0, within each group
+    assert len(batch.old_logprobs) == len(batch.ref_logprobs) == 8
+    assert driver.rollout.weights == [(1, "sum")] and driver.version == 1  # synced as version 1, checksum checked
+    dump = [json.loads(line) for line in driver.run_dir.rollout_path(1).read_text().splitlines()]
+    assert [d["mode"] for d in dump[:4]] == ["no_think", "think", "invalid", "no_think"]
+    assert [d["advantage"] for d in dump] == pytest.approx(batch.advantages)
+    assert [d["total"] for d in dump[:4]] == [1.0, 0.0, 0.0, 1.0]
+    assert RolloutRecord.from_json(dump[0]).question_id == dump[0]["group"]
+    assert metrics["count/invalid"] == 2 and metrics["think_rate"] == pytest.approx(2 / 6)
+    assert metrics["step"] == 1 and metrics["sync/bytes"] == 10.0
+
+
+def test_the_default_reward_is_the_papers_and_a_tokenizer_mismatch_is_named(stub_driver):
+    records = [row("think", True, group="g1", consistency=1, think_quality=0.5), row("no_think", False, group="g1")]
+    expected = compute_rewards([r.verdict() for r in records], 2, 4, "atar_cr_tr")
+    assert stub_driver.reward_fn(records, 2) == expected == paper_reward("atar_cr_tr", 4)(records, 2)
+    stub_driver.encoder = type("Other", (), {"encode": lambda self, p, a: EncodedPrompt([9], None, None)})()
+    with pytest.raises(Exception, match="tokenized question .* differently"):
+        stub_driver.step(1)
+
+
+def test_failure_message_names_the_cause_and_the_resume_point(stub_driver):
+    driver = stub_driver
     driver.judge = Judge("http://127.0.0.1:9", "k")
     message = driver.failure_message(3, JudgeUnavailableError("503 after 5 retries"))
     assert "step 3 failed" in message and "http://127.0.0.1:9" in message and "no reward is invented" in message

@@ -1,6 +1,6 @@
 """The benchmarks' official scoring rules, and the `results.json` aggregation the paper's tables are read from.
 
-Rules (DESIGN sec. 6), the same as the official scripts:
+Rules (docs/eval.md), the same as the official scripts:
 - MMAU, MMAR (and our synthetic set): the `string_match` token rule (`protocol.mmau_token_match`): the
   prediction holds every word token of the answer and none of the tokens only the other choices have. A
   prediction without any word token (e.g. "") is `invalid`; the official scripts count it as wrong, so it

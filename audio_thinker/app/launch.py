@@ -1,0 +1,112 @@
+"""Getting a run's parts ready: models and data on disk, a Ray connection, the judge. `Driver.from_config`
+uses these; each is usable alone (tests, tools)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import ray
+
+from actors.judge_server import JudgeService
+from audio_thinker.app.judging import Judge
+from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.tiny import ensure_tiny_models, read_provenance
+from audio_thinker.core.config import Config
+from audio_thinker.core.data import Dataset, load_dataset
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.rewards import needs_judge
+from reward_server.client import JudgeClient
+
+log = get_logger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue; the message names the cause and what was saved."""
+
+
+def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
+    d = config.data
+    root = Path(d.audio_root)
+    for manifest, size, split in (
+        (d.train_manifest, d.synthetic_train_size, "train"),
+        (d.eval_manifest, d.synthetic_eval_size, "eval"),
+    ):
+        if manifest and not Path(manifest).is_file() and d.make_synthetic_if_missing:
+            log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
+            written = write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
+            if written.resolve() != Path(manifest).resolve():
+                raise TrainingError(f"data.{split}_manifest={manifest} but the synthetic set was written to {written}")
+    kwargs = dict(audio_root=root, skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
+    train = load_dataset(d.train_manifest, "avqa", **kwargs)
+    held_out = load_dataset(d.eval_manifest, d.eval_format, **kwargs) if d.eval_manifest else None
+    return train, held_out
+
+
+def prepare_models(config: Config) -> None:
+    """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
+    `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
+    m = config.model
+    missing = [p for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
+    if missing and m.make_tiny_if_missing:
+        for folder in sorted({str(Path(p).parent) for p in missing}):
+            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps)
+        missing = [p for p in missing if not (Path(p) / "config.json").is_file()]
+    if missing:
+        raise TrainingError(
+            f"model folder(s) {missing} not found (tiny models are named "
+            "<folder>/qwen2_audio, qwen2_5_omni, qwen3_judge; real ones must exist)"
+        )
+    built = read_provenance(m.policy_path)
+    if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
+        log.warning(
+            "tiny policy %s was built with %d format warm-up steps, model.tiny_warmup_steps=%d: using it as is "
+            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d)",
+            m.policy_path,
+            built["warmup_steps"],
+            m.tiny_warmup_steps,
+            Path(m.policy_path).parent,
+            m.tiny_warmup_steps,
+        )
+
+
+def connect_ray() -> bool:
+    """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a new local one.
+    Returns whether this call started Ray (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined the Ray cluster at %s", address)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}},
+        )
+        log.info("started a local Ray instance (%d CPUs)", os.cpu_count())
+    return not address
+
+
+def start_judge(config: Config) -> Judge | None:
+    """The run's judge, ready to answer: an external one (`judge.url`) or a new in-cluster server; None when
+    the reward variant needs no verdicts."""
+    if not needs_judge(config.reward.variant):
+        return None
+    if config.judge.url:
+        judge = Judge(config.judge.url, config.judge.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
+    else:
+        key = secrets.token_urlsafe(24)
+        host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
+        service = JudgeService(config.model.judge_path, config.judge, key, host)
+        judge = Judge(service.url, key, service)
+    try:
+        with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s) as client:
+            client.wait_ready(timeout_s=config.judge.timeout_s)
+    except BaseException:
+        judge.close()
+        raise
+    return judge
