@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
+from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset, load_dataset
@@ -36,10 +37,6 @@ from audio_thinker.core.rewards import SampleVerdict, compute_rewards, needs_jud
 from rollout.engine import GenerationRequest, Sample, SamplingConfig
 
 log = get_logger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue; the message names the cause and what was saved."""
 
 
 # ------------------------------------------------------------------------------------------------ data
