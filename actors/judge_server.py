@@ -20,12 +20,7 @@ class JudgeServer:
         from reward_server.backends import load_backend
         from reward_server.cli import ServerThread, build_server
 
-        settings = ServerSettings(
-            api_keys=frozenset({api_key}),
-            max_batch_size=judge.max_batch_size,
-            max_wait_ms=judge.max_wait_ms,
-            request_timeout_s=judge.timeout_s,
-        )
+        settings = ServerSettings(**judge.limits().model_dump(), api_keys=frozenset({api_key}))
         server = build_server(lambda: load_backend(judge.backend, model_path), settings, host=host, port=0)
         self.thread = ServerThread(server)
         self.base_url = self.thread.start()

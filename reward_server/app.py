@@ -25,8 +25,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
+from audio_thinker.core.config import JudgeLimits
 from audio_thinker.core.protocol import parse_response
 from audio_thinker.core.rewards import SampleVerdict, compute_rewards
 from audio_thinker.core.vocab import normalize_text
@@ -74,33 +75,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _WARMUP = JudgeItem(question="Is the sound a dog barking?", think="I hear short loud barks.", answer="yes")
 
 
-class ServerSettings(BaseModel):
-    """Limits and keys of one judge server (shown in /v1/info, except the keys)."""
+class ServerSettings(JudgeLimits):
+    """Limits and keys of one judge server (the limits are shown in /v1/info, the keys never)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     api_keys: frozenset[str] = Field(
         frozenset(), description="Bearer keys; empty: no auth (loopback clients only)."
     )
-    max_batch_size: int = Field(32, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    max_queue: int = Field(1024, ge=1)
-    max_items: int = Field(256, ge=1)
-    max_text_chars: int = Field(16000, ge=1)
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
-    request_timeout_s: float = Field(60.0, gt=0)
-    retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 and 503 answers.")
-
-    @model_validator(mode="after")
-    def _fits(self) -> ServerSettings:
-        if self.max_items > self.max_queue:
-            raise ValueError(
-                f"max_items ({self.max_items}) > max_queue ({self.max_queue}): a full request could never be queued"
-            )
-        return self
-
-    def limits(self) -> Limits:
-        return Limits(**self.model_dump(exclude={"api_keys", "retry_after_s"}))
 
 
 class BodyLimitMiddleware:
@@ -377,7 +359,7 @@ def create_app(
             prompt_version=PROMPT_VERSION,
             prompts={name: p.version for name, p in PROMPTS.items()},
             scores=list(ALL_SCORES),
-            limits=settings.limits(),
+            limits=Limits(**settings.limits().model_dump(exclude={"retry_after_s"})),
             auth=bool(settings.api_keys),
         )
 

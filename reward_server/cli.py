@@ -11,12 +11,16 @@ import argparse
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import uvicorn
+from pydantic import Field, model_validator
 
+from audio_thinker.core.config import JudgeLimits
+from audio_thinker.core.options import add_model_arguments
+from audio_thinker.core.vocab import Dtype, JudgeBackendName
 from reward_server.app import ServerSettings, create_app
-from reward_server.auth import AuthConfigError, check_auth_setup, load_api_keys
+from reward_server.auth import check_auth_setup, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 
 log = logging.getLogger(__name__)
@@ -100,53 +104,91 @@ class ServerThread:
         self.stop()
 
 
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    return ServerSettings(
-        api_keys=load_api_keys(args.api_key_file),
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        max_items=args.max_items,
-        max_text_chars=args.max_text_chars,
-        max_body_bytes=args.max_body_bytes,
-        request_timeout_s=args.request_timeout_s,
+class ServeOptions(JudgeLimits):
+    """The options of `audio-thinker serve-judge`: the judge's limits plus what to serve and where."""
+
+    model: str = Field(description="Judge model folder (the served model name for --backend openai).")
+    backend: JudgeBackendName = Field("transformers", description="Where the judge's forward passes run.")
+    openai_base_url: str | None = Field(
+        None, description="With --backend openai: the base URL of the OpenAI-compatible completions server."
+    )
+    openai_tokenizer: str | None = Field(
+        None, description="With --backend openai: folder with the judge's tokenizer and config (none: --model)."
+    )
+    openai_top_logprobs: int | None = Field(
+        None,
+        ge=1,
+        description="With --backend openai: read the labels from the top-k logprobs of a non-vLLM server "
+        "(none: vLLM's logprob_token_ids).",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface; needs API keys).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: a free one).")
+    api_key_file: str | None = Field(
+        None, description="File with one API key per line (also read: AUDIO_THINKER_JUDGE_API_KEYS)."
+    )
+    no_auth: bool = Field(False, description="Serve without API keys (loopback hosts and clients only).")
+    device: str | None = Field(
+        None, description="Torch device of --backend transformers (none: cuda if available, else cpu)."
+    )
+    dtype: Dtype | None = Field(
+        None, description="Weights dtype (none: bfloat16 on GPU, float32 on CPU; vllm: the model's)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="With --backend vllm: context length (none: the model's)."
+    )
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="With --backend vllm: GPU memory share.")
+    enforce_eager: bool = Field(
+        False, description="With --backend vllm: no compilation or CUDA graphs (faster start, slower steps)."
     )
 
-
-def run_serve_judge(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; exit code 1 when the configuration is refused or the model fails to load."""
-    try:
-        if args.backend == "openai" and not args.openai_base_url:
+    @model_validator(mode="after")
+    def _openai_url(self) -> ServeOptions:
+        if self.backend == "openai" and not self.openai_base_url:
             raise ValueError("--backend openai needs --openai-base-url (the completions server)")
-        settings = settings_from_args(args)
-        server = build_server(
-            lambda: load_backend(
-                args.backend,
-                args.model,
-                openai_base_url=args.openai_base_url,
-                tokenizer=args.openai_tokenizer,
-                device=args.device,
-                dtype=args.dtype,
-                top_logprobs=args.openai_top_logprobs,
-                max_model_len=args.max_model_len,
-                gpu_memory_utilization=args.gpu_memory_utilization,
-                enforce_eager=args.enforce_eager,
-            ),
-            settings,
-            host=args.host,
-            port=args.port,
-            no_auth=args.no_auth,
-            log_level="info",
+        return self
+
+    def load(self) -> JudgeBackend:
+        return load_backend(
+            self.backend,
+            self.model,
+            openai_base_url=self.openai_base_url,
+            tokenizer=self.openai_tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+            top_logprobs=self.openai_top_logprobs,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            enforce_eager=self.enforce_eager,
         )
-    except (AuthConfigError, ValueError) as exc:
-        log.error("serve-judge: %s", exc)
-        return 1
+
+
+def add_serve_parser(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
+    """The `serve-judge` sub-command, its options derived from ServeOptions."""
+    parser = subparsers.add_parser(
+        "serve-judge",
+        parents=list(parents),
+        help="run the reward-judge REST service (docs/judge.md)",
+        description="Serve the judge until SIGINT/SIGTERM. Exit code 2: options refused; 1: the model failed to load.",
+    )
+    add_model_arguments(parser, ServeOptions, exclude=JudgeLimits.model_fields)
+    add_model_arguments(parser.add_argument_group("limits (shown in /v1/info)"), JudgeLimits)
+    return parser
+
+
+def run_serve_judge(options: ServeOptions) -> int:
+    """Serve until SIGINT/SIGTERM; 1 when the model fails to load. Raises AuthConfigError for refused keys."""
+    settings = ServerSettings(**options.limits().model_dump(), api_keys=load_api_keys(options.api_key_file))
+    server = build_server(
+        options.load, settings, host=options.host, port=options.port, no_auth=options.no_auth, log_level="info"
+    )
     log.info(
         "judge on http://%s:%d (%s backend, %s); loading the model",
-        args.host,
-        args.port,
-        args.backend,
-        args.model,
+        options.host,
+        options.port,
+        options.backend,
+        options.model,
     )
     server.run()
     judge = server.config.app.state.judge

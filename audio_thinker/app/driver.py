@@ -29,7 +29,8 @@ from actors.trainer_group import PolicyTrainerGroup
 from actors.weight_sync import WeightSync
 from audio_thinker.app.eval.scoring import summarize_for_training
 from audio_thinker.app.judging import Judge, call_judge
-from audio_thinker.app.launch import TrainingError, connect_ray, prepare_data, prepare_models, start_judge
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.core.config import Config

@@ -13,7 +13,8 @@ from pathlib import Path
 import ray
 
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.app.launch import TrainingError, connect_ray
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.launch import connect_ray
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import STATE_FILE, checkpoint_dir, list_checkpoints

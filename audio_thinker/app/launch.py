@@ -10,6 +10,7 @@ from pathlib import Path
 import ray
 
 from actors.judge_server import JudgeService
+from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.judging import Judge
 from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.app.tiny import ensure_tiny_models, read_provenance
@@ -20,10 +21,6 @@ from audio_thinker.core.rewards import needs_judge
 from reward_server.client import JudgeClient
 
 log = get_logger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot continue; the message names the cause and what was saved."""
 
 
 def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:

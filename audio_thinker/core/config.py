@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from audio_thinker.core.vocab import (
     DataFormat,
@@ -119,13 +119,16 @@ class JudgeLimits(Section):
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request inside the server before 504.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds of 429 and 503 answers.")
 
-    @model_validator(mode="after")
-    def _fits(self) -> JudgeLimits:
-        if self.max_items > self.max_queue:
+    @field_validator("max_items")
+    @classmethod
+    def _fits(cls, max_items: int, info: ValidationInfo) -> int:
+        """A field check (max_queue is validated first), so that the error names max_items."""
+        max_queue = info.data.get("max_queue")
+        if max_queue is not None and max_items > max_queue:
             raise ValueError(
-                f"max_items ({self.max_items}) > max_queue ({self.max_queue}): a full request could never be queued"
+                f"max_items ({max_items}) > max_queue ({max_queue}): a full request could never be queued"
             )
-        return self
+        return max_items
 
     def limits(self) -> JudgeLimits:
         """Only the limits (a subclass's other fields dropped)."""

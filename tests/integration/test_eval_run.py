@@ -17,7 +17,9 @@ import pytest
 from matplotlib.image import imread
 
 from audio_thinker.app.cli import main
-from audio_thinker.app.eval.runner import EvalError, EvalSpec, PartialLog, item_seed, run_eval, run_settings
+from audio_thinker.app.errors import EvalError
+from audio_thinker.app.eval.options import EvalOptions
+from audio_thinker.app.eval.runner import PartialLog, item_seed, run_eval, run_settings
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.core.audio import write_audio
@@ -72,18 +74,18 @@ def engine(policy) -> TransformersEngine:
     engine.close()
 
 
-def spec_for(policy: Path, data: Path, out: Path, **changes) -> EvalSpec:
-    spec = EvalSpec(model=str(policy), bench="synthetic", data=str(data), out=str(out), batch_size=3, max_new_tokens=12)
-    for key, value in changes.items():
-        setattr(spec, key, value)
-    return spec
+def spec_for(policy: Path, data: Path, out: Path, **changes) -> EvalOptions:
+    return EvalOptions(**{"model": str(policy), "bench": "synthetic", "data": str(data), "out": str(out),
+                          "batch_size": 3, "max_new_tokens": 12, **changes})
 
 
-def prefill(spec: EvalSpec, engine: GenerationEngine, outputs: dict[str, str]) -> None:
+def prefill(spec: EvalOptions, engine: GenerationEngine, outputs: dict[str, str]) -> None:
     """Put known completions into the run's partial.jsonl, as if an earlier run had generated them."""
     spec.out_dir.mkdir(parents=True, exist_ok=True)
     partial = PartialLog(spec.out_dir / "partial.jsonl", run_settings(spec, engine, load_template(spec.prompt)))
-    partial.append([{"id": k, "row": 0, "output": v, "finish_reason": "stop", "num_tokens": 0} for k, v in outputs.items()])
+    partial.append(
+        [{"id": k, "row": 0, "output": v, "finish_reason": "stop", "num_tokens": 0} for k, v in outputs.items()]
+    )
 
 
 def test_eval_command_end_to_end(policy, synthetic, tmp_path):
@@ -180,7 +182,7 @@ def known_outputs(manifest: Path) -> dict[str, str]:
 
 
 def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_path):
-    spec = spec_for(policy, synthetic, tmp_path, letters=True)
+    spec = spec_for(policy, synthetic, tmp_path, letter_choices=True)
     counting = CountingEngine(engine)
     prefill(spec, counting, known_outputs(synthetic))
     results = run_eval(spec, counting)
@@ -283,7 +285,7 @@ def test_consistency_audit_against_a_real_judge_server(tiny_models, policy, engi
     url = thread.start()
     try:
         JudgeClient(url).wait_ready(120)
-        spec = spec_for(policy, synthetic, tmp_path, letters=True, judge_url=url)
+        spec = spec_for(policy, synthetic, tmp_path, letter_choices=True, judge_url=url)
         counting = CountingEngine(engine)
         prefill(spec, counting, known_outputs(synthetic))
         results = run_eval(spec, counting)
@@ -299,13 +301,15 @@ def test_consistency_audit_against_a_real_judge_server(tiny_models, policy, engi
     assert f"({consistent} of 4)" in report and "## Consistency audit" in report
 
 
-def test_eval_without_required_options_says_what_is_missing(caplog):
+def test_eval_without_required_options_says_what_is_missing(capsys):
     assert main(["eval", "--bench", "mmau"]) == 2
-    assert "--model, --data required" in caplog.text
+    assert capsys.readouterr().err == "audio-thinker eval: --model is required; --data is required\n"
 
 
-def test_eval_refuses_a_folder_that_is_not_a_policy(synthetic, tmp_path, caplog):
+def test_eval_refuses_a_folder_that_is_not_a_policy(synthetic, tmp_path, capsys):
     shutil.copytree(Path(synthetic).parent, tmp_path / "notamodel")
     (tmp_path / "notamodel" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert main(["eval", "--model", str(tmp_path / "notamodel"), "--bench", "synthetic", "--data", str(synthetic)]) == 1
-    assert "model_type 'llama' is neither Qwen2-Audio nor Qwen2.5-Omni" in caplog.text
+    assert main(["eval", "--model", str(tmp_path / "notamodel"), "--bench", "synthetic", "--data", str(synthetic)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--model: " in err
+    assert "model_type 'llama' is neither Qwen2-Audio nor Qwen2.5-Omni" in err

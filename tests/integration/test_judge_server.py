@@ -558,14 +558,18 @@ def test_without_keys_only_loopback_clients_are_served():
     assert asyncio.run(post("127.0.0.1")).status_code == 503  # past the guard: the judge is not loaded
 
 
-def test_cli_refuses_to_serve_without_keys_and_fails_on_a_missing_model(tmp_path, monkeypatch, caplog):
+def test_cli_refuses_to_serve_without_keys_and_fails_on_a_missing_model(tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
-    assert cli_main(["serve-judge", "--model", str(tmp_path)]) == 1
-    assert "no API keys" in caplog.text
-    assert cli_main(["serve-judge", "--model", "m", "--backend", "openai", "--no-auth"]) == 1
-    assert "--backend openai needs --openai-base-url" in caplog.text
-    assert cli_main(["serve-judge", "--model", "m", "--no-auth", "--max-items", "9", "--max-queue", "8"]) == 1
-    assert "max_items (9) > max_queue (8)" in caplog.text
+    refused = {
+        "no API keys": ["--model", str(tmp_path)],
+        "--backend openai needs --openai-base-url": ["--model", "m", "--backend", "openai", "--no-auth"],
+        "--max-items: max_items (9) > max_queue (8)": ["--model", "m", "--max-items", "9", "--max-queue", "8"],
+        "API key file": ["--model", "m", "--api-key-file", str(tmp_path / "no-keys")],
+    }
+    for message, argv in refused.items():
+        assert cli_main(["serve-judge", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("audio-thinker serve-judge: ") and err.count("\n") == 1 and message in err
     assert cli_main(["serve-judge", "--model", str(tmp_path / "missing"), "--no-auth", "--port", "0"]) == 1
     assert "failed to load" in caplog.text and "does not exist" in caplog.text
 
@@ -592,7 +596,7 @@ def test_asgi_factory_reads_the_environment(judge_path, monkeypatch):
 
 
 def test_client_and_schemas_import_without_torch():
-    code = "import sys, reward_server.client, reward_server.schemas; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, reward_server.client, reward_server.schemas; assert 'torch' not in sys.modules, 'torch in'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
 
 

@@ -10,6 +10,7 @@ Fixtures in tests/data/eval/ (audio is not needed to score):
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,7 +133,8 @@ def test_air_status_uses_the_choice_position():
     ("dog", "wrong"), ("Dog barking, not rainfall", "wrong"), ("B", "wrong"), ("", "invalid"), ("?!", "invalid"),
 ])
 def test_token_match_status(prediction, status):
-    assert token_match_status(prediction, "Dog barking", ["Man speaking", "Dog barking", "Car engine", "Rainfall"]) == status
+    choices = ["Man speaking", "Dog barking", "Car engine", "Rainfall"]
+    assert token_match_status(prediction, "Dog barking", choices) == status
 
 
 def test_rows_without_answer_are_unlabeled_not_wrong(tmp_path):
@@ -193,9 +195,34 @@ def test_eval_score_command_prints_the_results_object(capsys):
     assert json.loads(capsys.readouterr().out) == score_file(AIR, "air")
 
 
-def test_eval_score_command_reports_a_missing_file(tmp_path, caplog):
-    assert main(["eval", "score", "--bench", "mmau", "--predictions", str(tmp_path / "nope.json")]) == 1
-    assert "nope.json does not exist" in caplog.text
+def test_eval_score_command_reports_a_missing_file(tmp_path, capsys):
+    assert main(["eval", "score", "--bench", "mmau", "--predictions", str(tmp_path / "nope.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.json does not exist" in err
+
+
+@pytest.mark.parametrize(
+    "name,text,bench,pattern",
+    [
+        ("results.json", json.dumps({"total": {}, "skipped": 0}, indent=2), "mmau",
+         r"results\.json holds one JSON object \(keys: total, skipped\), not rows"),
+        ("list.json", "[1, 2]", "mmau", r"list\.json row 1: expected a JSON object, got int"),
+        ("cut.json", '[{"id": "a"}', "mmau", r"cut\.json is not valid JSON \("),
+        ("mmar.json", (DATA / "MMAR-meta_predictions.json").read_text(), "mmau", r"mmar\.json row 1: missing field"),
+        ("manifest.jsonl", json.dumps({"id": "q1", "question": "Which?", "choices": ["a", "b"], "answer": "a",
+                                       "audio_id": "x.wav"}) + "\n", "mmau",
+         r"manifest\.jsonl: no row has a prediction field"),
+    ],
+)
+def test_eval_score_names_the_expected_layout_and_the_first_wrong_field(tmp_path, capsys, name, text, bench, pattern):
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(["eval", "score", "--bench", bench, "--predictions", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest " not in err
+    assert re.search(pattern, err), err
+    assert "expected a mmau predictions file: a JSON list or JSON lines of rows with id, question, choices, " \
+           "answer, audio_id and the prediction in model_prediction or model_output" in err
 
 
 def test_summarize_for_training_gives_fractions():

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audio_thinker.core.data import PARSERS, DataError, _read_rows, _Row
+from audio_thinker.core.data import PARSERS, DataError, _Row
 from audio_thinker.core.protocol import LETTERS, Parsed, match_choice
 from audio_thinker.core.vocab import RESPONSE_MODES
 
@@ -36,6 +36,12 @@ PREDICTION_KEYS = {
     "mmar": ("answer_prediction", "model_prediction"),
     "air": ("response",),
     "synthetic": ("model_prediction", "model_output"),
+}
+LAYOUT_FIELDS = {  # what the dataset reader checks in a row, for error messages
+    "mmau": "id, question, choices, answer, audio_id",
+    "mmar": "id, question, choices, answer, audio_path",
+    "air": "uniq_id, question, choice_a..choice_d, answer_gt, task_name, dataset_name, path",
+    "synthetic": "id, question_text, multi_choice, answer (an index), audio_path",
 }
 OURS = "audio_thinker"  # the key of our per-row details
 
@@ -115,25 +121,64 @@ def _mode(r: _Row) -> str | None:
     return details["mode"]
 
 
+def _layout(bench: str) -> str:
+    keys = " or ".join(PREDICTION_KEYS[bench])
+    return (f"a {bench} predictions file: a JSON list or JSON lines of rows with {LAYOUT_FIELDS[bench]} "
+            f"and the prediction in {keys}")
+
+
+def _decoded_rows(path: Path) -> list[tuple[int, object]]:
+    """(row number, decoded row) of a JSON list or JSON lines; a file that is neither is a DataError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} cannot be read: {exc}") from None
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("["):
+            raise DataError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    else:
+        if isinstance(whole, list):
+            return list(enumerate(whole, start=1))
+        if not isinstance(whole, dict):
+            raise DataError(f"{path} holds a JSON {type(whole).__name__}, not rows")
+        if "\n" in text.strip():
+            raise DataError(f"{path} holds one JSON object (keys: {', '.join(list(whole)[:6])}), not rows")
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} row {line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return rows
+
+
 def read_predictions(path: str | Path, bench: str) -> list[PredictionRow]:
     """Read a predictions file in the benchmark's layout, validating each row like the dataset reader does
-    (no audio needed); errors name the file, the row and the field."""
+    (no audio needed). Errors name the file, the row and the first wrong field, then the expected layout."""
     path = Path(path)
     parse = PARSERS[FORMATS[check_bench(bench)]]
     if not path.is_file():
         raise DataError(f"predictions file {path} does not exist")
-    rows = []
-    for row_no, data in _read_rows(path):
-        if isinstance(data, DataError):
-            raise data
-        if not isinstance(data, dict):
-            raise DataError(f"{path} row {row_no}: expected a JSON object, got {type(data).__name__}")
-        r = _Row(path, row_no, data)
-        parsed = parse(r)
-        rows.append(PredictionRow(
-            id=parsed.id, row=row_no, choices=parsed.choices, answer=parsed.answer, prediction=_prediction(r, bench),
-            task=parsed.task, difficulty=parsed.difficulty, category=parsed.category, mode=_mode(r),
-        ))
-    if not rows:
-        raise DataError(f"predictions file {path} has no rows")
+    rows, keyed = [], 0
+    try:
+        for row_no, data in _decoded_rows(path):
+            if not isinstance(data, dict):
+                raise DataError(f"{path} row {row_no}: expected a JSON object, got {type(data).__name__}")
+            r = _Row(path, row_no, data)
+            parsed = parse(r)
+            keyed += any(key in data for key in PREDICTION_KEYS[bench])
+            rows.append(PredictionRow(
+                id=parsed.id, row=row_no, choices=parsed.choices, answer=parsed.answer,
+                prediction=_prediction(r, bench), task=parsed.task, difficulty=parsed.difficulty,
+                category=parsed.category, mode=_mode(r),
+            ))
+        if not rows:
+            raise DataError(f"{path} has no rows")
+        if not keyed:
+            raise DataError(f"{path}: no row has a prediction field (is it the benchmark's file itself?)")
+    except DataError as exc:
+        raise DataError(f"{exc}; expected {_layout(bench)}") from None
     return rows

@@ -14,31 +14,30 @@ to sampling, seeded per question so a rerun gives the same answers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from audio_thinker.app.errors import EvalError
+from audio_thinker.app.eval.options import EvalOptions
 from audio_thinker.app.eval.predictions import (
     FORMATS,
     PredictionRow,
-    check_bench,
     prediction_row,
     prediction_text,
     write_predictions,
 )
 from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think, render_report
-from audio_thinker.app.eval.scoring import aggregate, score_file, score_row
-from audio_thinker.core.audio import AudioError
-from audio_thinker.core.data import DataError, Dataset, load_dataset
-from audio_thinker.core.families import detect_family, render_chat
+from audio_thinker.app.eval.scoring import aggregate, score_row
+from audio_thinker.core.data import Dataset, load_dataset
+from audio_thinker.core.families import render_chat
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.progress import progress
-from audio_thinker.core.protocol import TemplateError, build_instruction, load_template, parse_response
+from audio_thinker.core.protocol import build_instruction, load_template, parse_response
+from reward_server.client import JudgeClient
 from rollout.build import build_engine
 from rollout.engine import GenerationEngine, GenerationRequest, SamplingConfig
 
@@ -48,40 +47,12 @@ MAX_AUDIO_SECONDS = 30.0  # the Whisper encoders of both families see 30 s
 JUDGE_CHUNK = 32  # think responses per judge request
 
 
-class EvalError(ValueError):
-    """An evaluation that cannot run as asked; the message says what to change."""
-
-
-@dataclass
-class EvalSpec:
-    """What to evaluate and how (the options of `audio-thinker eval`)."""
-
-    model: str  # Hugging Face folder of the policy
-    bench: str  # mmau | mmar | air | synthetic
-    data: str  # the benchmark's manifest
-    audio_root: str | None = None  # default: the manifest's folder
-    out: str | None = None  # default: eval_results/<model>-<bench>-<prompt>
-    prompt: str = "adaptive"  # adaptive | think | no_think
-    template_file: str | None = None
-    letters: bool = False  # list choices as (A) ... and accept a bare letter
-    limit: int | None = None  # first N questions only
-    batch_size: int = 8
-    max_new_tokens: int = 1024
-    temperature: float | None = None  # None: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    judge_url: str | None = None  # consistency audit of the think responses
-    judge_api_key: str | None = None
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("eval_results") / f"{Path(self.model).name}-{self.bench}-{self.prompt}"
-
-    def sampling(self) -> SamplingConfig:
-        if self.temperature is None:
-            return SamplingConfig(n=1, max_new_tokens=self.max_new_tokens, logprobs=False, greedy=True)
-        return SamplingConfig(n=1, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                              logprobs=False)
+def sampling_config(spec: EvalOptions) -> SamplingConfig:
+    """Greedy unless a temperature is given; one answer per question."""
+    if spec.temperature is None:
+        return SamplingConfig(n=1, max_new_tokens=spec.max_new_tokens, logprobs=False, greedy=True)
+    return SamplingConfig(n=1, temperature=spec.temperature, top_p=spec.top_p,
+                          max_new_tokens=spec.max_new_tokens, logprobs=False)
 
 
 def item_seed(seed: int, item_id: str) -> int:
@@ -141,17 +112,19 @@ class PartialLog:
 
 
 def generate_missing(
-    engine: GenerationEngine, dataset: Dataset, prompts: list[str], spec: EvalSpec, partial: PartialLog
+    engine: GenerationEngine, dataset: Dataset, prompts: list[str], spec: EvalOptions, partial: PartialLog
 ) -> int:
     """Generate, in batches, the questions `partial` lacks; each batch is on disk before the next starts."""
-    sampling = spec.sampling()
+    sampling = sampling_config(spec)
     todo = [i for i in range(len(prompts)) if dataset[i].id not in partial.done]
     batches = [todo[k : k + spec.batch_size] for k in range(0, len(todo), spec.batch_size)]
     if len(todo) < len(prompts):
         log.info("%s: %d of %d questions already generated", partial.path, len(prompts) - len(todo), len(prompts))
     desc = f"eval {spec.bench} ({len(todo)} questions)"
     for batch in progress(batches, desc=desc, total=len(batches), unit="batch"):
-        requests = [GenerationRequest(prompts[i], dataset.audio(i), seed=item_seed(spec.seed, dataset[i].id)) for i in batch]
+        requests = [
+            GenerationRequest(prompts[i], dataset.audio(i), seed=item_seed(spec.seed, dataset[i].id)) for i in batch
+        ]
         outputs = engine.generate(requests, sampling)
         partial.append([
             {"id": dataset[i].id, "row": dataset[i].row, "output": samples[0].text,
@@ -163,8 +136,6 @@ def generate_missing(
 
 def consistency_audit(url: str, api_key: str | None, items: list[dict]) -> list[int]:
     """The judge's 0/1 consistency verdict for each think response (question, think, answer, choices)."""
-    from reward_server.client import JudgeClient
-
     verdicts: list[int] = []
     with JudgeClient(url, api_key=api_key) as judge:
         chunks = [items[k : k + JUDGE_CHUNK] for k in range(0, len(items), JUDGE_CHUNK)]
@@ -173,24 +144,17 @@ def consistency_audit(url: str, api_key: str | None, items: list[dict]) -> list[
     return verdicts
 
 
-def run_settings(spec: EvalSpec, engine: GenerationEngine, template: str) -> dict:
+def run_settings(spec: EvalOptions, engine: GenerationEngine, template: str) -> dict:
     """What decides the outputs: a resumed run must match it exactly (the limit may change)."""
     return {
         "model": str(Path(spec.model).resolve()), "family": engine.family, "engine": type(engine).__name__,
         "bench": spec.bench, "data": str(Path(spec.data).resolve()), "prompt": spec.prompt, "template": template,
-        "letters": spec.letters, "sampling": asdict(spec.sampling()), "seed": spec.seed,
+        "letters": spec.letter_choices, "sampling": asdict(sampling_config(spec)), "seed": spec.seed,
     }
 
 
-def run_eval(spec: EvalSpec, engine: GenerationEngine) -> dict:
+def run_eval(spec: EvalOptions, engine: GenerationEngine) -> dict:
     """Generate what is missing, then score everything and write the four output files; returns results."""
-    check_bench(spec.bench)
-    if spec.batch_size < 1:
-        raise EvalError(f"batch size must be >= 1, got {spec.batch_size}")
-    if spec.limit is not None and spec.limit < 1:
-        raise EvalError(f"limit must be >= 1, got {spec.limit}")
-    if spec.temperature is not None and spec.temperature <= 0:
-        raise EvalError(f"temperature must be > 0, got {spec.temperature} (leave it out for greedy decoding)")
     template = load_template(spec.prompt, spec.template_file)
     dataset = load_dataset(spec.data, FORMATS[spec.bench], spec.audio_root, max_seconds=MAX_AUDIO_SECONDS)
     seen: dict[str, int] = {}
@@ -200,7 +164,8 @@ def run_eval(spec: EvalSpec, engine: GenerationEngine) -> dict:
                             "evaluation needs unique ids (they key the resumable partial.jsonl)")
         seen[item.id] = item.row
     items = dataset.items[: spec.limit]
-    prompts = [render_chat(engine.family, build_instruction(it.question, it.choices, spec.prompt, template, spec.letters))
+    letters = spec.letter_choices
+    prompts = [render_chat(engine.family, build_instruction(it.question, it.choices, spec.prompt, template, letters))
                for it in items]
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -208,10 +173,12 @@ def run_eval(spec: EvalSpec, engine: GenerationEngine) -> dict:
     generate_missing(engine, dataset, prompts, spec, partial)
 
     parsed = [parse_response(partial.done[it.id]["output"]) for it in items]
-    predictions = [prediction_text(spec.bench, p, it.choices, spec.letters) for it, p in zip(items, parsed)]
+    predictions = [prediction_text(spec.bench, p, it.choices, letters) for it, p in zip(items, parsed)]
     scored = [
-        score_row(PredictionRow(it.id, it.row, it.choices, it.answer, pred, it.task, it.difficulty, it.category, p.mode),
-                  spec.bench)
+        score_row(
+            PredictionRow(it.id, it.row, it.choices, it.answer, pred, it.task, it.difficulty, it.category, p.mode),
+            spec.bench,
+        )
         for it, p, pred in zip(items, parsed, predictions)
     ]
     details = [
@@ -236,7 +203,7 @@ def run_eval(spec: EvalSpec, engine: GenerationEngine) -> dict:
         prediction_row(spec.bench, it.source, pred, d) for it, pred, d in zip(items, predictions, details)
     ])
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    sampling = spec.sampling()
+    sampling = sampling_config(spec)
     decoding = "greedy" if sampling.greedy else f"sampling (temperature {sampling.temperature}, top_p {sampling.top_p})"
     meta = {"model": Path(spec.model).name, "bench": spec.bench, "data": str(spec.data), "prompt": spec.prompt,
             "engine": type(engine).__name__, "decoding": f"{decoding}, max {sampling.max_new_tokens} new tokens",
@@ -249,41 +216,16 @@ def run_eval(spec: EvalSpec, engine: GenerationEngine) -> dict:
     return results
 
 
-def run_eval_command(args: argparse.Namespace) -> int:
-    """The `audio-thinker eval` and `audio-thinker eval score` handlers."""
-    from reward_server.client import JudgeError
-
+def run_eval_command(spec: EvalOptions, family: str) -> int:
+    """The `audio-thinker eval` handler, for inputs that `EvalOptions.check_inputs` passed (it gave `family`)."""
+    engine = build_engine(
+        spec.engine, spec.model, family, spec.dtype, device=spec.device,
+        max_model_len=spec.max_model_len, gpu_memory_utilization=spec.gpu_memory_utilization, seed=spec.seed,
+    )
     try:
-        if args.eval_command == "score":
-            json.dump(score_file(args.predictions, args.bench), sys.stdout, indent=2)
-            sys.stdout.write("\n")
-            return 0
-        missing = [f"--{name}" for name in ("model", "bench", "data") if getattr(args, name) is None]
-        if missing:
-            log.error("eval: %s required (or `audio-thinker eval score --bench B --predictions FILE`)",
-                      ", ".join(missing))
-            return 2
-        spec = EvalSpec(
-            model=args.model, bench=args.bench, data=args.data, audio_root=args.audio_root, out=args.out,
-            prompt=args.prompt, template_file=args.template_file, letters=args.letter_choices, limit=args.limit,
-            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_p=args.top_p, seed=args.seed, judge_url=args.judge_url, judge_api_key=args.judge_api_key,
-        )
-        try:
-            family = detect_family(args.model)
-        except (FileNotFoundError, ValueError) as exc:
-            raise EvalError(str(exc)) from None
-        engine = build_engine(
-            args.engine, args.model, family, args.dtype, device=args.device, max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
-        )
-        try:
-            results = run_eval(spec, engine)
-        finally:
-            engine.close()
-    except (EvalError, DataError, AudioError, TemplateError, JudgeError) as exc:
-        log.error("eval: %s", exc)
-        return 1
+        results = run_eval(spec, engine)
+    finally:
+        engine.close()
     rate = results["no_think_rate"]["total"]
     rate = "n/a (no valid response)" if rate is None else f"{rate}%"
     print(f"accuracy {results['total']['accuracy']}% ({results['total']['correct']}/{results['total']['count']}), "

@@ -1,0 +1,12 @@
+"""Errors of the application layer, defined apart from the modules that raise them (the driver and the
+evaluation runner import Ray and torch), so that the CLI can catch them without importing those."""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue; the message names the cause and what was saved."""
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot run as asked; the message says what to change."""

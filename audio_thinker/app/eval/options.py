@@ -1,0 +1,102 @@
+"""The options of `audio-thinker eval` and `audio-thinker eval score`, as typed models that the parsers are
+derived from; light to import (no torch), so that `--help` and the input checks run before any model loads."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from audio_thinker.app.errors import EvalError
+from audio_thinker.core.families import detect_family
+from audio_thinker.core.options import add_model_arguments
+from audio_thinker.core.vocab import Benchmark, Dtype, EngineName, PromptMode
+
+
+class EvalOptions(BaseModel):
+    """What to evaluate and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only).")
+    bench: Benchmark = Field(description="Benchmark layout of --data.")
+    data: str = Field(
+        description="The benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)."
+    )
+    audio_root: str | None = Field(None, description="Folder relative audio paths start from (none: --data's folder).")
+    out: str | None = Field(None, description="Output folder (none: eval_results/<model>-<bench>-<prompt>).")
+    prompt: PromptMode = Field(
+        "adaptive", description="adaptive: the model decides; think: forced reasoning; no_think: answer only."
+    )
+    template_file: str | None = Field(
+        None, description="Instruction template with {question} and {choices} (none: the packaged one of --prompt)."
+    )
+    letter_choices: bool = Field(False, description="List choices as (A) ... and accept a bare letter as the answer.")
+    engine: EngineName = Field("transformers", description="Generation engine (vllm on GPU nodes).")
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N questions only (none: all).")
+    batch_size: int = Field(8, ge=1, description="Questions per engine call.")
+    max_new_tokens: int = Field(1024, ge=1, description="Generation budget per question.")
+    temperature: float | None = Field(
+        None, gt=0, description="Sample at this temperature, seeded per question (none: greedy)."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="With --temperature: nucleus sampling threshold.")
+    seed: int = Field(0, description="Sampling seed (per question).")
+    judge_url: str | None = Field(
+        None, description="Judge base URL: audit the consistency of think responses (none: no audit)."
+    )
+    judge_api_key: str | None = Field(None, description="Judge API key (none: AUDIO_THINKER_JUDGE_API_KEY).")
+    dtype: Dtype | None = Field(None, description="Weights dtype (none: bfloat16 on GPU, float32 on CPU).")
+    device: str | None = Field(
+        None, description="Torch device of the transformers engine (none: cuda if available, else cpu)."
+    )
+    max_model_len: int = Field(4096, ge=128, description="vLLM context length (prompt with audio tokens + answer).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory share.")
+
+    @property
+    def out_dir(self) -> Path:
+        name = f"{Path(self.model).name}-{self.bench}-{self.prompt}"
+        return Path(self.out) if self.out else Path("eval_results") / name
+
+    def check_inputs(self) -> str:
+        """Fail fast on inputs that do not exist, before an engine loads; returns the policy's family."""
+        if not Path(self.data).is_file():
+            raise FileNotFoundError(f"--data {self.data} is not a file")
+        if self.audio_root is not None and not Path(self.audio_root).is_dir():
+            raise FileNotFoundError(f"--audio-root {self.audio_root} is not a folder")
+        try:
+            return detect_family(self.model)
+        except (FileNotFoundError, ValueError) as exc:
+            raise EvalError(f"--model: {exc}") from None
+
+
+class ScoreOptions(BaseModel):
+    """Score a predictions file that already exists (ours or another system's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bench: Benchmark = Field(description="Benchmark layout of --predictions.")
+    predictions: str = Field(description="The benchmark's file with a prediction per row (e.g. predictions.json).")
+
+
+def add_eval_parser(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
+    """`eval` (options from EvalOptions) with its `score` sub-command (options from ScoreOptions)."""
+    parser = subparsers.add_parser(
+        "eval",
+        parents=list(parents),
+        help="evaluate a model on MMAU / MMAR / AIR-Bench / synthetic, or score predictions (docs/eval.md)",
+        description="Run: audio-thinker eval --model DIR --bench B --data FILE [...]. "
+        "Score an existing predictions file: audio-thinker eval score --bench B --predictions FILE.",
+    )
+    add_model_arguments(parser, EvalOptions, required=False)  # `eval score` needs none of them
+    score = parser.add_subparsers(dest="eval_command", metavar="score").add_parser(
+        "score",
+        parents=list(parents),
+        help="score an existing predictions file; prints the results.json object",
+        description=ScoreOptions.__doc__,
+    )
+    add_model_arguments(score, ScoreOptions)
+    return parser
