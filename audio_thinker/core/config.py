@@ -193,7 +193,12 @@ class RunConfig(Section):
     output_dir: str | None = Field(None, description="Run directory (default runs/<name>-<timestamp>/).")
     seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
     total_steps: int = Field(3, ge=1, description="T: optimizer steps of the run (also the ATAR annealing horizon).")
-    questions_per_step: int = Field(4, ge=1, description="Questions per optimizer step (7B presets: 16).")
+    questions_per_step: int = Field(
+        4,
+        ge=1,
+        description="Questions per optimizer step; each brings rollout.samples_per_question completions (7B presets: "
+        "2, i.e. the paper's 16 completions per step; see docs/paper-settings.md).",
+    )
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
     eval_limit: int | None = Field(8, ge=1, description="Cap on held-out questions per evaluation (None: all).")
     checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")

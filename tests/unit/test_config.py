@@ -31,8 +31,15 @@ def test_paper_presets_carry_the_paper_settings(preset, family):
     assert cfg.trainer.beta == 0.04
     assert cfg.rollout.temperature == 1.0
     assert cfg.run.total_steps == 1000
-    assert cfg.run.questions_per_step == 16
     assert cfg.reward.variant == "atar_cr_tr"
+
+
+@pytest.mark.parametrize("preset", ["qwen2-audio-7b.yaml", "qwen2.5-omni-7b.yaml"])
+def test_paper_presets_take_16_completions_per_step(preset):
+    """SWIFT's "effective batch size 16" counts completions: 2 questions x 8 samples (docs/paper-settings.md)."""
+    cfg = load_config(PRESET_DIR / preset)
+    assert cfg.run.questions_per_step * cfg.rollout.samples_per_question == 16
+    assert cfg.run.questions_per_step == 2
 
 
 def test_overrides_are_typed_yaml_values():
