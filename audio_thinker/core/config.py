@@ -15,6 +15,7 @@ from audio_thinker.core.vocab import (
     DataFormat,
     Dtype,
     EngineName,
+    InvalidAccuracy,
     JudgeBackendName,
     ModelFamily,
     PromptMode,
@@ -153,6 +154,12 @@ class JudgeConfig(JudgeLimits):
 class RewardConfig(Section):
     variant: RewardVariant = Field(
         "atar_cr_tr", description="Reward preset, one per row of the paper's ablation table."
+    )
+    invalid_accuracy: InvalidAccuracy = Field(
+        "worst",
+        description="Accuracy reward of an invalid (malformed) response: worst = the step's worst valid value "
+        "(case 4, -g_n - 2(1 - g_n)), so malformed output never pays more than any valid answer; zero = 0 (it "
+        "then beats a wrong direct answer). Format, consistency and think rewards of invalid samples are 0 either way.",
     )
 
 

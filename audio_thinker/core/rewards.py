@@ -7,7 +7,11 @@ group advantages, so the driver and the offline re-scorer cannot disagree.
 Decisions (DESIGN sec. 2):
 - lambda is the share of think samples among the batch's VALID samples; a batch without valid samples has
   lambda = 0 (no think sample was seen; every R_a is 0 there, so the factors change nothing).
-- Invalid samples earn nothing: R_f = R_a = R_c = R_t = 0.
+- Invalid samples get the step's worst accuracy reward, case 4's `-g_n - 2 (1 - g_n)` (`invalid_accuracy=
+  "worst"`, the default), and R_f = R_c = R_t = 0: every valid total is at least its own R_a + 0.5 and case 4
+  is the lowest R_a, so malformed output never pays more than a valid answer. `"zero"` gives R_a = 0, which
+  beats a wrong direct answer (-1 + 0.5 + R_t < 0 while the batch's mean think quality is below 0.5). For the
+  1/0 baselines both rules give 0, the worst they have.
 - Consistency counts only for correct answers (effective R_c = 0 when wrong, so it never deepens a
   negative R_a); correct no_think samples get 1.
 - No_think samples get the batch mean think quality of the think samples (0 when there are none).
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audio_thinker.core.vocab import RESPONSE_MODES, VARIANTS
+from audio_thinker.core.vocab import INVALID_ACCURACY, RESPONSE_MODES, VARIANTS
 from audio_thinker.core.vocab import ResponseMode as Mode
 
 ADV_EPS = 1e-4
@@ -172,11 +176,16 @@ def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
 
 
 def compute_rewards(
-    samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str
+    samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str, *, invalid_accuracy: str = "worst"
 ) -> RewardBatch:
-    """All reward terms, totals and group advantages of one training batch (input order kept)."""
+    """All reward terms, totals and group advantages of one training batch (input order kept).
+
+    `invalid_accuracy` ("worst" or "zero", config `reward.invalid_accuracy`): the R_a of invalid samples.
+    """
     check_variant(variant)
     check_step(step, total_steps)
+    if invalid_accuracy not in INVALID_ACCURACY:
+        raise ValueError(f"invalid_accuracy must be one of {', '.join(INVALID_ACCURACY)}, got {invalid_accuracy!r}")
     needs, valid = _JUDGE_TERMS[variant], _VALID_MODES[variant]
     for i, s in enumerate(samples):
         _check_sample(i, s, variant)
@@ -196,7 +205,10 @@ def compute_rewards(
             acc = 1.0 if mode != "invalid" and s.correct else 0.0
             terms.append((fmt, acc, 0.0, 0.0, acc + 0.5 * fmt))
             continue
-        acc = atar_accuracy(mode, s.correct, g_t, g_n)
+        if mode == "invalid" and invalid_accuracy == "worst":
+            acc = atar_accuracy("no_think", False, g_t, g_n)
+        else:
+            acc = atar_accuracy(mode, s.correct, g_t, g_n)
         cons = 0.0
         if "consistency" in needs and s.correct and mode != "invalid":
             cons = 1.0 if mode == "no_think" else float(s.consistency)

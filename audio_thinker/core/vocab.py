@@ -1,6 +1,6 @@
 """Every closed vocabulary of the project, defined once: model families, prompt and response modes, reward
-variants, data and benchmark layouts, engines, judge scores. Config sections, parsers, the CLI and the
-judge service import these instead of spelling the lists again."""
+variants, data and benchmark layouts, engines, judge scores, reward and loss options. Config sections, parsers,
+the CLI and the judge service import these instead of spelling the lists again."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ Benchmark = Literal["mmau", "mmar", "air", "synthetic"]
 EngineName = Literal["vllm", "transformers"]
 JudgeBackendName = Literal["transformers", "vllm", "openai"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+InvalidAccuracy = Literal["worst", "zero"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -24,6 +25,7 @@ DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
+INVALID_ACCURACY: tuple[str, ...] = get_args(InvalidAccuracy)
 
 
 def normalize_text(text: str) -> str:

@@ -301,13 +301,13 @@ def test_get_reward_follows_the_documented_formula(server, ref):
     v = score_items(ref, [JudgeItem(question=prompt, think="The second one is louder.", answer="Second")])[0]
     c, t = v.consistency, v.think_quality
     # R = R_a * (1 + 0.5 R_c) + 0.5 R_f + R_t with base ATAR accuracy (+1 / +2 / -1), R_c only when correct,
-    # no_think R_c = 1 and R_t = mean R_t of the request's think samples, invalid = 0.
-    expected = [1.0 * (1 + 0.5 * c) + 0.5 + t, 2.0 * 1.5 + 0.5 + t, -1.0 + 0.5 + t, 0.0]
+    # no_think R_c = 1 and R_t = mean R_t of the request's think samples, invalid R_a = -1 (the worst), rest 0.
+    expected = [1.0 * (1 + 0.5 * c) + 0.5 + t, 2.0 * 1.5 + 0.5 + t, -1.0 + 0.5 + t, -1.0]
     assert reward.rewards == pytest.approx(expected, abs=1e-5)
     assert reward.scores == [1.0, 1.0, 0.0, 0.0]
     logs = reward.extra_logs
     assert logs["format_reward"] == [1.0, 1.0, 1.0, 0.0]
-    assert logs["accuracy_reward"] == [1.0, 2.0, -1.0, 0.0]
+    assert logs["accuracy_reward"] == [1.0, 2.0, -1.0, -1.0]
     assert logs["consistency_reward"] == [float(c), 1.0, 0.0, 0.0]
     assert logs["think_reward"] == pytest.approx([t, t, t, 0.0], abs=1e-5)
     assert logs["think_mode"] == [1.0, 0.0, 0.0, 0.0] and logs["correct"] == [1.0, 1.0, 0.0, 0.0]
