@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from audio_thinker.core.protocol import parse_response
 from audio_thinker.core.rewards import SampleVerdict, compute_rewards
-from audio_thinker.core.vocab import normalize_text
+from audio_thinker.core.vocab import ScoreMode, normalize_text
 from reward_server.auth import AuthMiddleware, is_loopback, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
@@ -90,6 +90,7 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     request_timeout_s: float = Field(60.0, gt=0)
     retry_after_s: int = Field(1, ge=0, description="Retry-After of 429 and 503 answers.")
+    score_mode: ScoreMode = Field("expected", description="think_quality of requests that name no score_mode.")
 
     @model_validator(mode="after")
     def _fits(self) -> ServerSettings:
@@ -248,13 +249,15 @@ class _Judge:
         if n > self.settings.max_items:
             raise _error(413, f"{field}: {n} entries, the limit is {self.settings.max_items} per request")
 
-    async def judge(self, items: Sequence[JudgeItem], scores: Sequence[ScoreName]) -> list[JudgeResult]:
+    async def judge(
+        self, items: Sequence[JudgeItem], scores: Sequence[ScoreName], score_mode: ScoreMode
+    ) -> list[JudgeResult]:
         """Score items through the batcher; every failure becomes an HTTP error, never a made-up score."""
         backend = self.ready_backend()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.request_timeout_s
         try:
-            prepared = await loop.run_in_executor(self.tokenizer_thread, prepare, backend, items, scores)
+            prepared = await loop.run_in_executor(self.tokenizer_thread, prepare, backend, items, scores, score_mode)
         except PromptTooLongError as exc:
             raise _error(413, str(exc)) from None
         assert self.batcher is not None
@@ -322,8 +325,9 @@ def create_app(
                 judge.check_text(f"items[{i}].{field}", getattr(item, field))
             for j, choice in enumerate(item.choices or []):
                 judge.check_text(f"items[{i}].choices[{j}]", choice)
-        results = await judge.judge(request.items, request.scores)
-        return JudgeResponse(results=results, model=backend.model, prompt_version=PROMPT_VERSION)
+        mode = request.score_mode or settings.score_mode
+        results = await judge.judge(request.items, request.scores, mode)
+        return JudgeResponse(results=results, model=backend.model, prompt_version=PROMPT_VERSION, score_mode=mode)
 
     @app.post("/get_reward", response_model=RewardResponse, tags=["judge"], responses=_ERRORS)
     async def get_reward(request: RewardRequest) -> RewardResponse:
@@ -348,7 +352,7 @@ def create_app(
             JudgeItem(question=request.prompts[i], think=parsed[i].think, answer=parsed[i].answer)
             for i in think
         ]
-        verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES))) if items else {}
+        verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES, settings.score_mode))) if items else {}
         samples = []
         for i, (p, label) in enumerate(zip(parsed, request.labels)):
             correct = p.mode != "invalid" and normalize_text(p.answer or "") == normalize_text(label)

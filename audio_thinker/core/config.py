@@ -20,6 +20,7 @@ from audio_thinker.core.vocab import (
     ModelFamily,
     PromptMode,
     RewardVariant,
+    ScoreMode,
 )
 
 
@@ -149,6 +150,12 @@ class JudgeConfig(JudgeLimits):
     request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor.")
     num_gpus: float = Field(0.0, ge=0, description="Ray GPUs of the judge actor.")
+    score_mode: ScoreMode = Field(
+        "expected",
+        description="How the judge turns its label distribution into a think-quality score, sent with every "
+        "request: expected = the expected digit / 9 (smooth); argmax = the most likely digit / 9, the paper's "
+        "discrete score (the 7B presets). Consistency is the same in both (1 when P(yes) >= P(no)).",
+    )
 
 
 class RewardConfig(Section):
@@ -160,6 +167,12 @@ class RewardConfig(Section):
         description="Accuracy reward of an invalid (malformed) response: worst = the step's worst valid value "
         "(case 4, -g_n - 2(1 - g_n)), so malformed output never pays more than any valid answer; zero = 0 (it "
         "then beats a wrong direct answer). Format, consistency and think rewards of invalid samples are 0 either way.",
+    )
+    min_group_std: float = Field(
+        0.0,
+        ge=0,
+        description="Groups whose reward std (ddof=1) is below this get advantage 0 instead of (R - mean) / std, "
+        "which would amplify judge noise to full size. 0 = off (the paper's eq. 8); see docs/rewards.md.",
     )
 
 

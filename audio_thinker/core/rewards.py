@@ -132,13 +132,17 @@ def check_step(step: int, total_steps: int) -> None:
         raise ValueError(f"step must be an integer in [0, total_steps={total_steps}], got {step!r}")
 
 
-def group_advantages(totals: Sequence[float], groups: Sequence[str]) -> list[float]:
+def group_advantages(totals: Sequence[float], groups: Sequence[str], min_std: float = 0.0) -> list[float]:
     """Eq. 8 per group: (R - mean) / (std + 1e-4), std unbiased (ddof=1, as torch.std).
 
-    A group of one has no spread to compare against and gets 0.
+    A group of one has no spread to compare against and gets 0. So does a group whose std is below `min_std`
+    (config `reward.min_group_std`; 0 = off): dividing by a tiny std would blow judge noise up to the size
+    of a real difference between answers.
     """
     if len(totals) != len(groups):
         raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
+    if not min_std >= 0:
+        raise ValueError(f"min_std must be >= 0, got {min_std!r}")
     values = np.asarray(totals, dtype=np.float64)
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
@@ -148,7 +152,10 @@ def group_advantages(totals: Sequence[float], groups: Sequence[str]) -> list[flo
         if len(idx) < 2:
             continue
         r = values[idx]
-        out[idx] = (r - r.mean()) / (r.std(ddof=1) + ADV_EPS)
+        std = r.std(ddof=1)
+        if std < min_std:
+            continue
+        out[idx] = (r - r.mean()) / (std + ADV_EPS)
     return [float(a) for a in out]
 
 
@@ -176,11 +183,18 @@ def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
 
 
 def compute_rewards(
-    samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str, *, invalid_accuracy: str = "worst"
+    samples: Sequence[SampleVerdict],
+    step: int,
+    total_steps: int,
+    variant: str,
+    *,
+    invalid_accuracy: str = "worst",
+    min_group_std: float = 0.0,
 ) -> RewardBatch:
     """All reward terms, totals and group advantages of one training batch (input order kept).
 
-    `invalid_accuracy` ("worst" or "zero", config `reward.invalid_accuracy`): the R_a of invalid samples.
+    `invalid_accuracy` ("worst" or "zero", config `reward.invalid_accuracy`): the R_a of invalid samples;
+    `min_group_std` (config `reward.min_group_std`): see `group_advantages`.
     """
     check_variant(variant)
     check_step(step, total_steps)
@@ -219,9 +233,40 @@ def compute_rewards(
             think = mean_think
         terms.append((fmt, acc, cons, think, acc * (1.0 + 0.5 * cons) + 0.5 * fmt + think))
 
-    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples])
+    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples], min_group_std)
     rewards = [
         SampleReward(s.mode, s.correct, format=f, accuracy=a, consistency=c, think=t, total=r, advantage=adv)
         for s, (f, a, c, t, r), adv in zip(samples, terms, advantages)
     ]
     return RewardBatch(think_rate=think_rate, gamma_think=g_t, gamma_no_think=g_n, samples=rewards)
+
+
+def think_group_std(batch: RewardBatch, groups: Sequence[str]) -> float | None:
+    """`reward/think_group_std`: the mean over groups of the std (ddof=1) of R_t among the group's think samples.
+
+    It measures how well the judge tells one question's reasonings apart: near 0, R_t moves no advantage
+    (argmax scores that all land on one digit, say). Groups with fewer than two think samples are left out;
+    None when no group is left.
+    """
+    if len(batch.samples) != len(groups):
+        raise ValueError(f"{len(batch.samples)} samples but {len(groups)} group ids")
+    members: dict[str, list[float]] = {}
+    for s, g in zip(batch.samples, groups):
+        if s.mode == "think":
+            members.setdefault(g, []).append(s.think)
+    stds = [float(np.std(v, ddof=1)) for v in members.values() if len(v) >= 2]
+    return float(np.mean(stds)) if stds else None
+
+
+def advantage_abs_mean(batch: RewardBatch) -> float:
+    """`advantage/abs_mean`: the mean |A_i| over the step's samples (0 when no group carries a signal)."""
+    return float(np.mean([abs(s.advantage) for s in batch.samples])) if batch.samples else 0.0
+
+
+def reward_metrics(batch: RewardBatch, groups: Sequence[str]) -> dict[str, float]:
+    """The two metrics above under their metric names; `reward/think_group_std` only where it is defined."""
+    out = {"advantage/abs_mean": advantage_abs_mean(batch)}
+    spread = think_group_std(batch, groups)
+    if spread is not None:
+        out["reward/think_group_std"] = spread
+    return out

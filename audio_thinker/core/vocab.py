@@ -16,6 +16,7 @@ EngineName = Literal["vllm", "transformers"]
 JudgeBackendName = Literal["transformers", "vllm", "openai"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 InvalidAccuracy = Literal["worst", "zero"]
+ScoreMode = Literal["expected", "argmax"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -26,6 +27,7 @@ BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
 INVALID_ACCURACY: tuple[str, ...] = get_args(InvalidAccuracy)
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 
 
 def normalize_text(text: str) -> str:

@@ -203,6 +203,22 @@ def test_judge_computes_only_the_scores_asked_for(server, ref):
     assert only_consistency.think_quality is None and only_consistency.consistency in (0, 1)
 
 
+def test_score_mode_per_request_with_the_server_default(server, ref):
+    url, _ = server
+    items = [item(4), item(5, think="No idea.", answer="first")]
+    body = httpx.post(f"{url}/v1/judge", json={"items": items}, headers=AUTH).json()
+    assert body["score_mode"] == "expected"  # ServerSettings default
+    client = JudgeClient(url, api_key=KEY)
+    argmax = client.judge(items, score_mode="argmax")
+    want = score_items(ref, [JudgeItem(**i) for i in items], score_mode="argmax")
+    for got, w, e in zip(argmax, want, body["results"]):
+        assert got.think_quality == pytest.approx(w.think_quality, abs=1e-5)
+        assert round(got.think_quality * 9, 6).is_integer()  # on the 0..9 grid
+        assert got.consistency == e["consistency"]  # consistency does not depend on the mode
+    r = httpx.post(f"{url}/v1/judge", json={"items": items, "score_mode": "mean"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "score_mode"]
+
+
 @pytest.mark.parametrize(
     "body,loc,fragment",
     [

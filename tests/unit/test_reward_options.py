@@ -1,4 +1,5 @@
-"""Reward options beyond the paper's formulas: the invalid-sample rule (docs/rewards.md sec. 2), by hand."""
+"""Reward options beyond the paper's formulas (docs/rewards.md sec. 2): the invalid-sample rule, the minimum group
+std, and the reward metrics, by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audio_thinker.core.rewards import SampleVerdict, compute_rewards
+from audio_thinker.core.rewards import (
+    SampleVerdict,
+    advantage_abs_mean,
+    compute_rewards,
+    group_advantages,
+    reward_metrics,
+    think_group_std,
+)
 
 V = SampleVerdict
 T = 1000
@@ -85,3 +93,64 @@ def test_invalid_never_pays_more_than_a_valid_sample(rows, step, variant):
     batch = [V(m, c, "q", consistency=r, think_quality=q) for (m, c), q, r in rows] + [V("invalid", False, "q")]
     *valid, bad = compute_rewards(batch, step, T, variant).samples
     assert all(s.total >= bad.total + 0.5 - 1e-9 for s in valid)
+
+
+# ------------------------------------------------------------------------------------------------ min_group_std
+
+
+def test_min_group_std_zeroes_only_the_quiet_groups():
+    # Group a: [1.00, 1.02], std = 0.02 / sqrt(2) = 0.0141421 -> below 0.03: advantage 0
+    # (else +-0.01 / 0.0142421 = +-0.702142).
+    # Group b: [0, 1], std = 0.7071068 -> kept: (1 - 0.5) / (0.7071068 + 1e-4) = +-0.707007.
+    totals, groups = [1.0, 1.02, 0.0, 1.0], ["a", "a", "b", "b"]
+    off = group_advantages(totals, groups)
+    assert off == pytest.approx([-0.702142, 0.702142, -0.707007, 0.707007], abs=1e-6)
+    assert group_advantages(totals, groups, min_std=0.03) == pytest.approx([0, 0, -0.707007, 0.707007], abs=1e-6)
+    assert group_advantages(totals, groups, min_std=0.0) == off
+    with pytest.raises(ValueError, match="min_std must be >= 0"):
+        group_advantages(totals, groups, min_std=-1.0)
+
+
+def test_compute_rewards_passes_min_group_std():
+    # Two think-correct samples whose judge scores differ by 0.01: totals differ by 0.01 only.
+    batch = [V("think", True, "q", consistency=1, think_quality=0.50), V("think", True, "q", consistency=1,
+                                                                          think_quality=0.51)]
+    loud = compute_rewards(batch, T, T, "atar_cr_tr").samples
+    assert [s.advantage for s in loud] == pytest.approx([-0.6972, 0.6972], abs=1e-4)  # 0.005 / (0.0070711 + 1e-4)
+    quiet = compute_rewards(batch, T, T, "atar_cr_tr", min_group_std=0.03).samples
+    assert [s.advantage for s in quiet] == [0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def test_think_group_std_and_advantage_abs_mean_by_hand():
+    batch = [
+        V("think", True, "a", consistency=1, think_quality=0.2),
+        V("think", False, "a", think_quality=0.4),
+        V("no_think", True, "a"),  # R_t = batch mean, not a think sample: left out
+        V("think", True, "b", consistency=1, think_quality=0.5),
+        V("think", True, "b", consistency=1, think_quality=0.5),
+        V("think", False, "c", think_quality=0.9),  # one think sample: group c is left out
+    ]
+    groups = [s.group for s in batch]
+    out = compute_rewards(batch, 500, T, "atar_cr_tr")
+    # a: std(0.2, 0.4) = 0.1414214; b: std(0.5, 0.5) = 0; mean 0.0707107.
+    assert think_group_std(out, groups) == pytest.approx(0.0707107, abs=1e-7)
+    # |A| per sample: a group of 3 with distinct totals and b's equal totals (0) and c alone (0).
+    abs_a = sum(abs(s.advantage) for s in out.samples[:3])
+    assert advantage_abs_mean(out) == pytest.approx(abs_a / 6)
+    assert reward_metrics(out, groups) == {
+        "advantage/abs_mean": pytest.approx(abs_a / 6),
+        "reward/think_group_std": pytest.approx(0.0707107, abs=1e-7),
+    }
+
+
+def test_think_group_std_is_absent_without_two_think_samples_in_a_group():
+    out = compute_rewards([V("think", False, "a", think_quality=0.3), V("no_think", True, "a")], 1, T, "atar_cr_tr")
+    assert think_group_std(out, ["a", "a"]) is None
+    assert set(reward_metrics(out, ["a", "a"])) == {"advantage/abs_mean"}
+    # Two samples, advantages +-(d/2) / (d/sqrt(2) + 1e-4) ~ +-0.7070: abs mean 0.7070.
+    assert advantage_abs_mean(out) == pytest.approx(0.7070, abs=1e-3)
+    with pytest.raises(ValueError, match="2 samples but 1 group ids"):
+        think_group_std(out, ["a"])
