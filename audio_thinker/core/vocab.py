@@ -17,6 +17,7 @@ JudgeBackendName = Literal["transformers", "vllm", "openai"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 InvalidAccuracy = Literal["worst", "zero"]
 ScoreMode = Literal["expected", "argmax"]
+AnswerExtraction = Literal["strict", "lenient"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -28,6 +29,7 @@ ENGINES: tuple[str, ...] = get_args(EngineName)
 JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
 INVALID_ACCURACY: tuple[str, ...] = get_args(InvalidAccuracy)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
 
 
 def normalize_text(text: str) -> str:
