@@ -132,31 +132,56 @@ def check_step(step: int, total_steps: int) -> None:
         raise ValueError(f"step must be an integer in [0, total_steps={total_steps}], got {step!r}")
 
 
-def group_advantages(totals: Sequence[float], groups: Sequence[str], min_std: float = 0.0) -> list[float]:
+def _members(groups: Sequence[str]) -> dict[str, list[int]]:
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    return members
+
+
+def group_advantages(
+    totals: Sequence[float], groups: Sequence[str], min_std: float = 0.0, scale: bool = True
+) -> list[float]:
     """Eq. 8 per group: (R - mean) / (std + 1e-4), std unbiased (ddof=1, as torch.std).
 
     A group of one has no spread to compare against and gets 0. So does a group whose std is below `min_std`
     (config `reward.min_group_std`; 0 = off): dividing by a tiny std would blow judge noise up to the size
-    of a real difference between answers.
+    of a real difference between answers. `scale=False` (config `reward.scale_advantages`) leaves out the
+    division: A = R - mean, Dr. GRPO's advantage (Liu et al. 2025, arXiv 2503.20783, sec. 3.1).
     """
     if len(totals) != len(groups):
         raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
     if not min_std >= 0:
         raise ValueError(f"min_std must be >= 0, got {min_std!r}")
     values = np.asarray(totals, dtype=np.float64)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
     out = np.zeros(len(values), dtype=np.float64)
-    for idx in members.values():
+    for idx in _members(groups).values():
         if len(idx) < 2:
             continue
         r = values[idx]
         std = r.std(ddof=1)
         if std < min_std:
             continue
-        out[idx] = (r - r.mean()) / (std + ADV_EPS)
+        out[idx] = (r - r.mean()) / (std + ADV_EPS) if scale else r - r.mean()
     return [float(a) for a in out]
+
+
+def drop_zero_std_groups(totals: Sequence[float], groups: Sequence[str]) -> tuple[list[int], int]:
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, arXiv 2503.14476, eq. 11; config `run.drop_zero_std_groups`).
+
+    A group whose rewards are all equal (a group of one included) has advantage 0 everywhere and carries no
+    policy gradient. Returns the indices of the samples of the other groups, in input order, and how many
+    groups were dropped.
+    """
+    if len(totals) != len(groups):
+        raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
+    kept, dropped = [], 0
+    for idx in _members(groups).values():
+        if len({float(totals[i]) for i in idx}) > 1:
+            kept.extend(idx)
+        else:
+            dropped += 1
+    return sorted(kept), dropped
 
 
 def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
@@ -190,11 +215,13 @@ def compute_rewards(
     *,
     invalid_accuracy: str = "worst",
     min_group_std: float = 0.0,
+    scale_advantages: bool = True,
 ) -> RewardBatch:
     """All reward terms, totals and group advantages of one training batch (input order kept).
 
     `invalid_accuracy` ("worst" or "zero", config `reward.invalid_accuracy`): the R_a of invalid samples;
-    `min_group_std` (config `reward.min_group_std`): see `group_advantages`.
+    `min_group_std` and `scale_advantages` (config `reward.min_group_std`, `reward.scale_advantages`): see
+    `group_advantages`.
     """
     check_variant(variant)
     check_step(step, total_steps)
@@ -233,7 +260,7 @@ def compute_rewards(
             think = mean_think
         terms.append((fmt, acc, cons, think, acc * (1.0 + 0.5 * cons) + 0.5 * fmt + think))
 
-    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples], min_group_std)
+    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples], min_group_std, scale_advantages)
     rewards = [
         SampleReward(s.mode, s.correct, format=f, accuracy=a, consistency=c, think=t, total=r, advantage=adv)
         for s, (f, a, c, t, r), adv in zip(samples, terms, advantages)

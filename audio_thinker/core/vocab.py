@@ -18,6 +18,8 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 InvalidAccuracy = Literal["worst", "zero"]
 ScoreMode = Literal["expected", "argmax"]
 AnswerExtraction = Literal["strict", "lenient"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+RatioLevel = Literal["token", "sequence"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -30,6 +32,8 @@ JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
 INVALID_ACCURACY: tuple[str, ...] = get_args(InvalidAccuracy)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
 
 
 def normalize_text(text: str) -> str:

@@ -1,5 +1,5 @@
 """Reward options beyond the paper's formulas (docs/rewards.md sec. 2): the invalid-sample rule, the minimum group
-std, and the reward metrics, by hand."""
+std, Dr. GRPO's unscaled advantages, DAPO's zero-std filter, and the reward metrics, by hand."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from audio_thinker.core.rewards import (
     SampleVerdict,
     advantage_abs_mean,
     compute_rewards,
+    drop_zero_std_groups,
     group_advantages,
     reward_metrics,
     think_group_std,
@@ -154,3 +155,30 @@ def test_think_group_std_is_absent_without_two_think_samples_in_a_group():
     assert advantage_abs_mean(out) == pytest.approx(0.7070, abs=1e-3)
     with pytest.raises(ValueError, match="2 samples but 1 group ids"):
         think_group_std(out, ["a"])
+
+
+# ------------------------------------------------------------------------------------------------ Dr. GRPO, DAPO
+
+
+def test_unscaled_advantages_are_reward_minus_group_mean():
+    # a: [1, 5, 2] mean 8/3 -> [-5/3, 7/3, -2/3]; b: [0, 0.5] mean 0.25 -> [-0.25, 0.25]; c alone -> 0.
+    totals, groups = [1, 5, 2, 0, 0.5, 9], ["a", "a", "a", "b", "b", "c"]
+    assert group_advantages(totals, groups, scale=False) == pytest.approx([-5 / 3, 7 / 3, -2 / 3, -0.25, 0.25, 0])
+    # min_std still applies: std(b) = 0.3536 < 0.5 -> 0.
+    assert group_advantages(totals, groups, min_std=0.5, scale=False) == pytest.approx(
+        [-5 / 3, 7 / 3, -2 / 3, 0, 0, 0]
+    )
+    batch = [V("no_think", True, "q"), V("no_think", False, "q")]  # step T: totals 2.5 and -0.5, mean 1
+    out = compute_rewards(batch, T, T, "atar", scale_advantages=False).samples
+    assert [s.advantage for s in out] == pytest.approx([1.5, -1.5])
+
+
+def test_drop_zero_std_groups_by_hand():
+    totals = [1.0, 1.0, 0.5, 2.0, 2.0, 2.0, 3.0, 0.0]
+    groups = ["a", "a", "a", "b", "b", "b", "c", "d"]
+    # a differs -> kept; b all equal -> dropped; c and d alone -> dropped (advantage 0, no gradient).
+    assert drop_zero_std_groups(totals, groups) == ([0, 1, 2], 3)
+    assert drop_zero_std_groups([1.0, 2.0, 1.0, 1.0], ["x", "y", "y", "x"]) == ([1, 2], 1)
+    assert drop_zero_std_groups([], []) == ([], 0)
+    with pytest.raises(ValueError, match="2 totals but 1 group ids"):
+        drop_zero_std_groups([1.0, 2.0], ["a"])
