@@ -20,7 +20,9 @@ class JudgeServer:
         from reward_server.backends import load_backend
         from reward_server.cli import ServerThread, build_server
 
-        settings = ServerSettings(**judge.limits().model_dump(), api_keys=frozenset({api_key}))
+        settings = ServerSettings(
+            **judge.limits().model_dump(), score_mode=judge.score_mode, api_keys=frozenset({api_key})
+        )
         server = build_server(lambda: load_backend(judge.backend, model_path), settings, host=host, port=0)
         self.thread = ServerThread(server)
         self.base_url = self.thread.start()

@@ -27,10 +27,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
 
-from audio_thinker.core.config import JudgeLimits
+from audio_thinker.core.config import JudgeLimits, JudgeScoring
 from audio_thinker.core.protocol import parse_response
 from audio_thinker.core.rewards import SampleVerdict, compute_rewards
-from audio_thinker.core.vocab import normalize_text
+from audio_thinker.core.vocab import ScoreMode, normalize_text
 from reward_server.auth import AuthMiddleware, is_loopback, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
@@ -75,7 +75,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _WARMUP = JudgeItem(question="Is the sound a dog barking?", think="I hear short loud barks.", answer="yes")
 
 
-class ServerSettings(JudgeLimits):
+class ServerSettings(JudgeLimits, JudgeScoring):
     """Limits and keys of one judge server (the limits are shown in /v1/info, the keys never)."""
 
     model_config = ConfigDict(frozen=True)
@@ -230,13 +230,15 @@ class _Judge:
         if n > self.settings.max_items:
             raise _error(413, f"{field}: {n} entries, the limit is {self.settings.max_items} per request")
 
-    async def judge(self, items: Sequence[JudgeItem], scores: Sequence[ScoreName]) -> list[JudgeResult]:
+    async def judge(
+        self, items: Sequence[JudgeItem], scores: Sequence[ScoreName], score_mode: ScoreMode
+    ) -> list[JudgeResult]:
         """Score items through the batcher; every failure becomes an HTTP error, never a made-up score."""
         backend = self.ready_backend()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.request_timeout_s
         try:
-            prepared = await loop.run_in_executor(self.tokenizer_thread, prepare, backend, items, scores)
+            prepared = await loop.run_in_executor(self.tokenizer_thread, prepare, backend, items, scores, score_mode)
         except PromptTooLongError as exc:
             raise _error(413, str(exc)) from None
         assert self.batcher is not None
@@ -304,8 +306,9 @@ def create_app(
                 judge.check_text(f"items[{i}].{field}", getattr(item, field))
             for j, choice in enumerate(item.choices or []):
                 judge.check_text(f"items[{i}].choices[{j}]", choice)
-        results = await judge.judge(request.items, request.scores)
-        return JudgeResponse(results=results, model=backend.model, prompt_version=PROMPT_VERSION)
+        mode = request.score_mode or settings.score_mode
+        results = await judge.judge(request.items, request.scores, mode)
+        return JudgeResponse(results=results, model=backend.model, prompt_version=PROMPT_VERSION, score_mode=mode)
 
     @app.post("/get_reward", response_model=RewardResponse, tags=["judge"], responses=_ERRORS)
     async def get_reward(request: RewardRequest) -> RewardResponse:
@@ -330,7 +333,7 @@ def create_app(
             JudgeItem(question=request.prompts[i], think=parsed[i].think, answer=parsed[i].answer)
             for i in think
         ]
-        verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES))) if items else {}
+        verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES, settings.score_mode))) if items else {}
         samples = []
         for i, (p, label) in enumerate(zip(parsed, request.labels)):
             correct = p.mode != "invalid" and normalize_text(p.answer or "") == normalize_text(label)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import uvicorn
 from pydantic import Field, model_validator
 
-from audio_thinker.core.config import JudgeLimits
+from audio_thinker.core.config import JudgeLimits, JudgeScoring
 from audio_thinker.core.options import add_model_arguments
 from audio_thinker.core.vocab import Dtype, JudgeBackendName
 from reward_server.app import ServerSettings, create_app
@@ -104,8 +104,8 @@ class ServerThread:
         self.stop()
 
 
-class ServeOptions(JudgeLimits):
-    """The options of `audio-thinker serve-judge`: the judge's limits plus what to serve and where."""
+class ServeOptions(JudgeLimits, JudgeScoring):
+    """The options of `audio-thinker serve-judge`: the judge's limits and scoring plus what to serve and where."""
 
     model: str = Field(description="Judge model folder (the served model name for --backend openai).")
     backend: JudgeBackendName = Field("transformers", description="Where the judge's forward passes run.")
@@ -179,7 +179,9 @@ def add_serve_parser(
 
 def run_serve_judge(options: ServeOptions) -> int:
     """Serve until SIGINT/SIGTERM; 1 when the model fails to load. Raises AuthConfigError for refused keys."""
-    settings = ServerSettings(**options.limits().model_dump(), api_keys=load_api_keys(options.api_key_file))
+    settings = ServerSettings(
+        **options.limits().model_dump(), score_mode=options.score_mode, api_keys=load_api_keys(options.api_key_file)
+    )
     server = build_server(
         options.load, settings, host=options.host, port=options.port, no_auth=options.no_auth, log_level="info"
     )

@@ -23,6 +23,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from audio_thinker.core.vocab import ScoreMode
 from reward_server.schemas import (
     InfoResponse,
     JudgeItem,
@@ -98,11 +99,17 @@ def _detail(response: httpx.Response) -> Any:
 
 
 def _judge_request(
-    items: Sequence[JudgeItem | Mapping[str, Any]], scores: Sequence[ScoreName] | None
+    items: Sequence[JudgeItem | Mapping[str, Any]],
+    scores: Sequence[ScoreName] | None,
+    score_mode: ScoreMode | None,
 ) -> JudgeRequest:
+    """The request body; `score_mode` None leaves the field out (the server's default; servers that predate the
+    field accept the request)."""
     body: dict[str, Any] = {"items": [i.model_dump() if isinstance(i, JudgeItem) else dict(i) for i in items]}
     if scores is not None:
         body["scores"] = list(scores)
+    if score_mode is not None:
+        body["score_mode"] = score_mode
     return JudgeRequest.model_validate(body)
 
 
@@ -223,10 +230,14 @@ class JudgeClient(_Base):
             attempt += 1
 
     def judge(
-        self, items: Sequence[JudgeItem | Mapping[str, Any]], scores: Sequence[ScoreName] | None = None
+        self,
+        items: Sequence[JudgeItem | Mapping[str, Any]],
+        scores: Sequence[ScoreName] | None = None,
+        score_mode: ScoreMode | None = None,
     ) -> list[JudgeResult]:
-        """Results in item order; `scores` defaults to both consistency and think_quality."""
-        request = _judge_request(items, scores)
+        """Results in item order; `scores` defaults to both consistency and think_quality, `score_mode`
+        (expected / argmax) to the server's."""
+        request = _judge_request(items, scores, score_mode)
         response = _parse(JudgeResponse, self._call("POST", "/v1/judge", request), self.base_url)
         return _results(request, response, self.base_url)
 
@@ -306,9 +317,12 @@ class AsyncJudgeClient(_Base):
             attempt += 1
 
     async def judge(
-        self, items: Sequence[JudgeItem | Mapping[str, Any]], scores: Sequence[ScoreName] | None = None
+        self,
+        items: Sequence[JudgeItem | Mapping[str, Any]],
+        scores: Sequence[ScoreName] | None = None,
+        score_mode: ScoreMode | None = None,
     ) -> list[JudgeResult]:
-        request = _judge_request(items, scores)
+        request = _judge_request(items, scores, score_mode)
         response = _parse(JudgeResponse, await self._call("POST", "/v1/judge", request), self.base_url)
         return _results(request, response, self.base_url)
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from audio_thinker.core.vocab import ScoreMode
+
 ScoreName = Literal["consistency", "think_quality"]
 ALL_SCORES: tuple[ScoreName, ...] = ("consistency", "think_quality")
 
@@ -43,6 +45,12 @@ class JudgeRequest(_Strict):
         min_length=1,
         description="Which scores to compute (default both).",
     )
+    score_mode: ScoreMode | None = Field(
+        None,
+        description="How think_quality is read from the judge's label distribution: `expected` (the expected "
+        "digit / 9) or `argmax` (the most likely digit / 9). Null: the server's default. Consistency is the same "
+        "in both modes.",
+    )
 
     @field_validator("scores")
     @classmethod
@@ -65,7 +73,8 @@ class JudgeResult(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="Expected score of the reasoning's soundness, 0 (worthless) .. 1 (excellent).",
+        description="Score of the reasoning's soundness, 0 (worthless) .. 1 (excellent): the expected or the most "
+        "likely digit / 9 (score_mode).",
     )
 
 
@@ -74,6 +83,9 @@ class JudgeResponse(BaseModel):
     model: str = Field(description="The judge model that produced the scores.")
     prompt_version: str = Field(
         description="Version of the judging prompts (scores are comparable within one)."
+    )
+    score_mode: ScoreMode | None = Field(
+        None, description="The score mode the results were read with (null from servers that predate it)."
     )
 
 

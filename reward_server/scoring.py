@@ -1,11 +1,13 @@
-"""Calibrated scores from one forward pass: expected verdict values under the judge's next-token distribution.
+"""Scores from one forward pass: verdict values read from the judge's next-token distribution.
 
 For each judging prompt the backend returns log P(label | prompt) for every verdict label. Restricting the
 distribution to the prompt's labels and renormalising gives
   consistency_prob = P(yes) / (P(yes) + P(no)),  consistency = 1 when consistency_prob >= 0.5,
-  think_quality    = sum_d P(d) * d / 9 over the digits 0..9 (renormalised over the digits).
-No sampling, no parsing of generated text: the score is a smooth function of the judge's beliefs, the
-same on every backend.
+  think_quality    = score_mode "expected": sum_d P(d) * d / 9 over the digits 0..9 (a smooth function of the
+                     judge's beliefs); "argmax": d* / 9 for the most likely digit d* (the discrete score a judge
+                     writing one digit gives, the paper's grid; ties go to the lower digit).
+Consistency is the same in both modes: the most likely of yes / no is the one with probability >= 0.5.
+No sampling, no parsing of generated text: the same numbers on every backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, render
+from audio_thinker.core.vocab import SCORE_MODES, ScoreMode
 from reward_server.schemas import ALL_SCORES, JudgeItem, JudgeResult, ScoreName
 
 
@@ -46,10 +49,12 @@ class LabelBackend(Protocol):
 
 @dataclass(frozen=True)
 class Prepared:
-    """One item ready for the judge: the scores asked for and the token ids of one prompt per score."""
+    """One item ready for the judge: the scores asked for, the token ids of one prompt per score, and how the
+    label distribution becomes a score (items of one micro-batch may come from requests with different modes)."""
 
     scores: tuple[ScoreName, ...]
     prompt_ids: tuple[list[int], ...]
+    score_mode: ScoreMode = "expected"
 
 
 def label_distribution(logprobs: Sequence[float]) -> np.ndarray:
@@ -73,15 +78,36 @@ def expected_value(prompt: JudgePrompt, logprobs: Sequence[float]) -> float:
     return min(max(value, min(prompt.values)), max(prompt.values))
 
 
-def prepare(backend: LabelBackend, items: Sequence[JudgeItem], scores: Sequence[ScoreName]) -> list[Prepared]:
+def argmax_value(prompt: JudgePrompt, logprobs: Sequence[float]) -> float:
+    """The value of the most likely label (the first of equally likely ones: the lower digit, or "yes")."""
+    return float(prompt.values[int(np.argmax(label_distribution(logprobs)))])
+
+
+def label_value(prompt: JudgePrompt, logprobs: Sequence[float], score_mode: str) -> float:
+    """The prompt's score under `score_mode`: the expected value or the value of the most likely label."""
+    if score_mode == "expected":
+        return expected_value(prompt, logprobs)
+    if score_mode == "argmax":
+        return argmax_value(prompt, logprobs)
+    raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
+
+
+def prepare(
+    backend: LabelBackend,
+    items: Sequence[JudgeItem],
+    scores: Sequence[ScoreName],
+    score_mode: ScoreMode = "expected",
+) -> list[Prepared]:
     """Render and tokenize the judging prompts of every item; PromptTooLongError names the first too long."""
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
     out = []
     for i, item in enumerate(items):
         ids = tuple(backend.encode(render(PROMPTS[name], item)) for name in scores)
         for name, prompt_ids in zip(scores, ids):
             if len(prompt_ids) > backend.max_prompt_tokens:
                 raise PromptTooLongError(i, name, len(prompt_ids), backend.max_prompt_tokens)
-        out.append(Prepared(tuple(scores), ids))
+        out.append(Prepared(tuple(scores), ids, score_mode))
     return out
 
 
@@ -98,16 +124,20 @@ def score_prepared(backend: LabelBackend, items: Sequence[Prepared]) -> list[Jud
     fields: list[dict[str, float | int]] = [{} for _ in items]
     for row, (i, name, _) in zip(lp, jobs):
         prompt = PROMPTS[name]
-        value = expected_value(prompt, row[[ALL_LABELS.index(label) for label in prompt.labels]])
+        lp = row[[ALL_LABELS.index(label) for label in prompt.labels]]
         if name == "consistency":
+            value = expected_value(prompt, lp)
             fields[i].update(consistency=int(value >= 0.5), consistency_prob=value)
         else:
-            fields[i]["think_quality"] = value
+            fields[i]["think_quality"] = label_value(prompt, lp, items[i].score_mode)
     return [JudgeResult(**f) for f in fields]
 
 
 def score_items(
-    backend: LabelBackend, items: Sequence[JudgeItem], scores: Sequence[ScoreName] = ALL_SCORES
+    backend: LabelBackend,
+    items: Sequence[JudgeItem],
+    scores: Sequence[ScoreName] = ALL_SCORES,
+    score_mode: ScoreMode = "expected",
 ) -> list[JudgeResult]:
     """In-process scoring (no server): the same numbers /v1/judge returns for these items."""
-    return score_prepared(backend, prepare(backend, items, scores))
+    return score_prepared(backend, prepare(backend, items, scores, score_mode))

@@ -5,7 +5,8 @@ WORLD_SIZE) is set by the caller (actors/trainer_group.py) before construction.
 
 Gradient accumulation is ours, not DeepSpeed's (`managed_gradient_accumulation: false`): the caller hands in a
 step's sequences, `train_step` runs them as micro-batches and calls `step()` once. The loss of each micro-batch
-is already scaled by the step's sequence count (see trainer/grpo.py), so accumulation needs no 1/gas factor;
+is already divided by the step's normaliser (trainer/grpo.py: the step's sequences, micro-batches or tokens, per
+`trainer.loss_type`, counted over every rank), so accumulation needs no 1/gas factor;
 DeepSpeed averages gradients over ranks, so each rank multiplies its loss by the world size and the ranks' sum
 comes out, the same gradient as one rank over all sequences.
 """
@@ -24,7 +25,7 @@ from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
-from trainer.grpo import grpo_loss, merge_stats
+from trainer.grpo import grpo_loss, loss_denominator, merge_stats
 from trainer.logprobs import (
     CompletionLogprobs,
     PolicyBatch,
@@ -165,6 +166,7 @@ class PolicyEngine:
                              f"{self.cfg.micro_batch_size}")
         self.engine.train()
         lr = self.lr
+        denominator = self._loss_denominator(batch, len(chunks), num_sequences)
         loss_sum, parts = 0.0, []
         mismatch = {"abs_sum": 0.0, "tokens": 0.0, "max": 0.0}
         for k in range(num_micro_batches):
@@ -178,7 +180,9 @@ class PolicyEngine:
             ref = None if batch.ref_logprobs is None else self._rows(batch.ref_logprobs, idx, width)
             adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32, device=self.device)
             loss, stats = grpo_loss(
-                logp, old, ref, adv, mask, clip_eps=self.cfg.clip_eps, beta=self.cfg.beta, num_sequences=num_sequences
+                logp, old, ref, adv, mask, clip_eps_low=self.cfg.clip_eps_low, clip_eps_high=self.cfg.clip_eps_high,
+                beta=self.cfg.beta, loss_type=self.cfg.loss_type, ratio_level=self.cfg.ratio_level,
+                denominator=denominator,
             )
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if real:
@@ -195,6 +199,17 @@ class PolicyEngine:
             "loss": loss_sum, "stats": merge_stats(parts), "mismatch": mismatch, "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "step": self.step,
         }
+
+    def _loss_denominator(self, batch: PolicyBatch, num_chunks: int, num_sequences: int) -> float:
+        """The step's normaliser of `grpo_loss`; bnpo and dapo count micro-batches / tokens over every rank, as TRL
+        normalises over the global batch (one all-reduce, which every rank runs: the config is the same)."""
+        cfg = self.cfg
+        tokens = sum(len(ids) for ids in batch.completion_ids)
+        if cfg.loss_type in ("bnpo", "dapo") and self.world_size > 1:
+            counts = torch.tensor([tokens, num_chunks], dtype=torch.int64, device=self.device)
+            dist.all_reduce(counts)
+            tokens, num_chunks = (int(c) for c in counts.tolist())
+        return loss_denominator(cfg.loss_type, num_sequences, tokens, num_chunks, cfg.max_completion_length)
 
     def _rows(self, values: list[np.ndarray], idx: list[int], width: int) -> torch.Tensor:
         return pad_ragged([values[i] for i in idx], width, self.device)

@@ -66,12 +66,14 @@ def record_verdict(record: dict, index: int) -> SampleVerdict:
     )
 
 
-def rescore_records(records: list[dict], step: int, total_steps: int, variant: str) -> dict:
+def rescore_records(
+    records: list[dict], step: int, total_steps: int, variant: str, invalid_accuracy: str = "worst"
+) -> dict:
     """`{"batch": {...}, "samples": [...]}` for one batch of records, in input order."""
     check_step(step, total_steps)
     verdicts = [record_verdict(r, i) for i, r in enumerate(records)]
     try:
-        batch = compute_rewards(verdicts, step, total_steps, variant)
+        batch = compute_rewards(verdicts, step, total_steps, variant, invalid_accuracy=invalid_accuracy)
     except SampleError as exc:
         raise RecordError(exc.index, exc.field, exc.message) from None
     return {
@@ -124,7 +126,9 @@ def run_rescore(args: argparse.Namespace) -> int:
     if not records:
         return _fail(f"{path}: no records")
     try:
-        result = rescore_records(records, args.step, args.total_steps, args.variant)
+        # `--invalid-accuracy` (worst|zero) is registered by the CLI; a parser without it gets the default.
+        invalid_accuracy = getattr(args, "invalid_accuracy", "worst")
+        result = rescore_records(records, args.step, args.total_steps, args.variant, invalid_accuracy)
     except RecordError as exc:
         return _fail(f"{path}:{line_of[exc.index]}: field {exc.field!r}: {exc.message}")
     except ValueError as exc:

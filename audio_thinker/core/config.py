@@ -15,10 +15,14 @@ from audio_thinker.core.vocab import (
     DataFormat,
     Dtype,
     EngineName,
+    InvalidAccuracy,
     JudgeBackendName,
+    LossType,
     ModelFamily,
     PromptMode,
+    RatioLevel,
     RewardVariant,
+    ScoreMode,
 )
 
 
@@ -135,7 +139,19 @@ class JudgeLimits(Section):
         return JudgeLimits(**{k: getattr(self, k) for k in JudgeLimits.model_fields})
 
 
-class JudgeConfig(JudgeLimits):
+class JudgeScoring(Section):
+    """How a judge turns label distributions into scores: the same default for a run's judge and `serve-judge`."""
+
+    score_mode: ScoreMode = Field(
+        "expected",
+        description="How the judge turns its label distribution into a think-quality score: expected = the "
+        "expected digit / 9 (smooth); argmax = the most likely digit / 9, the paper's discrete score (the 7B "
+        "presets). A run's judge client sends it with every request. Consistency is the same in both "
+        "(1 when P(yes) >= P(no)).",
+    )
+
+
+class JudgeConfig(JudgeLimits, JudgeScoring):
     url: str | None = Field(
         None,
         description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster.",
@@ -157,6 +173,23 @@ class RewardConfig(Section):
     variant: RewardVariant = Field(
         "atar_cr_tr", description="Reward preset, one per row of the paper's ablation table."
     )
+    invalid_accuracy: InvalidAccuracy = Field(
+        "worst",
+        description="Accuracy reward of an invalid (malformed) response: worst = the step's worst valid value "
+        "(case 4, -g_n - 2(1 - g_n)), so malformed output never pays more than any valid answer; zero = 0 (it "
+        "then beats a wrong direct answer). Format, consistency and think rewards of invalid samples are 0 either way.",
+    )
+    min_group_std: float = Field(
+        0.0,
+        ge=0,
+        description="Groups whose reward std (ddof=1) is below this get advantage 0 instead of (R - mean) / std, "
+        "which would amplify judge noise to full size. 0 = off (the paper's eq. 8); see docs/rewards.md.",
+    )
+    scale_advantages: bool = Field(
+        True,
+        description="Divide by the group std (eq. 8). False: A = R - mean(R), Dr. GRPO's unbiased advantage "
+        "(use it with trainer.loss_type=dr_grpo; see docs/trainer.md).",
+    )
 
 
 class TrainerConfig(Section):
@@ -169,7 +202,30 @@ class TrainerConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
     beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model (paper: 0.04).")
-    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clipping epsilon.")
+    clip_eps_low: float = Field(
+        0.2, gt=0, lt=1, description="Lower clip: the ratio is clipped at 1 - clip_eps_low (paper: 0.2)."
+    )
+    clip_eps_high: float = Field(
+        0.2,
+        gt=0,
+        description="Upper clip: the ratio is clipped at 1 + clip_eps_high (paper: 0.2; DAPO's clip-higher: 0.28; "
+        "GSPO with ratio_level=sequence: 3e-4 / 4e-4 for low / high).",
+    )
+    loss_type: LossType = Field(
+        "grpo",
+        description="How per-token terms become the step's loss: grpo = per-sequence mean, then mean over "
+        "sequences (the paper); bnpo = token mean per micro-batch; dr_grpo = token sum / (sequences x "
+        "max_completion_length); dapo = token sum / tokens of the whole step (TRL's definitions).",
+    )
+    ratio_level: RatioLevel = Field(
+        "token",
+        description="Importance ratio per token (GRPO) or per sequence, exp(mean log-ratio) (GSPO).",
+    )
+    max_completion_length: int | None = Field(
+        None,
+        ge=1,
+        description="Dr. GRPO's constant token normaliser (loss_type=dr_grpo only; at least rollout.max_new_tokens).",
+    )
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward; accumulation covers the step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
@@ -190,13 +246,37 @@ class TrainerConfig(Section):
         description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "clip_eps" in data:
+            raise ValueError(
+                "trainer.clip_eps was replaced by trainer.clip_eps_low and trainer.clip_eps_high (DAPO's "
+                f"clip-higher): set both to {data['clip_eps']} for the same symmetric range"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _dr_grpo_length(self) -> TrainerConfig:
+        if self.loss_type == "dr_grpo" and self.max_completion_length is None:
+            raise ValueError(
+                "trainer.loss_type=dr_grpo needs trainer.max_completion_length (its constant normaliser), "
+                "e.g. rollout.max_new_tokens"
+            )
+        return self
+
 
 class RunConfig(Section):
     name: str = Field("tiny-cpu", description="Run name; the run directory is runs/<name>-<timestamp>/ by default.")
     output_dir: str | None = Field(None, description="Run directory (default runs/<name>-<timestamp>/).")
     seed: int = Field(0, description="Seed of data order, sampling and initialisation.")
     total_steps: int = Field(3, ge=1, description="T: optimizer steps of the run (also the ATAR annealing horizon).")
-    questions_per_step: int = Field(4, ge=1, description="Questions per optimizer step (7B presets: 16).")
+    questions_per_step: int = Field(
+        4,
+        ge=1,
+        description="Questions per optimizer step; each brings rollout.samples_per_question completions (7B presets: "
+        "2, i.e. the paper's 16 completions per step; see docs/paper-settings.md).",
+    )
     eval_every: int = Field(0, ge=0, description="Evaluate on the held-out split every N steps (0: only at the end).")
     eval_limit: int | None = Field(8, ge=1, description="Cap on held-out questions per evaluation (None: all).")
     checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")
@@ -204,6 +284,11 @@ class RunConfig(Section):
     resume: bool = Field(False, description="Continue the run in output_dir from its last checkpoint.")
     num_gpus: int = Field(
         0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks)."
+    )
+    drop_zero_std_groups: bool = Field(
+        False,
+        description="DAPO's dynamic-sampling filter: leave out of the update the groups whose rewards are all "
+        "equal (they carry no gradient); the step then trains on fewer sequences. The paper keeps them.",
     )
 
 
@@ -235,6 +320,12 @@ class Config(Section):
             raise ValueError(
                 f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs per worker, "
                 f"but rollout.num_gpus_per_worker={r.num_gpus_per_worker}"
+            )
+        t = self.trainer
+        if t.max_completion_length is not None and t.max_completion_length < r.max_new_tokens:
+            raise ValueError(
+                f"trainer.max_completion_length={t.max_completion_length} < rollout.max_new_tokens="
+                f"{r.max_new_tokens}: Dr. GRPO's normaliser must cover the longest completion"
             )
         sequences = self.run.questions_per_step * r.samples_per_question
         if self.trainer.num_ranks > sequences:

@@ -7,7 +7,11 @@ group advantages, so the driver and the offline re-scorer cannot disagree.
 Decisions (docs/architecture.md, 'Decisions'):
 - lambda is the share of think samples among the batch's VALID samples; a batch without valid samples has
   lambda = 0 (no think sample was seen; every R_a is 0 there, so the factors change nothing).
-- Invalid samples earn nothing: R_f = R_a = R_c = R_t = 0.
+- Invalid samples get the step's worst accuracy reward, case 4's `-g_n - 2 (1 - g_n)` (`invalid_accuracy=
+  "worst"`, the default), and R_f = R_c = R_t = 0: every valid total is at least its own R_a + 0.5 and case 4
+  is the lowest R_a, so malformed output never pays more than a valid answer. `"zero"` gives R_a = 0, which
+  beats a wrong direct answer (-1 + 0.5 + R_t < 0 while the batch's mean think quality is below 0.5). For the
+  1/0 baselines both rules give 0, the worst they have.
 - Consistency counts only for correct answers (effective R_c = 0 when wrong, so it never deepens a
   negative R_a); correct no_think samples get 1.
 - No_think samples get the batch mean think quality of the think samples (0 when there are none).
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from audio_thinker.core.vocab import RESPONSE_MODES, VARIANTS
+from audio_thinker.core.vocab import INVALID_ACCURACY, RESPONSE_MODES, VARIANTS
 from audio_thinker.core.vocab import ResponseMode as Mode
 
 ADV_EPS = 1e-4
@@ -128,24 +132,56 @@ def check_step(step: int, total_steps: int) -> None:
         raise ValueError(f"step must be an integer in [0, total_steps={total_steps}], got {step!r}")
 
 
-def group_advantages(totals: Sequence[float], groups: Sequence[str]) -> list[float]:
-    """Eq. 8 per group: (R - mean) / (std + 1e-4), std unbiased (ddof=1, as torch.std).
-
-    A group of one has no spread to compare against and gets 0.
-    """
-    if len(totals) != len(groups):
-        raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
-    values = np.asarray(totals, dtype=np.float64)
+def _members(groups: Sequence[str]) -> dict[str, list[int]]:
     members: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
+    return members
+
+
+def group_advantages(
+    totals: Sequence[float], groups: Sequence[str], min_std: float = 0.0, scale: bool = True
+) -> list[float]:
+    """Eq. 8 per group: (R - mean) / (std + 1e-4), std unbiased (ddof=1, as torch.std).
+
+    A group of one has no spread to compare against and gets 0. So does a group whose std is below `min_std`
+    (config `reward.min_group_std`; 0 = off): dividing by a tiny std would blow judge noise up to the size
+    of a real difference between answers. `scale=False` (config `reward.scale_advantages`) leaves out the
+    division: A = R - mean, Dr. GRPO's advantage (Liu et al. 2025, arXiv 2503.20783, sec. 3.1).
+    """
+    if len(totals) != len(groups):
+        raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
+    if not min_std >= 0:
+        raise ValueError(f"min_std must be >= 0, got {min_std!r}")
+    values = np.asarray(totals, dtype=np.float64)
     out = np.zeros(len(values), dtype=np.float64)
-    for idx in members.values():
+    for idx in _members(groups).values():
         if len(idx) < 2:
             continue
         r = values[idx]
-        out[idx] = (r - r.mean()) / (r.std(ddof=1) + ADV_EPS)
+        std = r.std(ddof=1)
+        if std < min_std:
+            continue
+        out[idx] = (r - r.mean()) / (std + ADV_EPS) if scale else r - r.mean()
     return [float(a) for a in out]
+
+
+def drop_zero_std_groups(totals: Sequence[float], groups: Sequence[str]) -> tuple[list[int], int]:
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, arXiv 2503.14476, eq. 11; config `run.drop_zero_std_groups`).
+
+    A group whose rewards are all equal (a group of one included) has advantage 0 everywhere and carries no
+    policy gradient. Returns the indices of the samples of the other groups, in input order, and how many
+    groups were dropped.
+    """
+    if len(totals) != len(groups):
+        raise ValueError(f"{len(totals)} totals but {len(groups)} group ids")
+    kept, dropped = [], 0
+    for idx in _members(groups).values():
+        if len({float(totals[i]) for i in idx}) > 1:
+            kept.extend(idx)
+        else:
+            dropped += 1
+    return sorted(kept), dropped
 
 
 def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
@@ -171,10 +207,26 @@ def _check_sample(i: int, s: SampleVerdict, variant: str) -> None:
             raise SampleError(i, "think_quality", f"missing: {variant} needs it for a think sample")
 
 
-def compute_rewards(samples: Sequence[SampleVerdict], step: int, total_steps: int, variant: str) -> RewardBatch:
-    """All reward terms, totals and group advantages of one training batch (input order kept)."""
+def compute_rewards(
+    samples: Sequence[SampleVerdict],
+    step: int,
+    total_steps: int,
+    variant: str,
+    *,
+    invalid_accuracy: str = "worst",
+    min_group_std: float = 0.0,
+    scale_advantages: bool = True,
+) -> RewardBatch:
+    """All reward terms, totals and group advantages of one training batch (input order kept).
+
+    `invalid_accuracy` ("worst" or "zero", config `reward.invalid_accuracy`): the R_a of invalid samples;
+    `min_group_std` and `scale_advantages` (config `reward.min_group_std`, `reward.scale_advantages`): see
+    `group_advantages`.
+    """
     check_variant(variant)
     check_step(step, total_steps)
+    if invalid_accuracy not in INVALID_ACCURACY:
+        raise ValueError(f"invalid_accuracy must be one of {', '.join(INVALID_ACCURACY)}, got {invalid_accuracy!r}")
     needs, valid = _JUDGE_TERMS[variant], _VALID_MODES[variant]
     for i, s in enumerate(samples):
         _check_sample(i, s, variant)
@@ -194,7 +246,10 @@ def compute_rewards(samples: Sequence[SampleVerdict], step: int, total_steps: in
             acc = 1.0 if mode != "invalid" and s.correct else 0.0
             terms.append((fmt, acc, 0.0, 0.0, acc + 0.5 * fmt))
             continue
-        acc = atar_accuracy(mode, s.correct, g_t, g_n)
+        if mode == "invalid" and invalid_accuracy == "worst":
+            acc = atar_accuracy("no_think", False, g_t, g_n)
+        else:
+            acc = atar_accuracy(mode, s.correct, g_t, g_n)
         cons = 0.0
         if "consistency" in needs and s.correct and mode != "invalid":
             cons = 1.0 if mode == "no_think" else float(s.consistency)
@@ -205,7 +260,7 @@ def compute_rewards(samples: Sequence[SampleVerdict], step: int, total_steps: in
             think = mean_think
         terms.append((fmt, acc, cons, think, acc * (1.0 + 0.5 * cons) + 0.5 * fmt + think))
 
-    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples])
+    advantages = group_advantages([t[4] for t in terms], [s.group for s in samples], min_group_std, scale_advantages)
     rewards = [
         SampleReward(s.mode, s.correct, format=f, accuracy=a, consistency=c, think=t, total=r, advantage=adv)
         for s, (f, a, c, t, r), adv in zip(samples, terms, advantages)
@@ -228,3 +283,34 @@ def rewards_from_totals(samples: Sequence[SampleVerdict], totals: Sequence[float
         for s, t, a in zip(samples, totals, advantages)
     ]
     return RewardBatch(think_rate=think_rate, gamma_think=1.0, gamma_no_think=1.0, samples=rewards)
+
+
+def think_group_std(batch: RewardBatch, groups: Sequence[str]) -> float | None:
+    """`reward/think_group_std`: the mean over groups of the std (ddof=1) of R_t among the group's think samples.
+
+    It measures how well the judge tells one question's reasonings apart: near 0, R_t moves no advantage
+    (argmax scores that all land on one digit, say). Groups with fewer than two think samples are left out;
+    None when no group is left.
+    """
+    if len(batch.samples) != len(groups):
+        raise ValueError(f"{len(batch.samples)} samples but {len(groups)} group ids")
+    members: dict[str, list[float]] = {}
+    for s, g in zip(batch.samples, groups):
+        if s.mode == "think":
+            members.setdefault(g, []).append(s.think)
+    stds = [float(np.std(v, ddof=1)) for v in members.values() if len(v) >= 2]
+    return float(np.mean(stds)) if stds else None
+
+
+def advantage_abs_mean(batch: RewardBatch) -> float:
+    """`advantage/abs_mean`: the mean |A_i| over the step's samples (0 when no group carries a signal)."""
+    return float(np.mean([abs(s.advantage) for s in batch.samples])) if batch.samples else 0.0
+
+
+def reward_metrics(batch: RewardBatch, groups: Sequence[str]) -> dict[str, float]:
+    """The two metrics above under their metric names; `reward/think_group_std` only where it is defined."""
+    out = {"advantage/abs_mean": advantage_abs_mean(batch)}
+    spread = think_group_std(batch, groups)
+    if spread is not None:
+        out["reward/think_group_std"] = spread
+    return out

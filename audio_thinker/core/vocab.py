@@ -1,6 +1,6 @@
 """Every closed vocabulary of the project, defined once: model families, prompt and response modes, reward
-variants, data and benchmark layouts, engines, judge scores. Config sections, parsers, the CLI and the
-judge service import these instead of spelling the lists again."""
+variants, data and benchmark layouts, engines, judge scores, reward and loss options. Config sections, parsers,
+the CLI and the judge service import these instead of spelling the lists again."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ Benchmark = Literal["mmau", "mmar", "air", "synthetic"]
 EngineName = Literal["vllm", "transformers"]
 JudgeBackendName = Literal["transformers", "vllm", "openai"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+InvalidAccuracy = Literal["worst", "zero"]
+ScoreMode = Literal["expected", "argmax"]
+AnswerExtraction = Literal["strict", "lenient"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+RatioLevel = Literal["token", "sequence"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -24,6 +29,11 @@ DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 BENCHMARKS: tuple[str, ...] = get_args(Benchmark)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 JUDGE_BACKENDS: tuple[str, ...] = get_args(JudgeBackendName)
+INVALID_ACCURACY: tuple[str, ...] = get_args(InvalidAccuracy)
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
 
 
 def normalize_text(text: str) -> str:

@@ -203,6 +203,22 @@ def test_judge_computes_only_the_scores_asked_for(server, ref):
     assert only_consistency.think_quality is None and only_consistency.consistency in (0, 1)
 
 
+def test_score_mode_per_request_with_the_server_default(server, ref):
+    url, _ = server
+    items = [item(4), item(5, think="No idea.", answer="first")]
+    body = httpx.post(f"{url}/v1/judge", json={"items": items}, headers=AUTH).json()
+    assert body["score_mode"] == "expected"  # ServerSettings default
+    client = JudgeClient(url, api_key=KEY)
+    argmax = client.judge(items, score_mode="argmax")
+    want = score_items(ref, [JudgeItem(**i) for i in items], score_mode="argmax")
+    for got, w, e in zip(argmax, want, body["results"]):
+        assert got.think_quality == pytest.approx(w.think_quality, abs=1e-5)
+        assert round(got.think_quality * 9, 6).is_integer()  # on the 0..9 grid
+        assert got.consistency == e["consistency"]  # consistency does not depend on the mode
+    r = httpx.post(f"{url}/v1/judge", json={"items": items, "score_mode": "mean"}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "score_mode"]
+
+
 @pytest.mark.parametrize(
     "body,loc,fragment",
     [
@@ -301,13 +317,13 @@ def test_get_reward_follows_the_documented_formula(server, ref):
     v = score_items(ref, [JudgeItem(question=prompt, think="The second one is louder.", answer="Second")])[0]
     c, t = v.consistency, v.think_quality
     # R = R_a * (1 + 0.5 R_c) + 0.5 R_f + R_t with base ATAR accuracy (+1 / +2 / -1), R_c only when correct,
-    # no_think R_c = 1 and R_t = mean R_t of the request's think samples, invalid = 0.
-    expected = [1.0 * (1 + 0.5 * c) + 0.5 + t, 2.0 * 1.5 + 0.5 + t, -1.0 + 0.5 + t, 0.0]
+    # no_think R_c = 1 and R_t = mean R_t of the request's think samples, invalid R_a = -1 (the worst), rest 0.
+    expected = [1.0 * (1 + 0.5 * c) + 0.5 + t, 2.0 * 1.5 + 0.5 + t, -1.0 + 0.5 + t, -1.0]
     assert reward.rewards == pytest.approx(expected, abs=1e-5)
     assert reward.scores == [1.0, 1.0, 0.0, 0.0]
     logs = reward.extra_logs
     assert logs["format_reward"] == [1.0, 1.0, 1.0, 0.0]
-    assert logs["accuracy_reward"] == [1.0, 2.0, -1.0, 0.0]
+    assert logs["accuracy_reward"] == [1.0, 2.0, -1.0, -1.0]
     assert logs["consistency_reward"] == [float(c), 1.0, 0.0, 0.0]
     assert logs["think_reward"] == pytest.approx([t, t, t, 0.0], abs=1e-5)
     assert logs["think_mode"] == [1.0, 0.0, 0.0, 0.0] and logs["correct"] == [1.0, 1.0, 0.0, 0.0]

@@ -71,6 +71,19 @@ def test_worked_example_in_the_doc_matches_the_code():
         assert numbers == pytest.approx(expected, abs=5e-5), row[0]
 
 
+def test_invalid_accuracy_zero_is_the_earlier_rule():
+    """With `zero` the invalid row 8 earns 0 and beats the wrong direct answer of row 7 (docs/rewards.md sec. 3)."""
+    records = [json.loads(line) for line in EXAMPLE.read_text().splitlines()]
+    zero = rescore_records(records, 250, 1000, "atar_cr_tr", invalid_accuracy="zero")["samples"]
+    worst = rescore_records(records, 250, 1000, "atar_cr_tr")["samples"]
+    assert zero[7]["accuracy"] == zero[7]["total"] == 0.0 and zero[7]["total"] > zero[6]["total"]
+    assert worst[7]["accuracy"] == worst[6]["accuracy"] == pytest.approx(-1.2749, abs=5e-5)
+    assert worst[7]["total"] == pytest.approx(worst[6]["total"] - 0.5 - 0.55)
+    assert [s["advantage"] for s in zero] == pytest.approx(
+        [0.6859, 0.0944, -0.4070, -0.7652, 1.2935, 1.2935, -1.1781, -1.0170], abs=5e-5
+    )
+
+
 def test_cli_in_process_matches_rescore_records(capsys):
     code, out, err = _run(capsys, EXAMPLE, "--step", "250", "--total-steps", "1000")
     assert code == 0 and err == ""
@@ -114,7 +127,8 @@ def test_cli_as_subprocess(tmp_path):
     assert ok.returncode == 0, ok.stderr
     result = json.loads(ok.stdout)
     assert result["batch"]["gamma_think"] == result["batch"]["gamma_no_think"] == 1.0
-    assert [s["accuracy"] for s in result["samples"]] == [1, 1, 0, 0, 2, 2, -1, 0]  # base rewards at step T
+    # Base rewards at step T; the invalid sample gets the worst one, -1.
+    assert [s["accuracy"] for s in result["samples"]] == [1, 1, 0, 0, 2, 2, -1, -1]
     bad = subprocess.run(
         [*cmd, "--step", "7", "--total-steps", "5"], capture_output=True, text=True, env=env, check=False
     )

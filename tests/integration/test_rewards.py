@@ -39,7 +39,8 @@ def test_eq5_every_case_by_hand():
     assert out.think_rate == pytest.approx(0.6)
     assert (out.gamma_think, out.gamma_no_think) == (pytest.approx(G_T), pytest.approx(G_N))
     accuracy = [s.accuracy for s in out.samples]
-    assert accuracy == pytest.approx([0.7408182, -0.2591818, 0.7408182, 1.6374615, -1.1812692, 0.0])
+    # The invalid sample gets case 4's value, the step's worst (reward.invalid_accuracy = worst).
+    assert accuracy == pytest.approx([0.7408182, -0.2591818, 0.7408182, 1.6374615, -1.1812692, -1.1812692])
     assert [s.format for s in out.samples] == [1, 1, 1, 1, 1, 0]
     assert [s.total for s in out.samples] == pytest.approx(
         [a + 0.5 * f for a, f in zip(accuracy, [1] * 5 + [0])]
@@ -58,7 +59,7 @@ def test_full_method_by_hand():
         G_T + 0.5 + 0.3,
         2 * G_N * 1.5 + 0.5 + mean_tq,
         -G_N - 2 * (1 - G_N) + 0.5 + mean_tq,
-        0.0,
+        -G_N - 2 * (1 - G_N),
     ]
     assert [s.total for s in out.samples] == pytest.approx(expected)
     assert [s.mode for s in out.samples] == ["think", "think", "think", "no_think", "no_think", "invalid"]
@@ -90,7 +91,7 @@ def test_no_valid_samples_lambda_is_zero():
     out = compute_rewards([V("invalid", False, "q"), V("invalid", False, "q")], 0, 4, "atar_cr_tr")
     assert out.think_rate == 0.0
     assert out.gamma_think == 1.0 and out.gamma_no_think == pytest.approx(math.exp(-1))
-    assert [s.total for s in out.samples] == [0, 0]
+    assert [s.total for s in out.samples] == pytest.approx([math.exp(-1) - 2] * 2)  # case 4 at lambda = 0, s = 1
     assert [s.advantage for s in out.samples] == [0, 0]
 
 
@@ -172,7 +173,10 @@ def test_rewards_module_does_not_import_torch():
 kinds = st.sampled_from(
     [("think", True), ("think", False), ("no_think", True), ("no_think", False), ("invalid", False)]
 )
-BASE = {("think", True): 1.0, ("think", False): 0.0, ("no_think", True): 2.0, ("no_think", False): -1.0}
+BASE = {
+    ("think", True): 1.0, ("think", False): 0.0, ("no_think", True): 2.0, ("no_think", False): -1.0,
+    ("invalid", False): -1.0,  # the worst
+}
 
 
 def _batch(pairs, n_groups=3):
@@ -185,7 +189,7 @@ def test_factors_are_one_at_the_end(pairs, total):
     out = compute_rewards(_batch(pairs), total, total, "atar")
     assert out.gamma_think == out.gamma_no_think == 1.0
     for (mode, correct), s in zip(pairs, out.samples):
-        assert s.accuracy == pytest.approx(BASE.get((mode, correct), 0.0))
+        assert s.accuracy == pytest.approx(BASE[(mode, correct)])
 
 
 @settings(max_examples=60, deadline=None)

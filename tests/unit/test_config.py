@@ -31,8 +31,15 @@ def test_paper_presets_carry_the_paper_settings(preset, family):
     assert cfg.trainer.beta == 0.04
     assert cfg.rollout.temperature == 1.0
     assert cfg.run.total_steps == 1000
-    assert cfg.run.questions_per_step == 16
     assert cfg.reward.variant == "atar_cr_tr"
+
+
+@pytest.mark.parametrize("preset", ["qwen2-audio-7b.yaml", "qwen2.5-omni-7b.yaml"])
+def test_paper_presets_take_16_completions_per_step(preset):
+    """SWIFT's "effective batch size 16" counts completions: 2 questions x 8 samples (docs/paper-settings.md)."""
+    cfg = load_config(PRESET_DIR / preset)
+    assert cfg.run.questions_per_step * cfg.rollout.samples_per_question == 16
+    assert cfg.run.questions_per_step == 2
 
 
 def test_overrides_are_typed_yaml_values():
@@ -88,6 +95,34 @@ def test_cross_field_checks():
     assert cfg.reward.variant == "grpo"
     with pytest.raises(ConfigError, match="grpo_cot needs prompt.mode=think"):
         load_config(None, ["reward.variant=grpo_cot"])
+
+
+def test_paper_defaults_of_the_loss_and_reward_options():
+    """The options the paper is silent on default to its own setting (docs/paper-settings.md)."""
+    for cfg in (load_config(), load_config(PRESET_DIR / "qwen2-audio-7b.yaml")):
+        t, r = cfg.trainer, cfg.reward
+        assert (t.loss_type, t.ratio_level, t.clip_eps_low, t.clip_eps_high) == ("grpo", "token", 0.2, 0.2)
+        assert (r.invalid_accuracy, r.min_group_std, r.scale_advantages) == ("worst", 0.0, True)
+        assert cfg.run.drop_zero_std_groups is False
+
+
+def test_loss_option_checks():
+    with pytest.raises(ConfigError, match=r"trainer.clip_eps was replaced by trainer.clip_eps_low and "
+                       r"trainer.clip_eps_high .* set both to 0.3"):
+        load_config(None, ["trainer.clip_eps=0.3"])
+    with pytest.raises(ConfigError, match="loss_type=dr_grpo needs trainer.max_completion_length"):
+        load_config(None, ["trainer.loss_type=dr_grpo"])
+    with pytest.raises(ConfigError, match="max_completion_length=32 < rollout.max_new_tokens=48"):
+        load_config(None, ["trainer.loss_type=dr_grpo", "trainer.max_completion_length=32"])
+    cfg = load_config(None, ["trainer.loss_type=dr_grpo", "trainer.max_completion_length=48",
+                             "reward.scale_advantages=false", "trainer.clip_eps_high=0.28"])
+    assert cfg.trainer.max_completion_length == 48 and cfg.reward.scale_advantages is False
+    for bad, key in [("trainer.loss_type=ppo", "trainer.loss_type"), ("trainer.clip_eps_low=1", "clip_eps_low"),
+                     ("trainer.ratio_level=group", "trainer.ratio_level"), ("judge.score_mode=mean", "score_mode"),
+                     ("reward.min_group_std=-1", "reward.min_group_std"),
+                     ("reward.invalid_accuracy=none", "reward.invalid_accuracy")]:
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
 
 
 def test_bad_files(tmp_path: Path):
