@@ -11,15 +11,14 @@ import ray
 
 from actors.group import ActorGroup
 from audio_thinker.core.config import JudgeConfig
+from reward_server.app import ServerSettings
+from reward_server.backends import load_backend
+from reward_server.cli import ServerThread, build_server
 
 
 @ray.remote
 class JudgeServer:
     def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
-        from reward_server.app import ServerSettings
-        from reward_server.backends import load_backend
-        from reward_server.cli import ServerThread, build_server
-
         settings = ServerSettings(
             **judge.limits().model_dump(), score_mode=judge.score_mode, api_keys=frozenset({api_key})
         )

@@ -104,7 +104,7 @@ class JudgeBackend(ABC):
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """log P(label | prompt), shape (len(prompt_ids), len(ALL_LABELS)); -inf where a label is not visible."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: only some backends hold something to release
         """Release the model / engine / connections (the server calls it once, at shutdown)."""
 
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import numpy as np
 
-from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, render
 from audio_thinker.core.vocab import SCORE_MODES, ScoreMode
+from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, render
 from reward_server.schemas import ALL_SCORES, JudgeItem, JudgeResult, ScoreName
 
 

@@ -17,16 +17,18 @@ from pathlib import Path
 
 from audio_thinker.app.errors import EvalError, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
+from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.core.audio import AudioError
+from audio_thinker.core.config import RewardConfig
 from audio_thinker.core.data import DataError
 from audio_thinker.core.log import setup_logging
 from audio_thinker.core.options import OptionError, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError
-from audio_thinker.core.vocab import VARIANTS
+from audio_thinker.core.vocab import INVALID_ACCURACY, VARIANTS
 from reward_server.auth import AuthConfigError
-from reward_server.cli import ServeOptions, add_serve_parser
 from reward_server.client import JudgeError
+from reward_server.options import ServeOptions, add_serve_parser
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
 def _make_tiny(args: argparse.Namespace) -> int:
     if args.warmup_steps < 0:
         raise OptionError(f"--warmup-steps: must be >= 0, got {args.warmup_steps}")
-    from audio_thinker.app.tiny import make_tiny_models
+    from audio_thinker.app.tiny import make_tiny_models  # torch/Ray: loaded only when this command runs
 
     paths = make_tiny_models(args.out, seed=args.seed, only=args.only, warmup_steps=args.warmup_steps)
     for name, path in paths.items():
@@ -59,7 +61,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from audio_thinker.app.synthetic import write_synthetic_dataset
+    from audio_thinker.app.synthetic import write_synthetic_dataset  # torch/Ray: loaded only when this command runs
 
     manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split)
     print(f"wrote {args.n} questions: {manifest}")
@@ -67,28 +69,26 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _rewards(args: argparse.Namespace) -> int:
-    from audio_thinker.app.rescore import run_rescore
+    from audio_thinker.app.rescore import run_rescore  # torch/Ray: loaded only when this command runs
 
     return run_rescore(args)
 
 
 def _serve_judge(args: argparse.Namespace) -> int:
-    from reward_server.cli import run_serve_judge
+    from reward_server.cli import run_serve_judge  # uvicorn/FastAPI: loaded only when this command serves
 
     return run_serve_judge(model_from_args(ServeOptions, args))
 
 
 def _eval(args: argparse.Namespace) -> int:
     if args.eval_command == "score":
-        from audio_thinker.app.eval.scoring import score_file
-
         options = model_from_args(ScoreOptions, args)
         json.dump(score_file(options.predictions, options.bench), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     spec = model_from_args(EvalOptions, args)
     family = spec.check_inputs()  # before the engine (and torch) loads
-    from audio_thinker.app.eval.runner import run_eval_command
+    from audio_thinker.app.eval.runner import run_eval_command  # torch/Ray: loaded only when this command runs
 
     return run_eval_command(spec, family)
 
@@ -96,7 +96,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
     config = load_config(args.config, overrides)  # before Ray and torch load: a bad key fails at once
-    from audio_thinker.app.driver import run_training
+    from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
 
     if not os.environ.get("RAY_ADDRESS"):
         # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from audio_thinker.app.export import export_run
+    from audio_thinker.app.export import export_run  # torch/Ray: loaded only when this command runs
 
     print(export_run(Path(args.run), args.step, Path(args.out) if args.out else None))
     return 0
@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="atar_cr_tr",
         choices=VARIANTS,
         help="reward preset (default: atar_cr_tr, the full method)",
+    )
+    p.add_argument(
+        "--invalid-accuracy",
+        default=RewardConfig.model_fields["invalid_accuracy"].default,
+        choices=INVALID_ACCURACY,
+        help="R_a of invalid samples: worst = the step's case-4 value, zero = 0 (default: %(default)s)",
     )
     p.set_defaults(func=_rewards)
 

@@ -27,13 +27,13 @@ from actors.reference import Reference
 from actors.rollout_worker import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
 from actors.weight_sync import WeightSync
+from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.eval.scoring import summarize_for_training
 from audio_thinker.app.judging import Judge, call_judge
-from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.step_metrics import console_line, step_metrics
-from audio_thinker.core.config import Config
+from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
 from audio_thinker.core.families import render_chat
@@ -42,7 +42,7 @@ from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.progress import progress
 from audio_thinker.core.protocol import build_instruction, is_correct, load_template, parse_response
 from audio_thinker.core.records import RolloutRecord
-from audio_thinker.core.rewards import RewardBatch, compute_rewards, needs_judge
+from audio_thinker.core.rewards import RewardBatch, compute_rewards, drop_zero_std_groups, needs_judge
 from reward_server.client import JudgeError
 from rollout.engine import GenerationRequest, Sample, SamplingConfig
 from trainer.checkpoint import latest_checkpoint
@@ -54,9 +54,16 @@ log = get_logger(__name__)
 RewardFn = Callable[[list[RolloutRecord], int], RewardBatch]
 
 
-def paper_reward(variant: str, total_steps: int) -> RewardFn:
-    """The paper's rewards for a variant (ATAR balancing, consistency, think quality, eq. 8 advantages)."""
-    return lambda records, step: compute_rewards([r.verdict() for r in records], step, total_steps, variant)
+def paper_reward(reward: RewardConfig, total_steps: int) -> RewardFn:
+    """The paper's rewards for `reward.variant` (ATAR balancing, consistency, think quality, eq. 8 advantages)."""
+    options = dict(
+        invalid_accuracy=reward.invalid_accuracy,
+        min_group_std=reward.min_group_std,
+        scale_advantages=reward.scale_advantages,
+    )
+    return lambda records, step: compute_rewards(
+        [r.verdict() for r in records], step, total_steps, reward.variant, **options
+    )
 
 
 def step_questions(dataset: Dataset, seed: int, step: int, per_step: int) -> list[int]:
@@ -122,7 +129,7 @@ class Driver:
             run_dir,
         )
         self.train_set, self.eval_set = train_set, eval_set
-        self.reward_fn = reward_fn or paper_reward(c.reward.variant, c.run.total_steps)
+        self.reward_fn = reward_fn or paper_reward(c.reward, c.run.total_steps)
         self.needed = needs_judge(c.reward.variant) if judge is not None else set()
         self.template = load_template(c.prompt.mode, c.prompt.template_file)
         self.encoder = encoder or PromptEncoder(
@@ -238,8 +245,29 @@ class Driver:
             record.set_reward(reward)
         batch.advantages = [r.advantage for r in records]
         batch.old_logprobs, batch.ref_logprobs = old, ref
+        train, sync = self.update(step, batch, records)
 
-        train = self.trainer.train_step(batch, temperature)
+        metrics = {"step": step, **step_metrics(records, rewards), **train, **timing, **sync, "judge/items": judged}
+        metrics["timing_s/step"] = time.perf_counter() - t_step
+        self.run_dir.write_rollouts(step, [r.to_json() for r in records])
+        return metrics
+
+    def update(self, step: int, batch: PolicyBatch, records: list[RolloutRecord]) -> tuple[dict, dict]:
+        """One optimizer step on the step's samples, then the new weights to the workers as version `step`.
+
+        With `run.drop_zero_std_groups` (DAPO's dynamic sampling) the groups whose rewards are all equal carry
+        no gradient and are left out; when no group is left the step takes no update and syncs nothing.
+        """
+        c = self.config
+        dropped = {}
+        if c.run.drop_zero_std_groups:
+            kept, n_dropped = drop_zero_std_groups([r.total for r in records], [r.group for r in records])
+            dropped = {"count/dropped_groups": n_dropped}
+            if not kept:
+                log.warning("step %d: every group has equal rewards; no update this step", step)
+                return dropped, {}
+            batch = batch.select(kept)
+        train = self.trainer.train_step(batch, c.rollout.temperature)
         if not math.isfinite(train["actor/loss"]) or not math.isfinite(train.get("actor/grad_norm", 0.0)):
             raise FloatingPointError(
                 f"non-finite loss {train['actor/loss']} / grad norm {train.get('actor/grad_norm')}; "
@@ -247,11 +275,7 @@ class Driver:
             )
         sync = self.sync.push(step)
         self.version = step
-
-        metrics = {"step": step, **step_metrics(records, rewards), **train, **timing, **sync, "judge/items": judged}
-        metrics["timing_s/step"] = time.perf_counter() - t_step
-        self.run_dir.write_rollouts(step, [r.to_json() for r in records])
-        return metrics
+        return {**train, **dropped}, sync
 
     # -------------------------------------------------------------------------------- the run
 

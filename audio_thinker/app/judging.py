@@ -61,7 +61,7 @@ def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecor
                         }
                         for i in part
                     ]
-                    jobs.append((part, scores, client.judge(items, scores=list(scores))))
+                    jobs.append((part, scores, client.judge(items, scores=list(scores), score_mode=config.score_mode)))
             results = await asyncio.gather(*(job for _, _, job in jobs))
             for (part, scores, _), res in zip(jobs, results):
                 for i, r in zip(part, res):

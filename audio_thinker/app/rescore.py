@@ -127,8 +127,7 @@ def run_rescore(args: argparse.Namespace) -> int:
         return _fail(f"{path}: no records")
     try:
         # `--invalid-accuracy` (worst|zero) is registered by the CLI; a parser without it gets the default.
-        invalid_accuracy = getattr(args, "invalid_accuracy", "worst")
-        result = rescore_records(records, args.step, args.total_steps, args.variant, invalid_accuracy)
+        result = rescore_records(records, args.step, args.total_steps, args.variant, args.invalid_accuracy)
     except RecordError as exc:
         return _fail(f"{path}:{line_of[exc.index]}: field {exc.field!r}: {exc.message}")
     except ValueError as exc:

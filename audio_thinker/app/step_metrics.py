@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from audio_thinker.core.records import RolloutRecord
-from audio_thinker.core.rewards import RewardBatch
+from audio_thinker.core.rewards import RewardBatch, reward_metrics
 
 
 def _mean(values: list[float]) -> float:
@@ -27,7 +27,6 @@ def step_metrics(records: Sequence[RolloutRecord], batch: RewardBatch) -> dict[s
         "reward/format": _mean([r.format for r in records]),
         "reward/consistency": _mean([r.consistency_reward for r in records]),
         "reward/think": _mean([r.think_reward for r in records]),
-        "reward/advantage_abs": _mean([abs(r.advantage) for r in records]),
         "acc/overall": _mean([float(r.correct) for r in records]),
         "acc/think": _mean([float(r.correct) for r in think]),
         "acc/no_think": _mean([float(r.correct) for r in no_think]),
@@ -38,6 +37,7 @@ def step_metrics(records: Sequence[RolloutRecord], batch: RewardBatch) -> dict[s
         "response_length/max": max((r.num_tokens for r in records), default=0),
         "response_length/clip_ratio": _mean([float(r.finish_reason == "length") for r in records]),
     }
+    out.update(reward_metrics(batch, [r.group for r in records]))
     for difficulty in sorted({r.difficulty for r in valid if r.difficulty}):
         sub = [r for r in valid if r.difficulty == difficulty]
         out[f"no_think_rate/{difficulty}"] = _mean([float(r.mode == "no_think") for r in sub])

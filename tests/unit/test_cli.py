@@ -15,7 +15,7 @@ import pytest
 from audio_thinker.app.cli import build_parser, main
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.core.options import option_name
-from reward_server.cli import ServeOptions
+from reward_server.options import ServeOptions
 
 AVQA_ROW = {"id": "q1", "question_text": "Which?", "multi_choice": ["a", "b"], "answer": 0, "audio_path": "x.wav"}
 

@@ -211,7 +211,7 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
 def test_the_default_reward_is_the_papers_and_a_tokenizer_mismatch_is_named(stub_driver):
     records = [row("think", True, group="g1", consistency=1, think_quality=0.5), row("no_think", False, group="g1")]
     expected = compute_rewards([r.verdict() for r in records], 2, 4, "atar_cr_tr")
-    assert stub_driver.reward_fn(records, 2) == expected == paper_reward("atar_cr_tr", 4)(records, 2)
+    assert stub_driver.reward_fn(records, 2) == expected == paper_reward(stub_driver.config.reward, 4)(records, 2)
     stub_driver.encoder = type("Other", (), {"encode": lambda self, p, a: EncodedPrompt([9], None, None)})()
     with pytest.raises(Exception, match="tokenized question .* differently"):
         stub_driver.step(1)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from audio_thinker.app.errors import EvalError
 from audio_thinker.core.families import detect_family
 from audio_thinker.core.options import add_model_arguments
-from audio_thinker.core.vocab import Benchmark, Dtype, EngineName, PromptMode
+from audio_thinker.core.vocab import AnswerExtraction, Benchmark, Dtype, EngineName, PromptMode
 
 
 class EvalOptions(BaseModel):
@@ -34,6 +34,11 @@ class EvalOptions(BaseModel):
         None, description="Instruction template with {question} and {choices} (none: the packaged one of --prompt)."
     )
     letter_choices: bool = Field(False, description="List choices as (A) ... and accept a bare letter as the answer.")
+    answer_extraction: AnswerExtraction = Field(
+        "lenient",
+        description="lenient: the last <answer>...</answer>, else the official scripts' free-text rule (the "
+        "benchmarks' own numbers); strict: the training parser (stray text makes a response invalid).",
+    )
     engine: EngineName = Field("transformers", description="Generation engine (vllm on GPU nodes).")
     limit: int | None = Field(None, ge=1, description="Evaluate the first N questions only (none: all).")
     batch_size: int = Field(8, ge=1, description="Questions per engine call.")

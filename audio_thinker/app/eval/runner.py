@@ -22,12 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from audio_thinker.app.errors import EvalError
+from audio_thinker.app.eval.extraction import prediction_from_text
 from audio_thinker.app.eval.options import EvalOptions
 from audio_thinker.app.eval.predictions import (
     FORMATS,
     PredictionRow,
     prediction_row,
-    prediction_text,
     write_predictions,
 )
 from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think, render_report
@@ -173,7 +173,10 @@ def run_eval(spec: EvalOptions, engine: GenerationEngine) -> dict:
     generate_missing(engine, dataset, prompts, spec, partial)
 
     parsed = [parse_response(partial.done[it.id]["output"]) for it in items]
-    predictions = [prediction_text(spec.bench, p, it.choices, letters) for it, p in zip(items, parsed)]
+    predictions = [
+        prediction_from_text(spec.bench, partial.done[it.id]["output"], it.choices, letters, spec.answer_extraction)
+        for it in items
+    ]
     scored = [
         score_row(
             PredictionRow(it.id, it.row, it.choices, it.answer, pred, it.task, it.difficulty, it.category, p.mode),
@@ -187,6 +190,7 @@ def run_eval(spec: EvalOptions, engine: GenerationEngine) -> dict:
         for it, p, s in zip(items, parsed, scored)
     ]
     results = aggregate(scored)
+    results["answer_extraction"] = spec.answer_extraction
     if spec.judge_url:
         think = [i for i, p in enumerate(parsed) if p.mode == "think"]
         verdicts = consistency_audit(spec.judge_url, spec.judge_api_key, [
@@ -228,6 +232,7 @@ def run_eval_command(spec: EvalOptions, family: str) -> int:
         engine.close()
     rate = results["no_think_rate"]["total"]
     rate = "n/a (no valid response)" if rate is None else f"{rate}%"
-    print(f"accuracy {results['total']['accuracy']}% ({results['total']['correct']}/{results['total']['count']}), "
-          f"no-think rate {rate}; see {spec.out_dir / 'report.md'}")
+    total = results["total"]
+    print(f"accuracy {total['accuracy']}% ({total['correct']}/{total['count']}, {spec.answer_extraction} answers), "
+          f"{results['invalid']} invalid, no-think rate {rate}; see {spec.out_dir / 'report.md'}")
     return 0

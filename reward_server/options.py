@@ -1,0 +1,89 @@
+"""The options of `audio-thinker serve-judge` as a typed model, and the argparse sub-command derived from it.
+
+Apart from `reward_server.cli` so that building the CLI (and `--help`) does not import the web stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from pydantic import Field, model_validator
+
+from audio_thinker.core.config import JudgeLimits, JudgeScoring
+from audio_thinker.core.options import add_model_arguments
+from audio_thinker.core.vocab import Dtype, JudgeBackendName
+from reward_server.backends import JudgeBackend, load_backend
+
+
+class ServeOptions(JudgeLimits, JudgeScoring):
+    """The options of `audio-thinker serve-judge`: the judge's limits and scoring plus what to serve and where."""
+
+    model: str = Field(description="Judge model folder (the served model name for --backend openai).")
+    backend: JudgeBackendName = Field("transformers", description="Where the judge's forward passes run.")
+    openai_base_url: str | None = Field(
+        None, description="With --backend openai: the base URL of the OpenAI-compatible completions server."
+    )
+    openai_tokenizer: str | None = Field(
+        None, description="With --backend openai: folder with the judge's tokenizer and config (none: --model)."
+    )
+    openai_top_logprobs: int | None = Field(
+        None,
+        ge=1,
+        description="With --backend openai: read the labels from the top-k logprobs of a non-vLLM server "
+        "(none: vLLM's logprob_token_ids).",
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface; needs API keys).")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: a free one).")
+    api_key_file: str | None = Field(
+        None, description="File with one API key per line (also read: AUDIO_THINKER_JUDGE_API_KEYS)."
+    )
+    no_auth: bool = Field(False, description="Serve without API keys (loopback hosts and clients only).")
+    device: str | None = Field(
+        None, description="Torch device of --backend transformers (none: cuda if available, else cpu)."
+    )
+    dtype: Dtype | None = Field(
+        None, description="Weights dtype (none: bfloat16 on GPU, float32 on CPU; vllm: the model's)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="With --backend vllm: context length (none: the model's)."
+    )
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="With --backend vllm: GPU memory share.")
+    enforce_eager: bool = Field(
+        False, description="With --backend vllm: no compilation or CUDA graphs (faster start, slower steps)."
+    )
+
+    @model_validator(mode="after")
+    def _openai_url(self) -> ServeOptions:
+        if self.backend == "openai" and not self.openai_base_url:
+            raise ValueError("--backend openai needs --openai-base-url (the completions server)")
+        return self
+
+    def load(self) -> JudgeBackend:
+        return load_backend(
+            self.backend,
+            self.model,
+            openai_base_url=self.openai_base_url,
+            tokenizer=self.openai_tokenizer,
+            device=self.device,
+            dtype=self.dtype,
+            top_logprobs=self.openai_top_logprobs,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            enforce_eager=self.enforce_eager,
+        )
+
+
+def add_serve_parser(
+    subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()
+) -> argparse.ArgumentParser:
+    """The `serve-judge` sub-command, its options derived from ServeOptions."""
+    parser = subparsers.add_parser(
+        "serve-judge",
+        parents=list(parents),
+        help="run the reward-judge REST service (docs/judge.md)",
+        description="Serve the judge until SIGINT/SIGTERM. Exit code 2: options refused; 1: the model failed to load.",
+    )
+    add_model_arguments(parser, ServeOptions, exclude=JudgeLimits.model_fields)
+    add_model_arguments(parser.add_argument_group("limits (shown in /v1/info)"), JudgeLimits)
+    return parser
