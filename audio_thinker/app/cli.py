@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from audio_thinker.app.errors import EvalError, TrainingError
+from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.core.audio import AudioError
@@ -44,6 +45,7 @@ USER_ERRORS = (
     TrainingError,
     AuthConfigError,
     FileNotFoundError,
+    FileExistsError,
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
@@ -63,7 +65,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
 def _make_synthetic(args: argparse.Namespace) -> int:
     from audio_thinker.app.synthetic import write_synthetic_dataset  # torch/Ray: loaded only when this command runs
 
-    manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split)
+    manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split, overwrite=args.overwrite)
     print(f"wrote {args.n} questions: {manifest}")
     return 0
 
@@ -94,8 +96,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + (["run.resume=true"] if args.resume else [])
-    config = load_config(args.config, overrides)  # before Ray and torch load: a bad key fails at once
+    # The config is checked before Ray and torch load: a bad key fails at once.
+    config = load_config(args.config, args.overrides)
+    if args.resume or config.run.resume:  # the run's saved config.yaml is the base (app/resume.py)
+        config, changes = resume_config(args.config, args.overrides, args.allow_config_change)
+        record_changes(config.run.output_dir, changes)
     from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
 
     if not os.environ.get("RAY_ADDRESS"):
@@ -165,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="number of questions (required)")
     p.add_argument("--seed", type=int, default=0, help="generator seed; output is deterministic (default: 0)")
     p.add_argument("--split", default="train", help="manifest name: <split>.jsonl (default: train)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing split of the same name (default: refuse)"
+    )
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser(
@@ -203,7 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in run.output_dir from its last checkpoint (default: off)",
+        help="continue the run in run.output_dir from its last checkpoint, with the config saved in that run "
+        "directory; an override that changes what the run is (steps, seed, data, model, rewards, lr ...) is "
+        "refused (default: off)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept run-defining changes; they are logged and recorded in the run directory's "
+        "config_changes.jsonl (default: off)",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
     p.set_defaults(func=_train)

@@ -30,7 +30,7 @@ from actors.weight_sync import WeightSync
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.eval.scoring import summarize_for_training
 from audio_thinker.app.judging import Judge, call_judge
-from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge
+from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge, synthetic_splits
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.core.config import Config, RewardConfig
@@ -144,6 +144,7 @@ class Driver:
     def from_config(cls, config: Config, reward_fn: RewardFn | None = None) -> Driver:
         """Models and data on disk, Ray, then the actors: judge, rollout pool, trainer group, reference."""
         c = config
+        synthetic_splits(c)  # every manifest path checked before a model is built or a file written
         prepare_models(c)
         train_set, eval_set = prepare_data(c)
         owns_ray = connect_ray()

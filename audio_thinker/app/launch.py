@@ -23,18 +23,40 @@ from reward_server.client import JudgeClient
 log = get_logger(__name__)
 
 
+def synthetic_splits(config: Config) -> list[tuple[str, int]]:
+    """The synthetic splits (name, size) to write before the run, after checking every manifest path.
+
+    Synthetic data is written only where it belongs (`data.audio_root/<split>.jsonl`) and only when that file is
+    missing; any other missing manifest is an error naming the key and the path, raised before anything is
+    written or loaded (a typo in a path must never overwrite a data set).
+    """
+    d = config.data
+    root = Path(d.audio_root)
+    todo = []
+    for key, manifest, size, split in (
+        ("data.train_manifest", d.train_manifest, d.synthetic_train_size, "train"),
+        ("data.eval_manifest", d.eval_manifest, d.synthetic_eval_size, "eval"),
+    ):
+        if not manifest or Path(manifest).is_file():
+            continue
+        target = root / f"{split}.jsonl"
+        if not d.make_synthetic_if_missing:
+            raise TrainingError(f"{key}={manifest}: no such file (data.make_synthetic_if_missing=false)")
+        if Path(manifest).resolve() != target.resolve():
+            raise TrainingError(
+                f"{key}={manifest}: no such file; synthetic data is only written to {target} "
+                "(data.audio_root/<split>.jsonl), so check the path"
+            )
+        todo.append((split, size))
+    return todo
+
+
 def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
     d = config.data
     root = Path(d.audio_root)
-    for manifest, size, split in (
-        (d.train_manifest, d.synthetic_train_size, "train"),
-        (d.eval_manifest, d.synthetic_eval_size, "eval"),
-    ):
-        if manifest and not Path(manifest).is_file() and d.make_synthetic_if_missing:
-            log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
-            written = write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
-            if written.resolve() != Path(manifest).resolve():
-                raise TrainingError(f"data.{split}_manifest={manifest} but the synthetic set was written to {written}")
+    for split, size in synthetic_splits(config):
+        log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
+        write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
     kwargs = dict(audio_root=root, skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
     train = load_dataset(d.train_manifest, "avqa", **kwargs)
     held_out = load_dataset(d.eval_manifest, d.eval_format, **kwargs) if d.eval_manifest else None

@@ -150,9 +150,7 @@ def _loudness(rng: np.random.Generator, difficulty: str) -> Clip:
     total, f0 = float(rng.uniform(2.0, 4.0)), float(rng.uniform(100, 300))
     t = _time(total)
     amps = rng.uniform(0.2, 1.0, size=5)
-    sound = sum(
-        a * np.sin(2 * np.pi * (k + 1) * f0 * t + rng.uniform(0, 2 * np.pi)) for k, a in enumerate(amps)
-    )
+    sound = sum(a * np.sin(2 * np.pi * (k + 1) * f0 * t + rng.uniform(0, 2 * np.pi)) for k, a in enumerate(amps))
     louder = int(rng.integers(0, 2))
     gain = 10 ** (-LOUDNESS_GAP_DB[difficulty] / 20)
     ramp = np.clip((t - total / 2) / 0.03 + 0.5, 0.0, 1.0)  # 30 ms crossfade at the middle
@@ -281,13 +279,20 @@ def _rounded(value):
     return value
 
 
-def write_synthetic_dataset(out_dir: str | Path, n: int, seed: int = 0, split: str = "train") -> Path:
-    """Write n questions (balanced over categories, difficulties and question types); return the manifest."""
+def write_synthetic_dataset(
+    out_dir: str | Path, n: int, seed: int = 0, split: str = "train", overwrite: bool = False
+) -> Path:
+    """Write n questions (balanced over categories, difficulties and question types); return the manifest.
+
+    An existing manifest or clip of the split is never replaced unless `overwrite` (FileExistsError)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not split or "/" in split or "\\" in split or split.startswith("."):
         raise ValueError(f"split must be a plain file name, got {split!r}")
     out_dir = Path(out_dir)
+    existing = [p for p in (out_dir / f"{split}.jsonl", out_dir / "audio" / split) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists: the synthetic {split} split is not written over it")
     split_key = zlib.crc32(split.encode())
     rows = []
     for i in progress(range(n), desc=f"synthetic {split}", total=n, unit="clip"):

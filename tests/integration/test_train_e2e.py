@@ -121,26 +121,58 @@ def synthetic(tmp_path_factory) -> Path:
     return out
 
 
-def test_three_steps_in_process(tiny_models, warm_policy, synthetic, tmp_path):
+STEPS = 4
+# What the resumed job must reproduce exactly (timings and sync sizes may differ).
+COMPARED = (
+    "think_rate",
+    "gamma_think",
+    "gamma_no_think",
+    "reward/total",
+    "reward/accuracy",
+    "reward/think",
+    "acc/overall",
+    "count/think",
+    "count/invalid",
+    "response_length/mean",
+    "actor/loss",
+    "actor/kl",
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_models, warm_policy, synthetic, tmp_path_factory) -> Path:
+    """One in-process run of STEPS steps through every real part; the reference for the resumed job below."""
     from audio_thinker.app.driver import run_training
 
-    out = tmp_path / "run"
-    config = load_config(None, overrides(tiny_models, warm_policy, synthetic, out, steps=3))
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    config = load_config(None, [*overrides(tiny_models, warm_policy, synthetic, out, steps=STEPS), "run.eval_limit=2"])
     assert run_training(config) == out
+    return out
 
+
+def test_in_process_run(uninterrupted, tmp_path):
+    from audio_thinker.app.export import export_run
+
+    out = uninterrupted
     metrics = read_metrics(out)
-    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
     for m in metrics:
         for key in REQUIRED:
             assert key in m and math.isfinite(m[key]), key
         assert m["sync/bytes"] > 0 and m["judge/items"] >= 0
-        check_step_dump(out, m["step"], 3, m, rows_per_step=2 * 8)
+        check_step_dump(out, m["step"], STEPS, m, rows_per_step=2 * 8)
     assert any(k.startswith("eval/") for k in metrics[-1])
     assert sum(m["judge/items"] for m in metrics) > 0  # the warm policy thinks: the HTTP judge scored it
     assert sum(m["count/think"] + m["count/no_think"] for m in metrics) > 0
-    assert (out / "config.yaml").is_file() and load_config(out / "config.yaml").run.total_steps == 3
+    assert (out / "config.yaml").is_file() and load_config(out / "config.yaml").run.total_steps == STEPS
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("3")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("4")
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    # The trained policy is exported at the end; `audio-thinker export` of the last checkpoint writes the same.
+    final = (out / "final" / "model.safetensors").read_bytes()
+    again = export_run(out, step=None, out=tmp_path / "again")
+    assert (again / "model.safetensors").read_bytes() == final
+    assert (again / "config.json").is_file() and (again / "tokenizer.json").is_file()
 
 
 def free_port() -> int:
@@ -233,10 +265,13 @@ def status(address: str, job_id: str) -> str:
 
 
 @pytest.mark.timeout(1800)
-def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_models, warm_policy, synthetic, tmp_path):
+def test_ray_job_submit_killed_after_step_2_then_resumed(
+    ray_cluster, tiny_models, warm_policy, synthetic, uninterrupted, tmp_path
+):
+    """The resumed job names only the run directory: the saved config (T, seed, variant, paths) is the run."""
     address, env = ray_cluster
     out = tmp_path / "run"
-    args = overrides(tiny_models, warm_policy, synthetic, out, steps=4) + ["run.eval_limit=2"]
+    args = overrides(tiny_models, warm_policy, synthetic, out, steps=STEPS) + ["run.eval_limit=2"]
 
     first = f"audio-thinker-{os.getpid()}-first"
     job(
@@ -280,7 +315,7 @@ def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_model
         "audio-thinker",
         "train",
         "--resume",
-        *args,
+        f"run.output_dir={out}",
     )
     wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
     assert status(address, second) == "SUCCEEDED", job(address, env, "logs", second)
@@ -289,5 +324,8 @@ def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_model
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # every step once
     for m in metrics:
-        check_step_dump(out, m["step"], 4, m, rows_per_step=2 * 8)  # the ATAR schedule continues at 3/4 and 4/4
+        check_step_dump(out, m["step"], STEPS, m, rows_per_step=2 * 8)  # ATAR continues at 3/4 and 4/4 (saved T)
     assert metrics[-1]["gamma_think"] == 1.0 and metrics[-1]["gamma_no_think"] == 1.0
+    for resumed, reference in zip(metrics, read_metrics(uninterrupted), strict=True):
+        for key in COMPARED:
+            assert math.isclose(resumed[key], reference[key], rel_tol=1e-5, abs_tol=1e-6), (resumed["step"], key)

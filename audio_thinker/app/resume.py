@@ -1,0 +1,120 @@
+"""Resuming a run as the run it is: its saved `config.yaml` is the base, and a command-line change to what
+the run *is* (its schedule, data, model, rewards, optimisation) is refused unless the user says so.
+
+Harmless settings (timeouts, evaluation and checkpoint cadence, resources, logging) may change on a resume;
+an allowed change of a run-defining key is logged and appended to `<run>/config_changes.jsonl`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sys
+import time
+from pathlib import Path
+
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.core.config import Config
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.presets import load_config
+
+log = get_logger(__name__)
+
+# Keys that define the run: changing one mid-run changes the ATAR schedule, the data order, the samples or the
+# objective (fnmatch patterns over section.key).
+RUN_DEFINING = (
+    "run.seed",
+    "run.total_steps",
+    "run.questions_per_step",
+    "run.drop_zero_std_groups",
+    "model.family",
+    "model.policy_path",
+    "model.judge_path",
+    "model.dtype",
+    "data.train_manifest",
+    "data.audio_root",
+    "data.max_audio_seconds",
+    "prompt.*",
+    "reward.*",
+    "rollout.samples_per_question",
+    "rollout.temperature",
+    "rollout.top_p",
+    "rollout.max_new_tokens",
+    "judge.score_mode",
+    "trainer.num_ranks",
+    "trainer.zero_stage",
+    "trainer.lr",
+    "trainer.weight_decay",
+    "trainer.warmup_steps",
+    "trainer.lr_schedule",
+    "trainer.beta",
+    "trainer.loss_type",
+    "trainer.clip_eps_low",
+    "trainer.clip_eps_high",
+    "trainer.ratio_level",
+    "trainer.max_completion_length",
+    "trainer.freeze_audio_encoder",
+)
+CHANGES_FILE = "config_changes.jsonl"
+
+
+def flatten(config: Config) -> dict[str, object]:
+    return {
+        f"{section}.{key}": value
+        for section, keys in config.model_dump(mode="json").items()
+        for key, value in keys.items()
+    }
+
+
+def defining_changes(saved: Config, new: Config) -> dict[str, tuple[object, object]]:
+    """The run-defining keys whose value differs: key -> (saved, new)."""
+    a, b = flatten(saved), flatten(new)
+    return {
+        key: (a[key], b[key])
+        for key in a
+        if a[key] != b[key] and any(fnmatch.fnmatchcase(key, pattern) for pattern in RUN_DEFINING)
+    }
+
+
+def resume_config(
+    config_file: str | None, overrides: list[str], allow_config_change: bool = False
+) -> tuple[Config, dict[str, tuple[object, object]]]:
+    """The config of a resumed run and the run-defining changes it carries (empty unless allowed).
+
+    Without `config_file` the run's saved config plus `overrides` is the new config; with one, that file plus
+    `overrides` (as on the first command line) must agree with the saved config on every run-defining key.
+    A run directory without a saved config is a fresh run.
+    """
+    new = load_config(config_file, [*overrides, "run.resume=true"])
+    if not new.run.output_dir:
+        raise TrainingError("resume needs the run directory: add run.output_dir=<the run's directory>")
+    saved_path = Path(new.run.output_dir) / "config.yaml"
+    if not saved_path.is_file():
+        log.warning("resume: %s has no config.yaml, starting a new run there", new.run.output_dir)
+        return new, {}
+    saved = load_config(saved_path)
+    if config_file is None:
+        new = load_config(saved_path, [*overrides, "run.resume=true"])
+    changes = defining_changes(saved, new)
+    if changes and not allow_config_change:
+        listed = "; ".join(f"{k}: saved {old!r}, now {now!r}" for k, (old, now) in changes.items())
+        raise TrainingError(
+            f"resume would change what the run in {new.run.output_dir} is ({listed}); drop the override to continue "
+            "the saved run, or pass --allow-config-change to change it on purpose (recorded in the run directory)"
+        )
+    return new, changes
+
+
+def record_changes(run_dir: str | Path, changes: dict[str, tuple[object, object]]) -> None:
+    """Log and append an allowed change of run-defining keys to `<run>/config_changes.jsonl`."""
+    if not changes:
+        return
+    for key, (old, now) in changes.items():
+        log.warning("resume with --allow-config-change: %s %r -> %r", key, old, now)
+    entry = {
+        "time": time.time(),
+        "command": sys.argv,
+        "changes": {k: {"saved": o, "now": n} for k, (o, n) in changes.items()},
+    }
+    with (Path(run_dir) / CHANGES_FILE).open("a") as f:
+        f.write(json.dumps(entry) + "\n")
