@@ -110,6 +110,15 @@ class RolloutConfig(Section):
         600.0, gt=0, description="Deadline of one rollout-worker call (generate or set_weights) before the step fails."
     )
 
+    @model_validator(mode="after")
+    def _gpus_for_tensor_parallelism(self) -> RolloutConfig:
+        if self.engine == "vllm" and 0 < self.num_gpus_per_worker < self.tensor_parallel_size:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={self.tensor_parallel_size} needs that many GPUs per worker, "
+                f"but rollout.num_gpus_per_worker={self.num_gpus_per_worker}"
+            )
+        return self
+
 
 class JudgeLimits(Section):
     """Limits of one judge server: the same defaults for `serve-judge`, the service and a training run's judge."""
@@ -316,11 +325,6 @@ class Config(Section):
                 "point judge.url at a `serve-judge --backend openai` server instead"
             )
         r = self.rollout
-        if r.engine == "vllm" and 0 < r.num_gpus_per_worker < r.tensor_parallel_size:
-            raise ValueError(
-                f"rollout.tensor_parallel_size={r.tensor_parallel_size} needs that many GPUs per worker, "
-                f"but rollout.num_gpus_per_worker={r.num_gpus_per_worker}"
-            )
         t = self.trainer
         if t.max_completion_length is not None and t.max_completion_length < r.max_new_tokens:
             raise ValueError(

@@ -200,9 +200,3 @@ def test_split_evenly():
     assert split_evenly(5, 2) == [(0, 3), (3, 5)]
     assert split_evenly(16, 3) == [(0, 6), (6, 11), (11, 16)]
     assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
-
-
-def test_tensor_parallel_needs_its_gpus():
-    rollout = RolloutConfig(engine="vllm", tensor_parallel_size=2, num_gpus_per_worker=1)
-    with pytest.raises(ValueError, match="tensor_parallel_size=2 needs that many GPUs per worker"):
-        RolloutPool(rollout, "unused", FAMILY)

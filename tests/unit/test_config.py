@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.core.config import Config
+from audio_thinker.core.config import Config, RolloutConfig
 from audio_thinker.core.presets import PRESET_DIR, ConfigError, dump_config, load_config, parse_override
 
 
@@ -211,3 +211,9 @@ def test_an_unknown_key_suggests_the_closest_one():
 def test_combinations_the_code_cannot_run_are_refused_at_load(overrides, needle):
     with pytest.raises(ConfigError, match=needle):
         load_config(None, overrides)
+
+
+def test_tensor_parallelism_needs_its_gpus_in_the_section_itself():
+    """Checked where the section is built, so a pool can never be started with a placement that cannot fit."""
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 needs that many GPUs per worker"):
+        RolloutConfig(engine="vllm", tensor_parallel_size=2, num_gpus_per_worker=1)
