@@ -262,7 +262,8 @@ def format_warmup(
     """
     from audio_thinker.app.synthetic import write_synthetic_dataset
     from audio_thinker.core.data import load_dataset
-    from audio_thinker.core.encoding import PromptEncoder, render_chat
+    from audio_thinker.core.encoding import PromptEncoder
+    from audio_thinker.core.families import render_chat
     from audio_thinker.core.protocol import build_instruction
     from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate
 
