@@ -12,13 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from audio_thinker.app.dashboard import charts
-from audio_thinker.app.dashboard.cli import check_args, run_dashboard
+from audio_thinker.app.dashboard.cli import add_dashboard_parser, check_args, run_dashboard
 from audio_thinker.app.dashboard.downsample import minmax_indices
 from audio_thinker.app.dashboard.jsonl import JsonlTail
 from audio_thinker.app.dashboard.rollouts import Filters, group_samples
 from audio_thinker.app.dashboard.runs import AudioRefused, Metrics, Run, RunIndex
 from audio_thinker.app.dashboard.server import create_app
 from audio_thinker.app.dashboard.synthetic_run import write_synthetic_run
+from audio_thinker.app.run_dir import RunDir
 
 
 def line(step: int, **extra) -> str:
@@ -91,7 +92,7 @@ def test_states_from_status_json_and_inferred(run_dir):
     for name in ("metrics.jsonl", "rollouts", "config.yaml"):
         os.utime(run_dir / name, (old, old))
     assert run.status()[0] == "stale"
-    (run_dir / "status.json").write_text(json.dumps({"state": "failed", "message": "judge down"}))
+    RunDir(run_dir).write_status("failed", "judge down")  # what the driver writes
     assert run.status() == ("failed", "judge down")
     (run_dir / "status.json").write_text("{half")
     os.utime(run_dir / "status.json", (old, old))
@@ -156,6 +157,13 @@ def test_relative_audio_root_resolves_against_the_working_directory_then_the_run
 def args(tmp_path, **kw) -> argparse.Namespace:
     base = dict(runs=str(tmp_path), host="127.0.0.1", port=0, token_file=None, stale_after=600.0)
     return argparse.Namespace(**{**base, **kw})
+
+
+def test_the_parser_defaults_to_loopback_on_a_port_of_its_own():
+    parser = argparse.ArgumentParser()
+    add_dashboard_parser(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args(["dashboard", "--runs", "r"])
+    assert (parsed.host, parsed.port, parsed.token_file, parsed.func) == ("127.0.0.1", 8377, None, run_dashboard)
 
 
 def test_a_public_host_needs_a_token(tmp_path, capsys):

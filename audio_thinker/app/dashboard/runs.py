@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class Run:
         self.config_warning: str | None = None
         self.dumps: OrderedDict[int, tuple[tuple[int, int], Dump]] = OrderedDict()
         self.summaries: dict[int, tuple[tuple[int, int], dict[str, list[int]]]] = {}
+        self.lock = threading.RLock()  # requests run in a thread pool; the readers' offsets are shared state
 
     # ---------------------------------------------------------------------------------------- state
 
@@ -131,8 +133,11 @@ class Run:
     def refresh(self) -> None:
         """Parse what was appended since the last call (cheap when nothing changed); a gone run keeps what
         was last read."""
-        if self.gone:
-            return
+        with self.lock:
+            if not self.gone:
+                self._refresh()
+
+    def _refresh(self) -> None:
         sig = _signature(self.path / "config.yaml")
         if sig != self.config_sig:
             self.config_sig, self.config, self.config_warning = sig, {}, None
@@ -236,6 +241,10 @@ class Run:
         return sorted(out)
 
     def dump(self, step: int) -> Dump | None:
+        with self.lock:
+            return self._dump(step)
+
+    def _dump(self, step: int) -> Dump | None:
         path = self.path / "rollouts" / f"step_{step:06d}.jsonl"
         sig = _signature(path)
         if sig is None:
@@ -253,6 +262,10 @@ class Run:
 
     def question_history(self, question_id: str) -> list[dict]:
         """Per step where the question was sampled: samples, think / correct / invalid counts."""
+        with self.lock:
+            return self._question_history(question_id)
+
+    def _question_history(self, question_id: str) -> list[dict]:
         out = []
         for step in self.dump_steps():
             path = self.path / "rollouts" / f"step_{step:06d}.jsonl"

@@ -11,6 +11,8 @@ const LAYOUT = {
   xaxis: { gridcolor: "#eef0f3", zeroline: false },
   yaxis: { gridcolor: "#eef0f3", zeroline: false },
 };
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#db2777"];
+const DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"];
 const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
 function layout(title, extra) {
@@ -72,18 +74,39 @@ async function getJSON(url) {
   return response.json();
 }
 
+function inView(div) {
+  const box = div.getBoundingClientRect();
+  return box.top < window.innerHeight && box.bottom > 0;
+}
+
+// Draws the charts on screen at once and the others one per frame afterwards, so the first screen is
+// there quickly even with dozens of charts; body[data-ready] marks the first screen, [data-complete] all.
+function drawPanels(container, panels, series, extraLayout) {
+  container.replaceChildren();
+  document.body.dataset.complete = "0";
+  const jobs = panels.map(panel => {
+    const div = chartDiv(container, "chart-" + panel.id);
+    return () => {
+      const lay = panelLayout(panel);
+      lay.xaxis = Object.assign({}, lay.xaxis, extraLayout);
+      Plotly.newPlot(div, panel.traces.map(t => trace(t, series[t.key])), lay, CONFIG);
+    };
+  });
+  const divs = [...container.children];
+  const later = [];
+  jobs.forEach((job, i) => (inView(divs[i]) ? job() : later.push(job)));
+  (function next() {
+    const job = later.shift();
+    if (!job) { document.body.dataset.complete = "1"; return; }
+    job();
+    requestAnimationFrame(next);
+  })();
+}
+
 function runPage(run, pollMs) {
   const container = document.getElementById("charts");
   const base = "/api/runs/" + encodeURIComponent(run) + "/metrics";
-  let last = 0, generation = null, keys = "";
-
-  function draw(data) {
-    container.replaceChildren();
-    for (const panel of data.panels) {
-      const div = chartDiv(container, "chart-" + panel.id);
-      Plotly.newPlot(div, panel.traces.map(t => trace(t, data.series[t.key])), panelLayout(panel), CONFIG);
-    }
-  }
+  let last = 0, generation = null, keys = "", first = {};
 
   function append(data) {
     for (const panel of data.panels) {
@@ -93,7 +116,12 @@ function runPage(run, pollMs) {
         const s = data.series[t.key];
         if (s && s.x.length) { xs.push(s.x); ys.push(s.y); idx.push(i); }
       });
-      if (idx.length) Plotly.extendTraces(div, { x: xs, y: ys }, idx);
+      if (!idx.length) continue;
+      if (div.data) { Plotly.extendTraces(div, { x: xs, y: ys }, idx); continue; }
+      idx.forEach((i, k) => {  // not drawn yet: it will draw from the first answer's arrays
+        const s = first[panel.traces[i].key];
+        s.x.push(...xs[k]); s.y.push(...ys[k]);
+      });
     }
   }
 
@@ -105,7 +133,14 @@ function runPage(run, pollMs) {
         last = 0; generation = null;  // rewritten (resume) or new metric keys: draw everything again
         return poll();
       }
-      if (generation === null) draw(data); else append(data);
+      if (generation === null) {
+        first = data.series;
+        // few steps: whole-step ticks (a run has no step 1.5); plotly picks its own spacing later on
+        const ticks = (data.total_steps || data.last_step) <= 20 ? { dtick: 1 } : {};
+        drawPanels(container, data.panels, data.series, ticks);
+      } else {
+        append(data);
+      }
       generation = data.generation; keys = newKeys; last = data.last_step;
       showStatus(data);
       document.body.dataset.lastStep = String(last);
@@ -126,31 +161,19 @@ async function comparePage(runs) {
   all.forEach(data => data.panels.forEach(p => { if (!seen.has(p.id)) seen.set(p.id, p); }));
   for (const panel of seen.values()) {
     const traces = [];
-    for (const t of panel.traces) {
+    panel.traces.forEach((t, k) => {
       all.forEach((data, i) => {
         const s = data.series[t.key];
         if (!s || !s.x.length) return;
         const tr = trace(Object.assign({}, t, { kind: t.kind === "bar" ? "line" : t.kind }), s);
         tr.name = runs[i] + " · " + shortName(t.key);
+        tr.line = { color: COLORS[i % COLORS.length], dash: DASHES[k % DASHES.length] };  // colour: run, dash: key
         traces.push(tr);
       });
-    }
+    });
     if (traces.length) Plotly.newPlot(chartDiv(container, "chart-" + panel.id), traces, layout(panel.title), CONFIG);
   }
-  document.body.dataset.ready = "1";
-}
-
-function histograms(data) {
-  const specs = [["hist-total", "total", "Reward total of the step's samples"],
-                 ["hist-advantage", "advantage", "Advantage of the step's samples"]];
-  for (const [id, key, title] of specs) {
-    const div = document.getElementById(id);
-    if (!div) continue;
-    Plotly.newPlot(div, [{ x: data[key], type: "histogram", nbinsx: 30, marker: { color: "#2563eb" },
-                           hovertemplate: "%{x}: %{y} samples<extra></extra>" }],
-                   layout(title, { hovermode: "closest", bargap: 0.05, xaxis: { gridcolor: "#eef0f3" },
-                                   margin: { l: 40, r: 12, t: 30, b: 26 } }), CONFIG);
-  }
+  document.body.dataset.ready = document.body.dataset.complete = "1";
 }
 
 function questionPage(history) {
