@@ -6,6 +6,7 @@
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
       tensorboard/                event files
+      status.json                 {"state": "running" | "finished" | "failed", "message": ...} (the dashboard)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
 logged twice (TensorBoard's own `purge_step` does the same for the event files).
@@ -86,6 +87,15 @@ class RunDir:
         tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         tmp.rename(path)
         return path
+
+    def write_status(self, state: str, message: str = "") -> None:
+        """The run's state for the dashboard (docs/dashboard.md), replaced atomically: running at the start,
+        finished after the last step, failed with the error's message."""
+        if state not in ("running", "finished", "failed"):
+            raise ValueError(f"unknown run state {state!r}")
+        tmp = self.path / "status.json.tmp"
+        tmp.write_text(json.dumps({"state": state, "message": message, "time": time.time()}) + "\n")
+        tmp.rename(self.path / "status.json")
 
     def close(self) -> None:
         if self._writer is not None:
