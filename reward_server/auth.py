@@ -9,12 +9,13 @@ unauthenticated caller learns nothing about the API beyond the 401.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from starlette.responses import JSONResponse
+
+from audio_thinker.core.net import is_loopback
 
 API_KEYS_ENV = "AUDIO_THINKER_JUDGE_API_KEYS"
 
@@ -39,15 +40,6 @@ def load_api_keys(key_file: str | None = None, env: Mapping[str, str] | None = N
                 raise AuthConfigError(f"{path}:{n}: an API key must not contain whitespace")
             keys.append(line)
     return frozenset(keys)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_auth_setup(host: str, keys: frozenset[str], no_auth: bool) -> None:

@@ -15,10 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+from audio_thinker.app.dashboard.cli import add_dashboard_parser
 from audio_thinker.app.errors import EvalError, TrainingError
-from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
+from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
 from audio_thinker.core.data import DataError
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_parser(sub, parents=[common]).set_defaults(func=_serve_judge)
     add_eval_parser(sub, parents=[common]).set_defaults(func=_eval)
+    add_dashboard_parser(sub, parents=[common])
 
     p = sub.add_parser(
         "train",

@@ -6,7 +6,7 @@
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
       tensorboard/                event files
-      status.json                 {"state": "running" | "finished" | "failed", "message", "time"}
+      status.json                 {"state": "running" | "finished" | "failed", "message", "time"} (the dashboard)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
@@ -51,7 +51,9 @@ class RunDir:
         return self
 
     def write_status(self, state: str, message: str | None = None) -> None:
-        """What the run is doing, for people and the dashboard (written atomically)."""
+        """What the run is doing, for people and the dashboard (docs/dashboard.md), replaced atomically."""
+        if state not in ("running", "finished", "failed"):
+            raise ValueError(f"unknown run state {state!r}")
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"state": state, "message": message, "time": time.time()}) + "\n")
         tmp.replace(self.status_path)
