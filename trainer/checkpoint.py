@@ -73,7 +73,9 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()]
+    found = [
+        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -100,8 +102,12 @@ def save_checkpoint(engine: PolicyEngine, root: str | Path, extra: dict | None =
     _barrier()
     if engine.rank == 0:
         state = {
-            "step": engine.step, "world_size": engine.world_size, "family": engine.family,
-            "model_path": str(engine.model_path), "saved_at": time.time(), "extra": extra,
+            "step": engine.step,
+            "world_size": engine.world_size,
+            "family": engine.family,
+            "model_path": str(engine.model_path),
+            "saved_at": time.time(),
+            "extra": extra,
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():  # the same step saved again (e.g. after a resume): replace it

@@ -100,7 +100,9 @@ def freeze(policy: torch.nn.Module, freeze_audio_encoder: bool) -> list[str]:
 class PolicyEngine:
     """The policy wrapped by DeepSpeed (ZeRO-2/3, AdamW, lr schedule, clipping) and what the trainer asks of it."""
 
-    def __init__(self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"):
+    def __init__(
+        self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"
+    ):
         import deepspeed
 
         if dtype not in ("float32", "bfloat16"):
@@ -125,12 +127,19 @@ class PolicyEngine:
             optimizer, lambda s: lr_factor(s, cfg.warmup_steps, total_steps, cfg.lr_schedule)
         )
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=module, optimizer=optimizer, lr_scheduler=scheduler,
+            model=module,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
             config=deepspeed_config(cfg, bf16=dtype == "bfloat16", on_gpu=self.on_gpu),
         )
         log.info(
-            "rank %d/%d: %s ZeRO-%d %s, %d frozen tensors", self.rank, self.world_size, family, cfg.zero_stage,
-            dtype, len(self.frozen),
+            "rank %d/%d: %s ZeRO-%d %s, %d frozen tensors",
+            self.rank,
+            self.world_size,
+            family,
+            cfg.zero_stage,
+            dtype,
+            len(self.frozen),
         )
 
     @property
@@ -162,8 +171,9 @@ class PolicyEngine:
             raise ValueError(f"train_step needs batch.ref_logprobs when trainer.beta = {self.cfg.beta} != 0")
         chunks = micro_batches(len(batch), self.cfg.micro_batch_size)
         if not chunks or len(chunks) > num_micro_batches:
-            raise ValueError(f"{len(batch)} sequences do not fit {num_micro_batches} micro-batches of "
-                             f"{self.cfg.micro_batch_size}")
+            raise ValueError(
+                f"{len(batch)} sequences do not fit {num_micro_batches} micro-batches of {self.cfg.micro_batch_size}"
+            )
         self.engine.train()
         lr = self.lr
         denominator = self._loss_denominator(batch, len(chunks), num_sequences)
@@ -180,8 +190,16 @@ class PolicyEngine:
             ref = None if batch.ref_logprobs is None else self._rows(batch.ref_logprobs, idx, width)
             adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32, device=self.device)
             loss, stats = grpo_loss(
-                logp, old, ref, adv, mask, clip_eps_low=self.cfg.clip_eps_low, clip_eps_high=self.cfg.clip_eps_high,
-                beta=self.cfg.beta, loss_type=self.cfg.loss_type, ratio_level=self.cfg.ratio_level,
+                logp,
+                old,
+                ref,
+                adv,
+                mask,
+                clip_eps_low=self.cfg.clip_eps_low,
+                clip_eps_high=self.cfg.clip_eps_high,
+                beta=self.cfg.beta,
+                loss_type=self.cfg.loss_type,
+                ratio_level=self.cfg.ratio_level,
                 denominator=denominator,
             )
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
@@ -196,8 +214,12 @@ class PolicyEngine:
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         return {
-            "loss": loss_sum, "stats": merge_stats(parts), "mismatch": mismatch, "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"), "step": self.step,
+            "loss": loss_sum,
+            "stats": merge_stats(parts),
+            "mismatch": mismatch,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "step": self.step,
         }
 
     def _loss_denominator(self, batch: PolicyBatch, num_chunks: int, num_sequences: int) -> float:
@@ -214,7 +236,9 @@ class PolicyEngine:
     def _rows(self, values: list[np.ndarray], idx: list[int], width: int) -> torch.Tensor:
         return pad_ragged([values[i] for i in idx], width, self.device)
 
-    def compute_logprobs(self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0) -> list[np.ndarray]:
+    def compute_logprobs(
+        self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0
+    ) -> list[np.ndarray]:
         """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3."""
         self.engine.eval()
         return compute_logprobs(

@@ -207,7 +207,7 @@ def compute_logprobs(
         mask = inputs.pop("mask")
         logp = module(**inputs, temperature=temperature)
         if k < len(chunks):
-            for r, i in enumerate(idx):
+            for r in range(len(idx)):
                 n = int(mask[r].sum())
                 out.append(logp[r, :n].float().cpu().numpy())
     return out

@@ -230,7 +230,7 @@ def test_wrong_answers_never_gain_from_consistency(pairs, step):
         [V(m, c, "g", consistency=0, think_quality=0.5) for m, c in pairs], step, 10, "atar_cr_tr"
     ).samples
     without = compute_rewards([V(m, c, "g") for m, c in pairs], step, 10, "atar").samples
-    for (mode, correct), a, b, w in zip(pairs, said_consistent, said_inconsistent, without):
+    for (_mode, correct), a, b, w in zip(pairs, said_consistent, said_inconsistent, without):
         if not correct:
             assert a.consistency == b.consistency == 0
             assert a.total == pytest.approx(b.total)

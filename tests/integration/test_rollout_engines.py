@@ -43,8 +43,11 @@ def write_clips(folder) -> list[np.ndarray]:
     beeps = np.concatenate([0.4 * np.sin(2 * np.pi * 880 * t[:3200]), np.zeros(4800)] * 3)
     two_tones = np.concatenate([0.3 * np.sin(2 * np.pi * 330 * t), 0.3 * np.sin(2 * np.pi * 660 * t[:8000])])
     noise = np.random.default_rng(0).uniform(-0.2, 0.2, 15435)
-    paths = [write_audio(folder / "beeps.wav", beeps), write_audio(folder / "tones.wav", two_tones),
-             write_audio(folder / "noise.wav", noise, sr=22050)]
+    paths = [
+        write_audio(folder / "beeps.wav", beeps),
+        write_audio(folder / "tones.wav", two_tones),
+        write_audio(folder / "noise.wav", noise, sr=22050),
+    ]
     return [load_audio(p) for p in paths]
 
 
@@ -68,7 +71,8 @@ def reference_logprobs(
     rows = len(completions)
     with torch.no_grad():
         logits = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids),
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
             input_features=torch.from_numpy(enc.input_features)[None].expand(rows, -1, -1),
             feature_attention_mask=torch.from_numpy(enc.feature_attention_mask)[None].expand(rows, -1),
         ).logits.float()
@@ -133,13 +137,18 @@ def test_greedy_takes_the_argmax_token(setup, clips):
     family, _, engine, reference, encoder = setup
     requests = make_requests(family, clips, seeds=(0, 9, 4))
     greedy = engine.generate(requests, SamplingConfig(n=1, max_new_tokens=4, greedy=True))
-    again = engine.generate(make_requests(family, clips, seeds=(3, 3, 3)), SamplingConfig(n=1, max_new_tokens=4, greedy=True))
-    assert [[s.token_ids for s in r] for r in greedy] == [[s.token_ids for s in r] for r in again]  # seeds do not matter
+    again = engine.generate(
+        make_requests(family, clips, seeds=(3, 3, 3)), SamplingConfig(n=1, max_new_tokens=4, greedy=True)
+    )
+    assert [[s.token_ids for s in r] for r in greedy] == [
+        [s.token_ids for s in r] for r in again
+    ]  # seeds do not matter
     for request, (sample,) in zip(requests, greedy):
         enc = encoder.encode(request.prompt, request.audio)
         with torch.no_grad():
             logits = reference(
-                input_ids=torch.tensor([enc.input_ids]), attention_mask=torch.ones(1, len(enc.input_ids), dtype=torch.long),
+                input_ids=torch.tensor([enc.input_ids]),
+                attention_mask=torch.ones(1, len(enc.input_ids), dtype=torch.long),
                 input_features=torch.from_numpy(enc.input_features)[None],
                 feature_attention_mask=torch.from_numpy(enc.feature_attention_mask)[None],
             ).logits[0, -1]
@@ -288,8 +297,15 @@ def test_stop_and_banned_token_ids(tiny_models):
     path = tiny_models["qwen2_audio"]
     tok = load_tokenizer(path)
     assert stop_token_ids(path, tok) == sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
-    names = ["<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
-             "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>"]
+    names = [
+        "<|AUDIO|>",
+        "<|audio_bos|>",
+        "<|audio_eos|>",
+        "<|IMAGE|>",
+        "<|VIDEO|>",
+        "<|vision_bos|>",
+        "<|vision_eos|>",
+    ]
     assert banned_token_ids(tok) == sorted(tok.convert_tokens_to_ids(names))
 
 
@@ -298,9 +314,15 @@ def test_folder_weights_keep_the_thinker_of_a_full_omni_checkpoint(tmp_path):
 
     from rollout.vllm_engine import folder_weights, vllm_weight_name
 
-    save_file({"thinker.model.norm.weight": torch.zeros(4), "thinker.lm_head.weight": torch.zeros(8, 4),
-               "talker.model.norm.weight": torch.zeros(4), "token2wav.code.weight": torch.zeros(2)},
-              str(tmp_path / "model-00001-of-00001.safetensors"))
+    save_file(
+        {
+            "thinker.model.norm.weight": torch.zeros(4),
+            "thinker.lm_head.weight": torch.zeros(8, 4),
+            "talker.model.norm.weight": torch.zeros(4),
+            "token2wav.code.weight": torch.zeros(2),
+        },
+        str(tmp_path / "model-00001-of-00001.safetensors"),
+    )
     assert folder_weights(tmp_path, "qwen2_5_omni") == {"model.norm.weight": (4,), "lm_head.weight": (8, 4)}
     assert folder_weights(tmp_path, "qwen2_audio")["talker.model.norm.weight"] == (4,)
     assert vllm_weight_name("qwen2_5_omni", "model.norm.weight") == "thinker.model.norm.weight"

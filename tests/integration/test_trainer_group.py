@@ -31,8 +31,16 @@ TOTAL_STEPS = 4
 def trainer_config(**overrides) -> TrainerConfig:
     # A large lr and a warm-up + cosine schedule make every step move the weights and the lr visibly.
     base = {
-        "num_ranks": 1, "num_cpus_per_rank": 0.2, "zero_stage": 2, "lr": 1e-3, "warmup_steps": 2,
-        "lr_schedule": "cosine", "micro_batch_size": 2, "beta": 0.04, "reference_num_cpus": 0.2, "timeout_s": 300,
+        "num_ranks": 1,
+        "num_cpus_per_rank": 0.2,
+        "zero_stage": 2,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "lr_schedule": "cosine",
+        "micro_batch_size": 2,
+        "beta": 0.04,
+        "reference_num_cpus": 0.2,
+        "timeout_s": 300,
         "sync_bucket_mb": 1,
     }
     return TrainerConfig(**(base | overrides))
@@ -43,8 +51,10 @@ def make_batch(policy_path, seed: int, questions: int = 2, samples: int = 3) -> 
     enc = PromptEncoder(load_tokenizer(policy_path), load_feature_extractor(policy_path))
     rng = np.random.default_rng(seed)
     prompts = [
-        enc.encode(render_chat(FAMILY, f"Question {q}: what do you hear?" + " more" * q),
-                   (rng.standard_normal(8000 + 4000 * q) * 0.1).astype(np.float32))
+        enc.encode(
+            render_chat(FAMILY, f"Question {q}: what do you hear?" + " more" * q),
+            (rng.standard_normal(8000 + 4000 * q) * 0.1).astype(np.float32),
+        )
         for q in range(questions)
     ]
     n = questions * samples
@@ -114,8 +124,9 @@ def first_step(one_rank, two_ranks, two_ranks_zero3, batches):
     initial = published(one_rank)
     batch.old_logprobs = one_rank.compute_logprobs(batch)
     batch.engine_logprobs = [lp + np.float32(0.01) for lp in batch.old_logprobs]
-    metrics = {name: g.train_step(batch) for name, g in
-               (("one", one_rank), ("two", two_ranks), ("zero3", two_ranks_zero3))}
+    metrics = {
+        name: g.train_step(batch) for name, g in (("one", one_rank), ("two", two_ranks), ("zero3", two_ranks_zero3))
+    }
     return initial, metrics
 
 
@@ -156,13 +167,17 @@ def test_two_ranks_take_the_same_step_as_one(first_step, one_rank, two_ranks, tw
         for key in ("actor/loss", "actor/kl", "actor/grad_norm", "actor/ratio_mean", "actor/tokens"):
             assert m[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), key
     assert m1["actor/sequences"] == 6
-    assert m1["actor/ratio_min"] == pytest.approx(1.0, abs=1e-5) and m1["actor/ratio_max"] == pytest.approx(1.0, abs=1e-5)
+    assert m1["actor/ratio_min"] == pytest.approx(1.0, abs=1e-5) and m1["actor/ratio_max"] == pytest.approx(
+        1.0, abs=1e-5
+    )
     assert m1["actor/logprob_mismatch_mean"] == pytest.approx(0.01, abs=1e-6)
     assert m1["actor/lr"] == pytest.approx(0.5e-3)  # warm-up step 1 of 2
     assert m1["actor/step"] == 1
 
 
-def test_checkpoint_resume_equals_not_stopping(first_step, one_rank, ray_session, policy_path, batches, tmp_path_factory):
+def test_checkpoint_resume_equals_not_stopping(
+    first_step, one_rank, ray_session, policy_path, batches, tmp_path_factory
+):
     root = tmp_path_factory.mktemp("ckpt")
     saved = one_rank.save_checkpoint(root, extra={"data_position": 7}, keep=1)
     at_save = one_rank.status()
@@ -216,9 +231,13 @@ class Receiver:
         return rank
 
     def receive(self) -> dict:
-        weights = {name: tensor for name, tensor in self.receiver.receive()}
-        return {"checksum": state_checksum(weights), "version": self.receiver.version,
-                "bytes": self.receiver.num_bytes, "tensors": len(weights)}
+        weights = dict(self.receiver.receive())
+        return {
+            "checksum": state_checksum(weights),
+            "version": self.receiver.version,
+            "bytes": self.receiver.num_bytes,
+            "tensors": len(weights),
+        }
 
     def close(self) -> None:
         self.receiver.close()
@@ -231,8 +250,10 @@ def test_broadcast_sync_reaches_every_worker(first_step, two_ranks, policy_path)
     expected = two_ranks.weights_checksum()
     report, results = two_ranks.broadcast_weights(version=1, receiver_refs=[w.receive.remote() for w in workers])
     num_tensors = len(load_file(str(policy_path / "model.safetensors")))
-    print(f"broadcast: {report['bytes']} bytes, {report['tensors']} tensors, {report['buckets']} buckets, "
-          f"{report['seconds'] * 1e3:.1f} ms")
+    print(
+        f"broadcast: {report['bytes']} bytes, {report['tensors']} tensors, {report['buckets']} buckets, "
+        f"{report['seconds'] * 1e3:.1f} ms"
+    )
     assert report["tensors"] == num_tensors and report["buckets"] > 1  # 1 MiB buckets
     for result in results:
         assert result == {"checksum": expected, "version": 1, "bytes": report["bytes"], "tensors": num_tensors}
@@ -247,8 +268,12 @@ def test_omni_thinker_trains_and_exports(ray_session, tiny_models, tmp_path_fact
     family, path = "qwen2_5_omni", tiny_models["qwen2_5_omni"]
     enc = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
     audio = (np.random.default_rng(3).standard_normal(12000) * 0.1).astype(np.float32)
-    batch = PolicyBatch([enc.encode(render_chat(family, "What do you hear?"), audio)], [0, 0], [[30, 31, 32], [40]],
-                        advantages=[1.0, -1.0])
+    batch = PolicyBatch(
+        [enc.encode(render_chat(family, "What do you hear?"), audio)],
+        [0, 0],
+        [[30, 31, 32], [40]],
+        advantages=[1.0, -1.0],
+    )
     cfg = trainer_config(beta=0.0, gradient_checkpointing=True, freeze_audio_encoder=True)
     group = PolicyTrainerGroup(path, family, cfg, TOTAL_STEPS)
     try:

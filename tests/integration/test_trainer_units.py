@@ -91,7 +91,11 @@ def test_pack_unpack_roundtrip_and_bucket_sizes():
     state = weights()
     buckets = list(pack_buckets(state.items(), bucket_bytes=1024))
     # a: 60 B -> 64, b: 56 -> 64, c: 20000 B (own bucket), d: 24 -> 64, e: 0
-    assert [[e["name"] for e in h] for h, _ in buckets] == [["a.weight", "b.bias"], ["c.weight"], ["d.weight", "e.empty"]]
+    assert [[e["name"] for e in h] for h, _ in buckets] == [
+        ["a.weight", "b.bias"],
+        ["c.weight"],
+        ["d.weight", "e.empty"],
+    ]
     assert [flat.numel() for _, flat in buckets] == [128, 20032, 64]
     assert all(e["offset"] % 64 == 0 for h, _ in buckets for e in h)
     got = {name: t for h, flat in buckets for name, t in unpack(h, flat)}

@@ -103,7 +103,7 @@ def test_exported_folder_loads_in_both_engines(actors, tmp_path):
     from rollout.vllm_engine import VLLMEngine
     from trainer.logprobs import PolicyBatch
 
-    pool, trainer, encoder, _ = actors
+    _pool, trainer, encoder, _ = actors
     folder = trainer.export(tmp_path / "export")
     prompt = render_chat("qwen2_audio", "Question 0: what do you hear?")
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)

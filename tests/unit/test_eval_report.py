@@ -14,19 +14,29 @@ from audio_thinker.core.protocol import parse_response
 
 DATA = Path(__file__).parent.parent / "data" / "eval"
 CHOICES = ["Man speaking", "Dog barking", "Car engine", "Rainfall"]
-META = {"model": "tiny", "bench": "air", "data": "Foundation_meta.json", "prompt": "adaptive",
-        "engine": "TransformersEngine", "decoding": "greedy", "questions": "12"}
+META = {
+    "model": "tiny",
+    "bench": "air",
+    "data": "Foundation_meta.json",
+    "prompt": "adaptive",
+    "engine": "TransformersEngine",
+    "decoding": "greedy",
+    "questions": "12",
+}
 
 
-@pytest.mark.parametrize("response, letters, mmau, air", [
-    ("<answer>Dog barking</answer>", False, "Dog barking", "B"),
-    ("<answer>  dog BARKING </answer>", False, "Dog barking", "B"),  # stored as the choice's own text
-    ("<think>Barks.</think><answer>the dog barking loudly</answer>", False, "Dog barking", "B"),  # token rule
-    ("<answer>(B)</answer>", True, "Dog barking", "B"),  # a letter, when the prompt listed letters
-    ("<answer>B</answer>", False, "B", ""),  # a bare letter the prompt did not offer: kept as written
-    ("<answer>a dog or rain</answer>", False, "a dog or rain", ""),  # names no choice
-    ("Dog barking", False, "", ""),  # invalid (no tags): scored wrong on MMAU, unparseable on AIR
-])
+@pytest.mark.parametrize(
+    "response, letters, mmau, air",
+    [
+        ("<answer>Dog barking</answer>", False, "Dog barking", "B"),
+        ("<answer>  dog BARKING </answer>", False, "Dog barking", "B"),  # stored as the choice's own text
+        ("<think>Barks.</think><answer>the dog barking loudly</answer>", False, "Dog barking", "B"),  # token rule
+        ("<answer>(B)</answer>", True, "Dog barking", "B"),  # a letter, when the prompt listed letters
+        ("<answer>B</answer>", False, "B", ""),  # a bare letter the prompt did not offer: kept as written
+        ("<answer>a dog or rain</answer>", False, "a dog or rain", ""),  # names no choice
+        ("Dog barking", False, "", ""),  # invalid (no tags): scored wrong on MMAU, unparseable on AIR
+    ],
+)
 def test_prediction_text(response, letters, mmau, air):
     parsed = parse_response(response)
     assert prediction_text("mmau", parsed, CHOICES, letters) == mmau
@@ -37,8 +47,12 @@ def test_prediction_text(response, letters, mmau, air):
 def test_prediction_row_adds_every_official_key_and_keeps_the_source():
     source = {"id": "1", "choices": CHOICES, "answer": "Rainfall", "task": "sound"}
     row = prediction_row("mmau", source, "Rainfall", {"mode": "no_think"})
-    assert row == {**source, "model_prediction": "Rainfall", "model_output": "Rainfall",
-                   "audio_thinker": {"mode": "no_think"}}
+    assert row == {
+        **source,
+        "model_prediction": "Rainfall",
+        "model_output": "Rainfall",
+        "audio_thinker": {"mode": "no_think"},
+    }
     assert "model_prediction" not in source
     with pytest.raises(ValueError, match="unknown benchmark 'mmlu'"):
         prediction_row("mmlu", source, "x", {})
@@ -48,7 +62,10 @@ def test_air_report_has_the_papers_table_3_columns():
     results = score_file(DATA / "Foundation_result.jsonl", "air")
     report = render_report(results, META, {"think": 0, "no_think": 0, "invalid": 0})
     assert report.startswith("# AIR-Bench foundation: tiny\n")
-    assert "| Model | Sound | Music | Speech | Average |\n|---|---|---|---|---|\n| tiny | 100.00 | 75.00 | 66.67 | 75.00 |" in report
+    assert (
+        "| Model | Sound | Music | Speech | Average |\n|---|---|---|---|---|\n| tiny | 100.00 | 75.00 | 66.67 | 75.00 |"
+        in report
+    )
     # SoundAQA, MusicAQA, SER, VSC (all unparseable: no score), SNV (no score), AIR-Avg.
     assert "| Model | SoundAQA | MusicAQA | SER | VSC | SNV | AIR-Avg |" in report
     assert "| tiny | 100.00 | 100.00 | 0.00 | - | - | 75.00 |" in report
@@ -71,10 +88,13 @@ def test_mmau_report_has_difficulty_tables():
     assert "| Model | Easy | Medium | Hard | All |\n|---|---|---|---|---|\n| tiny | - | - | - | - |" in report
 
 
-@pytest.mark.parametrize("rates", [
-    {"total": 40.0, "by_difficulty": {"hard": 10.0, "easy": 70.0, "medium": None}},
-    {"total": None, "by_difficulty": {}},  # no difficulty levels, no mode: one empty "all" bar
-])
+@pytest.mark.parametrize(
+    "rates",
+    [
+        {"total": 40.0, "by_difficulty": {"hard": 10.0, "easy": 70.0, "medium": None}},
+        {"total": None, "by_difficulty": {}},  # no difficulty levels, no mode: one empty "all" bar
+    ],
+)
 def test_plot_is_a_png(rates, tmp_path):
     path = plot_no_think({"no_think_rate": rates}, tmp_path / "plot.png", "title")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
