@@ -1,7 +1,7 @@
 """Weight-sync throughput (not a test): object store and broadcast vs a plain memory copy of the same bytes.
 
 A sender actor holds a synthetic fp32 state (transformer-like tensor sizes) and syncs it to K receiver actors
-through both paths of actors/weight_sync.py; each path is timed from the first byte packed to the last
+through both paths of rollout/weight_sync.py; each path is timed from the first byte packed to the last
 receiver done, and its checksums are compared to the sender's (outside the timing).
 
     python bench/weight_sync.py [--mb 512] [--bucket-mb 256] [--receivers 2] [--repeats 3]
