@@ -75,8 +75,17 @@ def engine(policy) -> TransformersEngine:
 
 
 def spec_for(policy: Path, data: Path, out: Path, **changes) -> EvalOptions:
-    return EvalOptions(**{"model": str(policy), "bench": "synthetic", "data": str(data), "out": str(out),
-                          "batch_size": 3, "max_new_tokens": 12, **changes})
+    return EvalOptions(
+        **{
+            "model": str(policy),
+            "bench": "synthetic",
+            "data": str(data),
+            "out": str(out),
+            "batch_size": 3,
+            "max_new_tokens": 12,
+            **changes,
+        }
+    )
 
 
 def prefill(spec: EvalOptions, engine: GenerationEngine, outputs: dict[str, str]) -> None:
@@ -90,8 +99,25 @@ def prefill(spec: EvalOptions, engine: GenerationEngine, outputs: dict[str, str]
 
 def test_eval_command_end_to_end(policy, synthetic, tmp_path):
     out = tmp_path / "run"
-    code = main(["eval", "--model", str(policy), "--bench", "synthetic", "--data", str(synthetic), "--out", str(out),
-                 "--limit", "6", "--batch-size", "3", "--max-new-tokens", "12"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(policy),
+            "--bench",
+            "synthetic",
+            "--data",
+            str(synthetic),
+            "--out",
+            str(out),
+            "--limit",
+            "6",
+            "--batch-size",
+            "3",
+            "--max-new-tokens",
+            "12",
+        ]
+    )
     assert code == 0
     for name in FILES + ("partial.jsonl",):
         assert (out / name).is_file(), name
@@ -182,7 +208,7 @@ def known_outputs(manifest: Path) -> dict[str, str]:
 
 
 def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_path):
-    spec = spec_for(policy, synthetic, tmp_path, letter_choices=True)
+    spec = spec_for(policy, synthetic, tmp_path, letter_choices=True, answer_extraction="strict")  # the counts below
     counting = CountingEngine(engine)
     prefill(spec, counting, known_outputs(synthetic))
     results = run_eval(spec, counting)
@@ -211,7 +237,11 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     assert predictions[4]["model_prediction"] == "" and predictions[4]["audio_thinker"]["mode"] == "invalid"
     assert predictions[7]["model_prediction"] == "something else entirely"
     assert predictions[3]["audio_thinker"] | {"output": None} == {
-        "output": None, "mode": "think", "think": "I count.", "answer": answers[3], "finish_reason": "stop",
+        "output": None,
+        "mode": "think",
+        "think": "I count.",
+        "answer": answers[3],
+        "finish_reason": "stop",
         "status": "correct",
     }
     assert score_file(tmp_path / "predictions.json", "synthetic") == results
@@ -220,6 +250,16 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     assert "| qwen2_audio | 66.67 | 33.33 | 66.67 |" in report  # accuracy by difficulty
     assert "| qwen2_audio | 66.67 | 50.00 | 33.33 | 50.00 |" in report  # no-think rate by difficulty, all
     assert "Responses: think 4, no_think 4, invalid 1" in report
+
+    # The lenient reading (the default, as the official scripts): the untagged text is read as free text, so
+    # it is a wrong answer instead of an invalid one; every other prediction is the same.
+    lenient = spec_for(policy, synthetic, tmp_path / "lenient", letter_choices=True)
+    prefill(lenient, counting, known_outputs(synthetic))
+    relaxed = run_eval(lenient, counting)
+    assert relaxed["invalid"] == 0 and relaxed["total"] == results["total"]
+    assert (
+        json.loads((tmp_path / "lenient" / "predictions.json").read_text())[4]["model_prediction"] == "no tags at all"
+    )
 
 
 def write_benchmark(bench: str, root: Path) -> Path:
@@ -245,10 +285,14 @@ def write_benchmark(bench: str, root: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bench, keys", [
-    ("mmau", ("model_prediction", "model_output")), ("mmar", ("answer_prediction", "model_prediction")),
-    ("air", ("response",)),
-])
+@pytest.mark.parametrize(
+    "bench, keys",
+    [
+        ("mmau", ("model_prediction", "model_output")),
+        ("mmar", ("answer_prediction", "model_prediction")),
+        ("air", ("response",)),
+    ],
+)
 def test_predictions_use_each_benchmarks_own_layout(bench, keys, policy, engine, tmp_path):
     data = write_benchmark(bench, tmp_path / "bench")
     items = load_dataset(data, bench, check_audio=False).items
@@ -280,8 +324,9 @@ def test_consistency_audit_against_a_real_judge_server(tiny_models, policy, engi
     from reward_server.client import JudgeClient
 
     judge_path = str(tiny_models["qwen3_judge"])
-    thread = ServerThread(build_server(lambda: TransformersBackend(judge_path, device="cpu"), ServerSettings(),
-                                       port=0, no_auth=True))
+    thread = ServerThread(
+        build_server(lambda: TransformersBackend(judge_path, device="cpu"), ServerSettings(), port=0, no_auth=True)
+    )
     url = thread.start()
     try:
         JudgeClient(url).wait_ready(120)
