@@ -158,7 +158,7 @@ def test_warmup_is_deterministic_and_recorded(tmp_path: Path):
 
 def test_negative_warmup_steps_is_refused(tmp_path: Path, capsys):
     assert main(["make-tiny", "--out", str(tmp_path), "--warmup-steps", "-1"]) == 2
-    assert "--warmup-steps must be >= 0" in capsys.readouterr().err
+    assert "--warmup-steps: must be >= 0, got -1" in capsys.readouterr().err
     assert not tmp_path.joinpath("qwen2_audio").exists()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import ray
 
-from audio_thinker.app.driver import Driver
+from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
@@ -66,13 +66,10 @@ def test_sync_reaches_every_worker(actors, backend):
     from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 
     pool, trainer, encoder, pool_path = actors
-    driver = Driver.__new__(Driver)  # only the sync logic, on these actors
-    driver.config = type("C", (), {"trainer": TrainerConfig(sync_backend=backend)})()
-    driver.trainer, driver.pool, driver.sync_open, driver.version = trainer, pool, False, max(pool.versions())
-
-    version = driver.version + 1
+    sync = WeightSync(trainer, pool, backend)  # the driver's sync of this trainer/worker pair
+    version = max(pool.versions()) + 1
     train_once(trainer, pool, encoder, version)
-    metrics = driver.sync_weights(version)
+    metrics = sync.push(version)
     assert metrics["sync/bytes"] > 1_000_000
     assert pool.versions() == [version, version]
 
@@ -93,8 +90,7 @@ def test_sync_reaches_every_worker(actors, backend):
             SamplingConfig(n=1, max_new_tokens=2),
             min_version=version + 1,
         )
-    if driver.sync_open:
-        trainer.close_sync()
+    sync.close()  # a broadcast group is torn down (a no-op for the object store)
 
 
 def test_exported_folder_loads_in_both_engines(actors, tmp_path):
