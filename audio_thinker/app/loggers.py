@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class WandbLogger:
         self.run = wandb.init(
             project=config.run.wandb_project,
             name=folder.name,
-            id=folder.name,
+            id=re.sub(r"[^A-Za-z0-9_-]", "-", folder.name)[:64],  # W&B ids: letters, digits, - and _
             dir=str(folder),
             config=config.model_dump(mode="json"),
             resume="allow" if resume else None,

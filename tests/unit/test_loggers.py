@@ -3,16 +3,20 @@ that is not installed, a quiet console with everything in the run's log files.""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.loggers import TensorBoardLogger, check_loggers
+from audio_thinker.app.loggers import TensorBoardLogger, WandbLogger, check_loggers
+from audio_thinker.core.audio import write_audio
 from audio_thinker.core.log import LOG_DIR_ENV, STEPS, _StepsAndWarnings
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.records import RolloutRecord
@@ -91,3 +95,21 @@ def test_an_actor_of_a_local_run_writes_its_output_to_the_run_logs(tmp_path):
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
     (log,) = (tmp_path / "logs").glob("rollout-worker-*.log")
     assert sorted(log.read_text().splitlines()) == ["raw fd 2", "to stderr", "to stdout"]
+
+
+def test_wandb_offline_gets_the_metrics_and_a_completions_table_with_audio(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    clip = write_audio(tmp_path / "clip.wav", np.zeros(1600, np.float32))
+    run_dir = tmp_path / "tiny-cpu-20261201-000000"
+    run_dir.mkdir()
+    logger = WandbLogger(load_config(None, ["run.loggers=[wandb]"]), run_dir, resume=False)
+    logger.log_metrics(1, {"step": 1, "reward/total": 0.5})
+    logger.log_completions(1, [dataclasses.replace(record(1.5), audio_path=str(clip))])
+    logger.close()
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert (offline / "run-tiny-cpu-20261201-000000.wandb").stat().st_size > 0
+    (table,) = offline.glob("files/media/table/completions_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"][-1] == "audio" and logged["data"][0][-1] == "Audio"  # the clip, as a W&B Audio cell
+    assert logged["data"][0][logged["columns"].index("total")] == 1.5
