@@ -11,6 +11,7 @@ import ray
 
 from actors.group import ActorGroup
 from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.log import redirect_actor_output
 from reward_server.app import ServerSettings
 from reward_server.backends import load_backend
 from reward_server.cli import ServerThread, build_server
@@ -19,6 +20,7 @@ from reward_server.cli import ServerThread, build_server
 @ray.remote
 class JudgeServer:
     def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
+        redirect_actor_output("judge-server")
         settings = ServerSettings(
             **judge.limits().model_dump(), score_mode=judge.score_mode, api_keys=frozenset({api_key})
         )

@@ -14,6 +14,7 @@ import torch
 
 from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.models import checkpoint_state, load_policy
 from audio_thinker.core.weights import state_checksum
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
@@ -23,6 +24,7 @@ class ReferenceModel:
     """The actor: the policy as it was at step 0."""
 
     def __init__(self, model_path: str, family: str, dtype: str = "float32", micro_batch_size: int = 8):
+        redirect_actor_output("reference")
         self.family = family
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.module = CompletionLogprobs(load_policy(model_path, family, dtype=dtype, device=self.device)).eval()

@@ -17,7 +17,7 @@ import ray
 
 from actors.group import ActorGroup
 from audio_thinker.core.config import RolloutConfig
-from audio_thinker.core.log import get_logger, setup_logging
+from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.weights import NamedTensors
 from rollout.build import build_engine
 from rollout.engine import (
@@ -41,6 +41,7 @@ class RolloutWorker:
     def __init__(
         self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
     ) -> None:
+        redirect_actor_output("rollout-worker")
         setup_logging()
         self.engine_name = rollout.engine
         self.engine = build_engine(

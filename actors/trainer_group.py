@@ -23,6 +23,7 @@ import ray
 
 from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
@@ -43,6 +44,7 @@ class PolicyTrainerRank:
     """One rank: a `PolicyEngine` plus what the group asks of it. Rank 0 also owns the sync sender."""
 
     def __init__(self, rank: int, world_size: int):
+        redirect_actor_output(f"trainer-rank-{rank}")
         self.rank = rank
         self.world_size = world_size
         self.engine = None

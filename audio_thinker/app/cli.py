@@ -15,15 +15,16 @@ import os
 import sys
 from pathlib import Path
 
-from audio_thinker.app.dashboard.cli import add_dashboard_parser
+from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
 from audio_thinker.app.errors import EvalError, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.resume import record_changes, resume_config
+from audio_thinker.app.run_dir import default_output_dir
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
 from audio_thinker.core.data import DataError
-from audio_thinker.core.log import setup_logging
+from audio_thinker.core.log import quiet_console, setup_logging
 from audio_thinker.core.options import OptionError, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError
@@ -107,8 +108,15 @@ def _train(args: argparse.Namespace) -> int:
     if not os.environ.get("RAY_ADDRESS"):
         # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    run_dir = run_training(config)
-    print(f"run finished: {run_dir}")
+    if config.run.output_dir is None:
+        config.run.output_dir = str(default_output_dir(config.run.name))
+    run_dir = Path(config.run.output_dir)
+    actor_logs = None if args.verbose else run_dir / "logs"
+    if actor_logs is not None:
+        quiet_console(actor_logs / "driver.log")
+    run_training(config, actor_logs=actor_logs)
+    print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
+    print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
     return 0
 
 
@@ -222,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: accept run-defining changes; they are logged and recorded in the run directory's "
         "config_changes.jsonl (default: off)",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every log line, the actors' and engines' too, on the console (default: off: the progress bar, "
+        "one line per step and warnings; the rest goes to the run directory's logs/)",
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
     p.set_defaults(func=_train)

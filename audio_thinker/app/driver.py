@@ -31,13 +31,14 @@ from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.eval.scoring import summarize_for_training
 from audio_thinker.app.judging import Judge, call_judge
 from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge, synthetic_splits
+from audio_thinker.app.loggers import check_loggers, open_loggers
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
 from audio_thinker.core.families import render_chat
-from audio_thinker.core.log import get_logger
+from audio_thinker.core.log import STEPS, get_logger
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.progress import progress
 from audio_thinker.core.protocol import build_instruction, is_correct, load_template, parse_response
@@ -49,6 +50,7 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.logprobs import PolicyBatch
 
 log = get_logger(__name__)
+steps_log = get_logger(STEPS)
 
 # A reward hook: the step's records (verdicts filled) and the global step -> every reward term and advantage.
 RewardFn = Callable[[list[RolloutRecord], int], RewardBatch]
@@ -139,15 +141,18 @@ class Driver:
         self.sync = WeightSync(trainer, rollout, c.trainer.sync_backend)
         self.version = 0
         self.owns_ray = False
+        self.loggers: list = []
 
     @classmethod
-    def from_config(cls, config: Config, reward_fn: RewardFn | None = None) -> Driver:
-        """Models and data on disk, Ray, then the actors: judge, rollout pool, trainer group, reference."""
+    def from_config(cls, config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Driver:
+        """Models and data on disk, Ray, then the actors: judge, rollout pool, trainer group, reference.
+        `actor_logs`: the folder a local run's actors write their output to (None: the console)."""
         c = config
         synthetic_splits(c)  # every manifest path checked before a model is built or a file written
+        check_loggers(c)
         prepare_models(c)
         train_set, eval_set = prepare_data(c)
-        owns_ray = connect_ray()
+        owns_ray = connect_ray(actor_logs)
         parts: list = []
         try:
             judge = start_judge(c) if reward_fn is None else None
@@ -251,6 +256,10 @@ class Driver:
         metrics = {"step": step, **step_metrics(records, rewards), **train, **timing, **sync, "judge/items": judged}
         metrics["timing_s/step"] = time.perf_counter() - t_step
         self.run_dir.write_rollouts(step, [r.to_json() for r in records])
+        every = c.run.log_completions_every
+        if every and step % every == 0:
+            for logger in self.loggers:
+                logger.log_completions(step, records)
         return metrics
 
     def update(self, step: int, batch: PolicyBatch, records: list[RolloutRecord]) -> tuple[dict, dict]:
@@ -302,7 +311,7 @@ class Driver:
         start = self.resume() if resuming else 0
         if not resuming and self.run_dir.logged_steps():
             raise TrainingError(f"{self.run_dir.path} already holds a run; set run.resume=true to continue it")
-        self.run_dir.open_tensorboard(purge_step=start + 1)
+        self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         log.info("run directory: %s (steps %d..%d)", self.run_dir.path, start + 1, c.run.total_steps)
         steps = range(start + 1, c.run.total_steps + 1)
@@ -322,7 +331,9 @@ class Driver:
                 self.run_dir.write_status("failed", message)
                 raise TrainingError(message) from exc
             self.run_dir.log_metrics(metrics)
-            log.info(console_line(step, c.run.total_steps, metrics))
+            for logger in self.loggers:
+                logger.log_metrics(step, metrics)
+            steps_log.info(console_line(step, c.run.total_steps, metrics))
         self.trainer.export(self.run_dir.final)
         self.run_dir.write_status("finished")
         log.info("exported the trained policy to %s", self.run_dir.final)
@@ -367,10 +378,9 @@ class Driver:
 
     def close(self) -> None:
         """End every part (each even when another fails to close), then Ray if this driver started it."""
-        for part in (self.sync, self.rollout, self.trainer, self.reference, self.judge):
+        for part in (*self.loggers, self.sync, self.rollout, self.trainer, self.reference, self.judge):
             if part is not None:
                 _close_quietly(part)
-        self.run_dir.close()
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
 
@@ -382,8 +392,8 @@ def _close_quietly(part) -> None:
         log.warning("closing %s failed: %s", type(part).__name__, exc)
 
 
-def run_training(config: Config, reward_fn: RewardFn | None = None) -> Path:
-    driver = Driver.from_config(config, reward_fn)
+def run_training(config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Path:
+    driver = Driver.from_config(config, reward_fn, actor_logs)
     try:
         return driver.train()
     finally:

@@ -16,7 +16,7 @@ from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.app.tiny import ensure_tiny_models, read_provenance
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset, load_dataset
-from audio_thinker.core.log import get_logger
+from audio_thinker.core.log import LOG_DIR_ENV, get_logger
 from audio_thinker.core.rewards import needs_judge
 from reward_server.client import JudgeClient
 
@@ -90,9 +90,10 @@ def prepare_models(config: Config) -> None:
         )
 
 
-def connect_ray() -> bool:
-    """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a new local one.
-    Returns whether this call started Ray (and so must shut it down)."""
+def connect_ray(actor_logs: Path | None = None) -> bool:
+    """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a new local one whose
+    actors write their output to files in `actor_logs` (None: Ray shows it on the console). Returns whether
+    this call started Ray (and so must shut it down)."""
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
@@ -100,11 +101,15 @@ def connect_ray() -> bool:
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
+        env = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}
+        if actor_logs is not None:
+            env[LOG_DIR_ENV] = str(actor_logs)
         ray.init(
             address="local",
             num_cpus=os.cpu_count(),
             include_dashboard=False,
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}},
+            log_to_driver=actor_logs is None,
+            runtime_env={"env_vars": env},
         )
         log.info("started a local Ray instance (%d CPUs)", os.cpu_count())
     return not address

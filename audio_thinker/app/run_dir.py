@@ -5,7 +5,7 @@
       metrics.jsonl               one JSON object per step
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
-      tensorboard/                event files
+      tensorboard/                event files (app/loggers.py)
       status.json                 {"state": "running" | "finished" | "failed", "message", "time"} (the dashboard)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
@@ -16,11 +16,8 @@ logged twice (TensorBoard's own `purge_step` does the same for the event files).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
-
-from torch.utils.tensorboard import SummaryWriter
 
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
@@ -42,7 +39,6 @@ class RunDir:
         self.tensorboard = self.path / "tensorboard"
         self.status_path = self.path / "status.json"
         self.final = self.path / "final"
-        self._writer = None
 
     def create(self, config: Config) -> RunDir:
         for folder in (self.path, self.rollouts, self.checkpoints, self.tensorboard):
@@ -78,19 +74,10 @@ class RunDir:
             if int(dump.stem.split("_")[1]) > step:
                 dump.unlink()
 
-    def open_tensorboard(self, purge_step: int | None = None) -> None:
-        self._writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
-
     def log_metrics(self, metrics: dict) -> None:
-        """Append one step's metrics (JSON line + TensorBoard scalars); the line is flushed before returning."""
-        step = int(metrics["step"])
+        """Append one step's metrics as a JSON line, flushed before returning (the loggers get them too)."""
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(metrics, sort_keys=True) + "\n")
-        if self._writer is not None:
-            for key, value in metrics.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, step)
-            self._writer.flush()
 
     def write_rollouts(self, step: int, rows: list[dict]) -> Path:
         path = self.rollout_path(step)
@@ -98,8 +85,3 @@ class RunDir:
         tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
         tmp.rename(path)
         return path
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

@@ -17,6 +17,7 @@ from audio_thinker.core.vocab import (
     EngineName,
     InvalidAccuracy,
     JudgeBackendName,
+    LoggerName,
     LossType,
     ModelFamily,
     PromptMode,
@@ -138,9 +139,7 @@ class JudgeLimits(Section):
         """A field check (max_queue is validated first), so that the error names max_items."""
         max_queue = info.data.get("max_queue")
         if max_queue is not None and max_items > max_queue:
-            raise ValueError(
-                f"max_items ({max_items}) > max_queue ({max_queue}): a full request could never be queued"
-            )
+            raise ValueError(f"max_items ({max_items}) > max_queue ({max_queue}): a full request could never be queued")
         return max_items
 
     def limits(self) -> JudgeLimits:
@@ -168,9 +167,7 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
     api_key: str | None = Field(
         None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY)."
     )
-    backend: JudgeBackendName = Field(
-        "transformers", description="Backend of an in-cluster judge."
-    )
+    backend: JudgeBackendName = Field("transformers", description="Backend of an in-cluster judge.")
     timeout_s: float = Field(120.0, gt=0, description="Client timeout of one judge request.")
     max_retries: int = Field(5, ge=0, description="Client retries on 429/5xx/connection errors before the step fails.")
     request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
@@ -291,6 +288,16 @@ class RunConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the oldest are removed).")
     resume: bool = Field(False, description="Continue the run in output_dir from its last checkpoint.")
+    loggers: list[LoggerName] = Field(
+        ["tensorboard"], description="Where metrics go besides metrics.jsonl: tensorboard, wandb (the wandb extra)."
+    )
+    wandb_project: str = Field("audio-thinker", description="W&B project of the run (with wandb in run.loggers).")
+    log_completions_every: int = Field(
+        0,
+        ge=0,
+        description="Log a table of the step's completions (question, audio, every reward term, advantage) "
+        "to the loggers every N steps (0: never).",
+    )
     num_gpus: int = Field(
         0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks)."
     )
@@ -338,5 +345,3 @@ class Config(Section):
                 "(run.questions_per_step x rollout.samples_per_question): every rank needs at least one"
             )
         return self
-
-

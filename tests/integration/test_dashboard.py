@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -275,3 +276,21 @@ def test_path_traversal_is_refused(live_run, page):
         ("/static/..%2F..%2Fruns.py", 404),
     ]:
         assert page.request.get(url).status == status, url
+
+
+def test_the_training_console_is_quiet_and_the_logs_are_in_the_run_directory(live_run):
+    """What a user of `make demo` sees: a line per step, the closing lines and warnings; the engines' and
+    actors' output is in <run>/logs/. (Runs last: it waits for the training to end.)"""
+    run, proc, log = live_run
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    steps = [line for line in lines if re.search(r"step \d+/\d+ \| reward", line)]
+    assert len(steps) == STEPS, lines
+    assert len(lines) <= 25, "\n".join(lines)
+    assert any(f"audio-thinker dashboard --runs {run.parent}" in line for line in lines)
+    assert not any("vllm" in line.lower() or " I " in line for line in lines if line not in steps), lines
+    logs = run / "logs"
+    assert (logs / "driver.log").read_text().count("step ") >= STEPS
+    worker_logs = list(logs.glob("rollout-worker-*.log"))
+    assert worker_logs and any("vllm" in p.read_text().lower() for p in worker_logs)
+    assert list(logs.glob("trainer-rank-0-*.log")) and list(logs.glob("judge-server-*.log"))

@@ -13,9 +13,9 @@ from typing import Annotated
 
 import plotly
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from audio_thinker.app.dashboard import charts, pages, rollouts
+from audio_thinker.app.dashboard import charts, pages, prometheus, rollouts
 from audio_thinker.app.dashboard.runs import AudioRefused, Run, RunIndex
 
 STATIC = Path(__file__).parent / "static"
@@ -139,6 +139,11 @@ def create_app(runs_dir: str | Path, token: str | None = None, stale_after: floa
         except AudioRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         return FileResponse(file, media_type=media_type)
+
+    @app.get("/metrics")
+    def metrics():
+        """Prometheus: the last logged step of every run (docs/dashboard.md, deploy/grafana)."""
+        return Response(prometheus.exposition(index), media_type=prometheus.CONTENT_TYPE)
 
     @app.get("/static/plotly.min.js")
     def plotly_js():
