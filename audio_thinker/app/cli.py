@@ -22,8 +22,8 @@ from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
-from audio_thinker.core.data import DataError
 from audio_thinker.core.log import setup_logging
+from audio_thinker.core.manifests import DataError
 from audio_thinker.core.options import OptionError, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError
