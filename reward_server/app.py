@@ -28,7 +28,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
 
 from audio_thinker.core.config import JudgeLimits, JudgeScoring
-from audio_thinker.core.net import is_loopback
 from audio_thinker.core.protocol import parse_response
 from audio_thinker.core.rewards import SampleVerdict, compute_rewards
 from audio_thinker.core.vocab import ScoreMode, normalize_text
@@ -36,6 +35,7 @@ from reward_server.auth import AuthMiddleware, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
 from reward_server.metrics import JudgeMetrics, MetricsMiddleware
+from reward_server.middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware
 from reward_server.prompts import PROMPT_VERSION, PROMPTS
 from reward_server.schemas import (
     ALL_SCORES,
@@ -84,69 +84,6 @@ class ServerSettings(JudgeLimits, JudgeScoring):
     api_keys: frozenset[str] = Field(
         frozenset(), description="Bearer keys; empty: no auth (loopback clients only)."
     )
-
-
-class BodyLimitMiddleware:
-    """413 for a request body over `max_bytes`, checked on Content-Length and on the bytes actually read."""
-
-    def __init__(self, app: Callable, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        too_large = JSONResponse(
-            {"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}, status_code=413
-        )
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await too_large(scope, receive, send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-class LoopbackOnlyMiddleware:
-    """Without API keys, protected routes serve loopback clients only (a second guard behind --no-auth)."""
-
-    def __init__(self, app: Callable):
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        client = scope.get("client")
-        if (
-            scope["type"] == "http"
-            and is_protected(scope["path"])
-            and not (client and is_loopback(client[0]))
-        ):
-            response = JSONResponse(
-                {"detail": "this judge runs without API keys and serves loopback clients only"}, 401
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 def _error(status: int, detail: Any, retry_after: int | None = None) -> HTTPException:

@@ -23,8 +23,8 @@ from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.run_dir import default_output_dir
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
-from audio_thinker.core.data import DataError
 from audio_thinker.core.log import quiet_console, setup_logging
+from audio_thinker.core.manifests import DataError
 from audio_thinker.core.options import OptionError, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError

@@ -109,7 +109,7 @@ def test_all_three_are_built(tiny_models):
 
 # ------------------------------------------------------------------------------------------- format warm-up
 
-WARMUP_STEPS = 150  # what configs/tiny-cpu.yaml uses
+WARMUP_STEPS = 150  # what the built-in defaults use
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def warm_models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_warmup_targets_are_well_formed_with_random_choices():
-    from audio_thinker.app.tiny import warmup_target
+    from audio_thinker.app.tiny_warmup import warmup_target
     from audio_thinker.core.protocol import parse_response
 
     rng = np.random.default_rng(0)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from audio_thinker.core.audio import AudioError, write_audio
-from audio_thinker.core.data import DataError, load_dataset, video_to_audio
+from audio_thinker.core.data import load_dataset
+from audio_thinker.core.manifests import DataError, video_to_audio
 
 
 def wav(path: Path, seconds: float = 0.1, sr: int = 16000) -> Path:

@@ -7,9 +7,8 @@ import math
 import socket
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from audio_thinker.app.driver import Driver, paper_reward, step_questions
 from audio_thinker.app.judging import Judge, call_judge, judge_items

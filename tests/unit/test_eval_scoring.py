@@ -27,7 +27,8 @@ from audio_thinker.app.eval.scoring import (
     summarize_for_training,
     token_match_status,
 )
-from audio_thinker.core.data import AudioQuestion, DataError
+from audio_thinker.core.data import AudioQuestion
+from audio_thinker.core.manifests import DataError
 
 DATA = Path(__file__).parent.parent / "data" / "eval"
 MMAU = DATA / "mmau-test-mini_predictions.json"

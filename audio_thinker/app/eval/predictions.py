@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from audio_thinker.core.data import PARSERS, DataError, _Row
+from audio_thinker.core.manifests import PARSERS, DataError, Row
 from audio_thinker.core.protocol import LETTERS, Parsed, match_choice
 from audio_thinker.core.vocab import RESPONSE_MODES
 
@@ -101,7 +101,7 @@ def write_predictions(path: str | Path, rows: Sequence[dict]) -> Path:
     return path
 
 
-def _prediction(r: _Row, bench: str) -> str | None:
+def _prediction(r: Row, bench: str) -> str | None:
     for key in PREDICTION_KEYS[bench]:
         value = r.data.get(key)
         if value is None:
@@ -112,7 +112,7 @@ def _prediction(r: _Row, bench: str) -> str | None:
     return None
 
 
-def _mode(r: _Row) -> str | None:
+def _mode(r: Row) -> str | None:
     details = r.data.get(OURS)
     if details is None:
         return None
@@ -167,7 +167,7 @@ def read_predictions(path: str | Path, bench: str) -> list[PredictionRow]:
         for row_no, data in _decoded_rows(path):
             if not isinstance(data, dict):
                 raise DataError(f"{path} row {row_no}: expected a JSON object, got {type(data).__name__}")
-            r = _Row(path, row_no, data)
+            r = Row(path, row_no, data)
             parsed = parse(r)
             keyed += any(key in data for key in PREDICTION_KEYS[bench])
             rows.append(PredictionRow(
