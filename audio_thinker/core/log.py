@@ -41,15 +41,24 @@ class _StepsAndWarnings(logging.Filter):
         return record.levelno >= logging.WARNING or record.name == STEPS
 
 
+class _LazyFileHandler(logging.FileHandler):
+    """Creates its folder and file at the first record: a run refused at its checks leaves nothing behind."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 def quiet_console(log_file: str | Path) -> None:
     """From now on the console shows step lines and warnings only; every record also goes to `log_file`."""
     setup_logging(logging.getLogger().level or logging.INFO)
     console = _console()
     if console is not None and not any(isinstance(f, _StepsAndWarnings) for f in console.filters):
         console.addFilter(_StepsAndWarnings())
-    log_file = Path(log_file)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
+    handler = _LazyFileHandler(log_file)
     handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
     logging.getLogger().addHandler(handler)
 
