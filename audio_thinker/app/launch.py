@@ -3,6 +3,7 @@ uses these; each is usable alone (tests, tools)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -109,6 +110,7 @@ def connect_ray(actor_logs: Path | None = None) -> bool:
             num_cpus=os.cpu_count(),
             include_dashboard=False,
             log_to_driver=actor_logs is None,
+            logging_level=logging.INFO if actor_logs is None else logging.WARNING,
             runtime_env={"env_vars": env},
         )
         log.info("started a local Ray instance (%d CPUs)", os.cpu_count())

@@ -28,12 +28,21 @@ def setup_logging(level: str | int | None = None) -> None:
     root = logging.getLogger()
     if _console() is None:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(_ConsoleFormatter(FORMAT, datefmt="%H:%M:%S"))
         handler._audio_thinker = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Step lines as plain lines (time and message); everything else with level and logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == STEPS:
+            return f"{self.formatTime(record, self.datefmt)} {record.getMessage()}"
+        return super().format(record)
 
 
 class _StepsAndWarnings(logging.Filter):
