@@ -300,7 +300,7 @@ class Driver:
         self.run_dir.truncate_after(step)
         self.sync.push(step)
         self.version = step
-        log.info("resumed from %s at step %d", latest, step)
+        steps_log.info("resumed from %s at step %d", latest, step)
         return step
 
     def train(self) -> Path:
