@@ -36,3 +36,37 @@ def warm_policy(tmp_path_factory) -> Path:
     steps = load_config().model.tiny_warmup_steps
     out = tmp_path_factory.mktemp("warm")
     return make_tiny_models(out, seed=0, only=["qwen2_audio"], warmup_steps=steps)["qwen2_audio"]
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> Path:
+    """A small synthetic set (24 train, 6 held-out questions) the tiny training runs of the suite share."""
+    from audio_thinker.app.synthetic import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("data")
+    write_synthetic_dataset(out, n=24, seed=0, split="train")
+    write_synthetic_dataset(out, n=6, seed=0, split="eval")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_models, warm_policy, synthetic):
+    """`tiny_run(out, steps)`: the overrides of a cheap tiny training run (2 questions x 8 samples, 24 tokens)
+    on the warm policy, the tiny judge and the shared synthetic set, writing `out`."""
+
+    def overrides(out: Path, steps: int) -> list[str]:
+        return [
+            f"model.policy_path={warm_policy}",
+            f"model.judge_path={tiny_models['qwen3_judge']}",
+            f"data.train_manifest={synthetic / 'train.jsonl'}",
+            f"data.eval_manifest={synthetic / 'eval.jsonl'}",
+            f"data.audio_root={synthetic}",
+            f"run.output_dir={out}",
+            f"run.total_steps={steps}",
+            "run.questions_per_step=2",
+            "run.eval_limit=2",
+            "rollout.max_new_tokens=24",
+            "trainer.micro_batch_size=16",
+        ]
+
+    return overrides

@@ -206,28 +206,7 @@ class Driver:
                     )
                 parsed = parse_response(s.text)
                 correct = parsed.mode != "invalid" and is_correct(parsed, q.choices, q.answer, c.prompt.letter_choices)
-                records.append(
-                    RolloutRecord(
-                        step=step,
-                        group=q.id,
-                        sample=j,
-                        question_id=q.id,
-                        audio_path=str(q.audio_path),
-                        difficulty=q.difficulty,
-                        category=q.task,
-                        question=q.question,
-                        choices=q.choices,
-                        answer=q.answer,
-                        letters=c.prompt.letter_choices,
-                        response=s.text,
-                        num_tokens=len(s.token_ids),
-                        finish_reason=s.finish_reason,
-                        mode=parsed.mode,
-                        think=parsed.think,
-                        answer_text=parsed.answer,
-                        correct=correct,
-                    )
-                )
+                records.append(RolloutRecord.of(step, q, j, s, parsed, correct, c.prompt.letter_choices))
         return records, policy_batch(encoded, samples)
 
     def step(self, step: int) -> dict:

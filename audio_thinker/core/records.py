@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from audio_thinker.core.data import AudioQuestion
+from audio_thinker.core.protocol import Parsed
 from audio_thinker.core.rewards import SampleReward, SampleVerdict
 
 
@@ -42,6 +44,18 @@ class RolloutRecord:
     think_reward: float | None = None
     total: float | None = None
     advantage: float | None = None
+
+    @classmethod
+    def of(cls, step: int, question: AudioQuestion, index: int, sample, parsed: Parsed, correct: bool, letters: bool):
+        """The record of sample `index` of a question's group (`sample`: the engine's text, token ids, finish)."""
+        q = question
+        return cls(
+            step=step, group=q.id, sample=index, question_id=q.id, audio_path=str(q.audio_path),
+            difficulty=q.difficulty, category=q.task, question=q.question, choices=q.choices, answer=q.answer,
+            letters=letters, response=sample.text, num_tokens=len(sample.token_ids),
+            finish_reason=sample.finish_reason, mode=parsed.mode, think=parsed.think, answer_text=parsed.answer,
+            correct=correct,
+        )  # fmt: skip
 
     def verdict(self) -> SampleVerdict:
         return SampleVerdict(self.mode, self.correct, self.group, self.consistency, self.think_quality)

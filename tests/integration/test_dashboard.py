@@ -58,34 +58,12 @@ def metric_lines(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from audio_thinker.app.synthetic import write_synthetic_dataset
-
-    out = tmp_path_factory.mktemp("data")
-    write_synthetic_dataset(out, n=24, seed=0, split="train")
-    write_synthetic_dataset(out, n=4, seed=0, split="eval")
-    return out
-
-
-@pytest.fixture(scope="module")
-def live_run(tiny_models, warm_policy, synthetic, tmp_path_factory):
+def live_run(tiny_run, tmp_path_factory):
     """`audio-thinker train` of STEPS steps writing runs/live, in its own process group (ended by pgid)."""
     work = tmp_path_factory.mktemp("dashboard")
     run = work / "runs" / "live"
     log = work / "train.log"
-    args = [
-        f"model.policy_path={warm_policy}",
-        f"model.judge_path={tiny_models['qwen3_judge']}",
-        f"data.train_manifest={synthetic / 'train.jsonl'}",
-        f"data.eval_manifest={synthetic / 'eval.jsonl'}",
-        f"data.audio_root={synthetic}",
-        f"run.output_dir={run}",
-        f"run.total_steps={STEPS}",
-        "run.questions_per_step=2",
-        "run.eval_limit=2",
-        "rollout.max_new_tokens=24",
-        "trainer.micro_batch_size=16",
-    ]
+    args = tiny_run(run, STEPS)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
     with log.open("w") as out:
         proc = subprocess.Popen(

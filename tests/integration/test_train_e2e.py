@@ -60,24 +60,6 @@ TERMS = {
 }
 
 
-def overrides(tiny: dict[str, Path], policy: Path, data: Path, out: Path, steps: int) -> list[str]:
-    return [
-        f"model.policy_path={policy}",
-        f"model.judge_path={tiny['qwen3_judge']}",
-        f"data.train_manifest={data / 'train.jsonl'}",
-        f"data.eval_manifest={data / 'eval.jsonl'}",
-        f"data.audio_root={data}",
-        "data.synthetic_train_size=24",
-        "data.synthetic_eval_size=6",
-        f"run.output_dir={out}",
-        f"run.total_steps={steps}",
-        "run.questions_per_step=2",
-        "run.eval_limit=4",
-        "rollout.max_new_tokens=24",
-        "trainer.micro_batch_size=16",
-    ]
-
-
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -111,16 +93,6 @@ def check_step_dump(run: Path, step: int, total_steps: int, metrics: dict, rows_
     assert math.isclose(metrics["gamma_no_think"], math.exp(-(1 - metrics["think_rate"]) * s))
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> Path:
-    from audio_thinker.app.synthetic import write_synthetic_dataset
-
-    out = tmp_path_factory.mktemp("data")
-    write_synthetic_dataset(out, n=24, seed=0, split="train")
-    write_synthetic_dataset(out, n=6, seed=0, split="eval")
-    return out
-
-
 STEPS = 4
 # What the resumed job must reproduce exactly (timings and sync sizes may differ).
 COMPARED = (
@@ -140,12 +112,12 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_models, warm_policy, synthetic, tmp_path_factory) -> Path:
+def uninterrupted(tiny_run, tmp_path_factory) -> Path:
     """One in-process run of STEPS steps through every real part; the reference for the resumed job below."""
     from audio_thinker.app.driver import run_training
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    config = load_config(None, [*overrides(tiny_models, warm_policy, synthetic, out, steps=STEPS), "run.eval_limit=2"])
+    config = load_config(None, tiny_run(out, STEPS))
     assert run_training(config) == out
     return out
 
@@ -265,13 +237,11 @@ def status(address: str, job_id: str) -> str:
 
 
 @pytest.mark.timeout(1800)
-def test_ray_job_submit_killed_after_step_2_then_resumed(
-    ray_cluster, tiny_models, warm_policy, synthetic, uninterrupted, tmp_path
-):
+def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_run, uninterrupted, tmp_path):
     """The resumed job names only the run directory: the saved config (T, seed, variant, paths) is the run."""
     address, env = ray_cluster
     out = tmp_path / "run"
-    args = overrides(tiny_models, warm_policy, synthetic, out, steps=STEPS) + ["run.eval_limit=2"]
+    args = tiny_run(out, STEPS)
 
     first = f"audio-thinker-{os.getpid()}-first"
     job(
