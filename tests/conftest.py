@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,32 @@ def tiny_run(tiny_models, warm_policy, synthetic):
         ]
 
     return overrides
+
+
+CLI_RUN_STEPS = 4
+
+
+@pytest.fixture(scope="session")
+def cli_run(tiny_run, tmp_path_factory):
+    """One `audio-thinker train` of CLI_RUN_STEPS tiny steps as a subprocess (own process group, ended by pgid),
+    started once per session: the dashboard tests watch it while it writes, the end-to-end tests check what it
+    wrote and resume a killed copy of it. Yields (run directory, process, console log)."""
+    work = tmp_path_factory.mktemp("cli-run")
+    run, log = work / "runs" / "live", work / "train.log"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(bin_dir / "audio-thinker"), "train", *tiny_run(run, CLI_RUN_STEPS)],
+            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield run, proc, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

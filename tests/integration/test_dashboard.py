@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import uvicorn
 
 from audio_thinker.app.dashboard.server import create_app
+from conftest import CLI_RUN_STEPS
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="make browser installs Playwright")
 CHROMIUM = shutil.which("chromium")
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="mak
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STEPS = 5
+STEPS = CLI_RUN_STEPS
 GROUP = 8
 TERMS = ("format", "accuracy", "consistency_reward", "think_reward", "total", "advantage")
 SHOTS = os.environ.get("AUDIO_THINKER_SCREENSHOTS")
@@ -58,32 +58,9 @@ def metric_lines(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def live_run(tiny_run, tmp_path_factory):
-    """`audio-thinker train` of STEPS steps writing runs/live, in its own process group (ended by pgid)."""
-    work = tmp_path_factory.mktemp("dashboard")
-    run = work / "runs" / "live"
-    log = work / "train.log"
-    args = tiny_run(run, STEPS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "audio-thinker"), "train", *args],
-            cwd=work,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield run, proc, log
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+def live_run(cli_run):
+    """The suite's `audio-thinker train` subprocess (tests/conftest.py), still writing while these tests run."""
+    return cli_run
 
 
 @pytest.fixture(scope="module")

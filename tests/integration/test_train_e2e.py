@@ -1,8 +1,11 @@
 """End-to-end tiny training on CPU through every real component: Ray actors, vLLM rollout workers (CPU build),
 the DeepSpeed trainer group, the reference actor and the HTTP judge actor.
 
-One in-process run of 3 steps; then, on a `ray start --head` cluster on loopback, a `ray job submit` run of 4
-steps that is stopped after step 2 (the driver is killed) and resumed by a second submission.
+The suite's `audio-thinker train` run of 4 steps (the `cli_run` fixture, which the dashboard tests watch while
+it writes) is checked step by step against `audio-thinker rewards` and exported again; then, on a
+`ray start --head` cluster on loopback, a `ray job submit` run of the same config is stopped after step 2 (the
+driver is killed) and resumed by a second submission that names only the run directory: its steps equal the
+uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from audio_thinker.app.rescore import rescore_records
 from audio_thinker.core.presets import load_config
+from conftest import CLI_RUN_STEPS
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +97,7 @@ def check_step_dump(run: Path, step: int, total_steps: int, metrics: dict, rows_
     assert math.isclose(metrics["gamma_no_think"], math.exp(-(1 - metrics["think_rate"]) * s))
 
 
-STEPS = 4
+STEPS = CLI_RUN_STEPS
 # What the resumed job must reproduce exactly (timings and sync sizes may differ).
 COMPARED = (
     "think_rate",
@@ -112,17 +116,15 @@ COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_run, tmp_path_factory) -> Path:
-    """One in-process run of STEPS steps through every real part; the reference for the resumed job below."""
-    from audio_thinker.app.driver import run_training
-
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    config = load_config(None, tiny_run(out, STEPS))
-    assert run_training(config) == out
-    return out
+def uninterrupted(cli_run) -> Path:
+    """The suite's `audio-thinker train` run of STEPS steps (tests/conftest.py), once it has finished: the
+    reference for the resumed job below."""
+    run, proc, log = cli_run
+    assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
+    return run
 
 
-def test_in_process_run(uninterrupted, tmp_path):
+def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_path):
     from audio_thinker.app.export import export_run
 
     out = uninterrupted
