@@ -31,7 +31,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def warm_policy(tmp_path_factory) -> Path:
-    """The tiny Qwen2-Audio after the CPU demo's format warm-up (configs/tiny-cpu.yaml): it writes valid think
+    """The tiny Qwen2-Audio after the CPU demo's format warm-up (the built-in defaults): it writes valid think
     and no_think responses, so rewards, the judge and GRPO have something to work on."""
     from audio_thinker.app.tiny import make_tiny_models
     from audio_thinker.core.presets import load_config
