@@ -181,6 +181,7 @@ def test_the_audio_element_loads_the_clip(page):
              if (a.readyState >= 1) return ok(a.duration);
              a.addEventListener('loadedmetadata', () => ok(a.duration));
              a.addEventListener('error', () => fail(new Error('audio error ' + (a.error && a.error.code))));
+             a.preload = 'metadata';  // the page loads no clip until asked (preload=none)
              a.load();
            })"""
     )
