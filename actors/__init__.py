@@ -1,2 +1,2 @@
-"""Ray actors that host the parts in processes with declared resources: trainer group, reference model,
-rollout workers, judge server."""
+"""Ray actors with declared resources, all on one generic `ActorGroup`: the policy trainer group, the reference
+model, the rollout workers, the judge server, and the trainer -> worker weight sync."""

@@ -1,0 +1,1 @@
+"""The application layer: the `audio-thinker` commands and what they run (driver, evaluation, dashboard, tools)."""

@@ -1,0 +1,1 @@
+"""The bottom layer: what every other package shares; it imports neither Ray, DeepSpeed nor vLLM."""
