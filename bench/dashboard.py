@@ -2,8 +2,9 @@
 (target < 2 s) and the rollout browser of one step (target < 1 s), on whatever cores this machine has.
 
 "server" is the HTTP request alone (the run page's data is its metrics endpoint); "browser" is headless
-chromium from navigation until the charts of the first screen are drawn (the others follow one per frame:
-"all charts") or the page has loaded (rollout browser). "cold" is the first request of a fresh dashboard
+chromium from navigation until every series is on screen as a plain SVG preview ("first paint", before
+plotly has loaded), until the interactive plotly charts of the first screen are drawn ("first screen"; the
+others follow one per frame: "all charts") or until the page has loaded (rollout browser). "cold" is the first request of a fresh dashboard
 process, which parses the files, in a browser with an empty cache (plotly.min.js is 4.8 MB); "warm" a repeat.
 
     python bench/dashboard.py [--steps 1000] [--questions 16] [--group 8] [--out DIR]
@@ -66,6 +67,8 @@ def browser_times(base: str, run_url: str, rollout_url: str) -> dict[str, float]
         for label in ("cold", "warm"):
             start = time.perf_counter()
             page.goto(run_url)
+            page.wait_for_function("document.body.dataset.painted === '1'", timeout=60_000)
+            out[f"run page, first paint ({label})"] = time.perf_counter() - start
             page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
             out[f"run page, first screen ({label})"] = time.perf_counter() - start
             page.wait_for_function("document.body.dataset.complete === '1'", timeout=60_000)

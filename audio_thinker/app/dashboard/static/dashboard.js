@@ -1,5 +1,7 @@
 // Charts of the dashboard (plotly.min.js, served by the dashboard itself). The run page polls
-// /api/runs/<run>/metrics?since=<last step> and appends only the new points.
+// /api/runs/<run>/metrics?since=<last step> and appends only the new points. plotly (4.8 MB) loads
+// asynchronously: until it is ready the run page shows the same series as plain SVG lines (body[data-painted]),
+// then the interactive charts replace them (body[data-ready]).
 "use strict";
 
 const LAYOUT = {
@@ -66,6 +68,51 @@ function showStatus(data) {
     }));
     box.hidden = data.warnings.length === 0;
   }
+}
+
+// Runs fn once plotly.min.js has run; the script is added on the first call, after the next paint, so that
+// what is already on the page shows before the browser spends seconds compiling it.
+let plotlyScript = null;
+function whenPlotly(fn) {
+  if (window.Plotly) return fn();
+  if (!plotlyScript) {
+    plotlyScript = document.createElement("script");
+    plotlyScript.src = "/static/plotly.min.js";
+    requestAnimationFrame(() => setTimeout(() => document.head.appendChild(plotlyScript), 0));
+  }
+  plotlyScript.addEventListener("load", () => fn(), { once: true });
+}
+
+// A static preview of a panel: one SVG polyline per series, with the title, the y range and the names.
+function previewSVG(panel, series) {
+  const W = 600, H = 260, L = 46, R = 10, T = 28, B = 40;
+  const lines = panel.traces.map((t, i) => ({ t, s: series[t.key], color: COLORS[i % COLORS.length] }))
+    .filter(l => l.s && l.s.x.length);
+  const xs = lines.flatMap(l => l.s.x), ys = lines.flatMap(l => l.s.y).filter(v => v !== null);
+  const esc = v => String(v).replace(/[&<>"]/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+  let body = `<text x="12" y="18" font-size="13">${esc(panel.title)}</text>`;
+  if (xs.length && ys.length) {
+    const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+    const sx = v => L + (x1 > x0 ? (v - x0) / (x1 - x0) : 0.5) * (W - L - R);
+    const sy = v => T + (y1 > y0 ? 1 - (v - y0) / (y1 - y0) : 0.5) * (H - T - B);
+    for (const l of lines) {
+      const pts = l.s.x.map((x, k) => (l.s.y[k] === null ? "" : `${sx(x).toFixed(1)},${sy(l.s.y[k]).toFixed(1)}`));
+      body += `<polyline fill="none" stroke="${l.color}" stroke-width="1.5" points="${pts.join(" ")}"/>`;
+    }
+    body += `<text x="4" y="${T + 4}" font-size="10">${esc(y1.toPrecision(3))}</text>`;
+    body += `<text x="4" y="${H - B}" font-size="10">${esc(y0.toPrecision(3))}</text>`;
+    body += `<text x="${L}" y="${H - B + 14}" font-size="10">${esc(x0)}</text>`;
+    body += `<text x="${W - R}" y="${H - B + 14}" font-size="10" text-anchor="end">${esc(x1)}</text>`;
+  }
+  body += lines.map((l, i) => `<text x="${L + i * 110}" y="${H - 8}" font-size="11" fill="${l.color}">` +
+    `${esc(shortName(l.t.key))}</text>`).join("");
+  return `<svg viewBox="0 0 ${W} ${H}" width="100%" role="img" aria-label="${esc(panel.title)}">${body}</svg>`;
+}
+
+function previewPanels(container, panels, series) {
+  container.replaceChildren();
+  for (const panel of panels) chartDiv(container, "chart-" + panel.id).innerHTML = previewSVG(panel, series);
+  document.body.dataset.painted = "1";
 }
 
 async function getJSON(url) {
@@ -137,14 +184,15 @@ function runPage(run, pollMs) {
         first = data.series;
         // few steps: whole-step ticks (a run has no step 1.5); plotly picks its own spacing later on
         const ticks = (data.total_steps || data.last_step) <= 20 ? { dtick: 1 } : {};
-        drawPanels(container, data.panels, data.series, ticks);
+        if (!window.Plotly) previewPanels(container, data.panels, data.series);
+        await new Promise(done => whenPlotly(() => { drawPanels(container, data.panels, data.series, ticks); done(); }));
       } else {
         append(data);
       }
       generation = data.generation; keys = newKeys; last = data.last_step;
       showStatus(data);
       document.body.dataset.lastStep = String(last);
-      document.body.dataset.ready = "1";
+      document.body.dataset.painted = document.body.dataset.ready = "1";
       if (data.state === "gone") return;
     } catch (err) {
       console.warn(err);
