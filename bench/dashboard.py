@@ -4,8 +4,9 @@
 "server" is the HTTP request alone (the run page's data is its metrics endpoint); "browser" is headless
 chromium from navigation until every series is on screen as a plain SVG preview ("first paint", before
 plotly has loaded), until the interactive plotly charts of the first screen are drawn ("first screen"; the
-others follow one per frame: "all charts") or until the page has loaded (rollout browser). "cold" is the first request of a fresh dashboard
-process, which parses the files, in a browser with an empty cache (plotly.min.js is 4.8 MB); "warm" a repeat.
+others follow one per frame: "all charts") or until the page has loaded (rollout browser). "cold" is the
+first request of a fresh dashboard process, which parses the files, in a browser with an empty cache
+(plotly.min.js is 4.8 MB); "warm" a repeat.
 
     python bench/dashboard.py [--steps 1000] [--questions 16] [--group 8] [--out DIR]
 
