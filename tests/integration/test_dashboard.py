@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright import sync_api
 
 from audio_thinker.app.dashboard.server import create_app
 from conftest import CLI_RUN_STEPS
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="make browser installs Playwright")
 CHROMIUM = shutil.which("chromium")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="make browser installs chromium")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -81,6 +81,8 @@ def dashboard(live_run):
 
 @pytest.fixture(scope="module")
 def page(dashboard):
+    # `make test` installs both (make browser); a missing browser is a failure, never a silent skip.
+    assert CHROMIUM is not None, "Debian's chromium is not installed: run `make browser`"
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         context = browser.new_context(base_url=dashboard, viewport={"width": 1400, "height": 900})
