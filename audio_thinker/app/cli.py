@@ -21,6 +21,7 @@ from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_p
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.run_dir import default_output_dir
+from audio_thinker.app.table1.options import AblateOptions, ReportOptions, add_table1_parsers
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
 from audio_thinker.core.log import quiet_console, setup_logging
@@ -117,6 +118,24 @@ def _train(args: argparse.Namespace) -> int:
     run_training(config, actor_logs=actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    options = model_from_args(AblateOptions, args)
+    from audio_thinker.app.table1.ablate import run_ablation  # Ray: loaded only when this command runs
+
+    out = run_ablation(options, args.overrides)
+    print(f"ablation finished: {out / 'table1.md'} (and table1.json, the runs in {out})")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    options = model_from_args(ReportOptions, args)
+    from audio_thinker.app.table1.report import write_report  # matplotlib: loaded only when this command runs
+
+    for path in write_report([Path(r) for r in options.runs], options.out):
+        print(path)
     return 0
 
 
@@ -239,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
     p.set_defaults(func=_train)
+
+    ablate, report = add_table1_parsers(sub, parents=[common])
+    ablate.set_defaults(func=_ablate)
+    report.set_defaults(func=_report)
 
     p = sub.add_parser(
         "export",

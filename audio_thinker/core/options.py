@@ -5,8 +5,10 @@ and help are written once (in the model) and argparse and validation cannot drif
     options = model_from_args(ServeOptions, parser.parse_args())   # OptionError: "--max-items: ..."
 
 A field `max_items` becomes `--max-items`; `Literal` fields get their values as `choices`; a bool field is a
-flag (`--x`, or `--no-x` when it defaults to True); `int | None` and the like parse the inner type; a field
-without a default is a required option. Each help text is the field's description plus its default.
+flag (`--x`, or `--no-x` when it defaults to True); `int | None` and the like parse the inner type; a
+`list[str]` field is an option given once per value (`--bench a=1 --bench b=2`: no `nargs`, so it cannot
+swallow a command's positional arguments); a field without a default is a required option. Each help text
+is the field's description plus its default.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def _argument(model: type[BaseModel], name: str, field: FieldInfo, required: boo
         else:
             kwargs.update(action="store_true", help=f"{described} (default: off)")
         return flag, kwargs
-    if get_origin(kind) is Literal:
+    if get_origin(kind) is list and get_args(kind)[0] in _SCALARS:
+        # None, not the model's default: argparse would append to a copy of it ([1] + --x 2 = [1, 2]).
+        kwargs.update(action="append", type=get_args(kind)[0], default=None)
+    elif get_origin(kind) is Literal:
         choices = get_args(kind)
         kwargs.update(choices=choices, type=type(choices[0]))
     elif kind in _SCALARS:
@@ -114,12 +119,13 @@ def format_option_error(exc: ValidationError) -> str:
 def model_from_args(model: type[M], namespace: argparse.Namespace) -> M:
     """Build `model` from the parsed options (other attributes of the namespace are ignored).
 
-    A field without a default that was not given (None) is reported as a required option. Raises OptionError.
+    A field without a default that was not given (None) is reported as a required option; a list option not
+    given takes the model's default. Raises OptionError.
     """
-    values = {
+    values = {  # None: not given (a list option, a required one), so the model's default or its error applies
         name: getattr(namespace, name)
-        for name, field in model.model_fields.items()
-        if hasattr(namespace, name) and not (field.is_required() and getattr(namespace, name) is None)
+        for name in model.model_fields
+        if getattr(namespace, name, None) is not None
     }
     try:
         return model(**values)

@@ -100,7 +100,20 @@ def test_not_required_leaves_missing_fields_to_validation():
 
 def test_a_type_without_an_option_is_refused():
     class Odd(BaseModel):
-        items: list[int] = Field(default_factory=list, description="A list.")
+        items: dict[str, int] = Field(default_factory=dict, description="A mapping.")
 
     with pytest.raises(TypeError, match=r"Odd\.items: no command-line option for the type"):
         parser_for(Odd)
+
+
+def test_a_list_field_is_an_option_given_once_per_value():
+    class Many(BaseModel):
+        files: list[str] = Field(default_factory=list, description="Files.")
+        sizes: list[int] = Field([1], description="Sizes.")
+
+    parser = parser_for(Many)
+    assert model_from_args(Many, parser.parse_args([])) == Many(files=[], sizes=[1])
+    got = model_from_args(Many, parser.parse_args(["--files", "a=1", "--files", "b", "--sizes", "2"]))
+    assert got == Many(files=["a=1", "b"], sizes=[2])  # the values given replace the default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sizes", "x"])

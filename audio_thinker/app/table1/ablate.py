@@ -1,0 +1,170 @@
+"""`audio-thinker ablate`: rows of the paper's Table 1 as separate runs, each evaluated, then the table.
+
+    OUT/
+      <row>/              the row's run directory (`audio-thinker train`; a base row has only its evaluations)
+        row.json          which row it is, the policy evaluated and the prompt it is evaluated with
+        eval/<bench>/     `audio-thinker eval` output (results.json, report.md, predictions.json, ablate.json)
+      table1.md, table1.json, figure2_<bench>.png      (report.py)
+
+Every row's config is built and validated before the first run starts. A rerun with the same OUT skips a
+finished training and an evaluation already done with the same arguments, and resumes an unfinished
+training (`train --resume`, which refuses a run-defining change).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.table1.jobs import run_command
+from audio_thinker.app.table1.options import AblateOptions, BenchFile
+from audio_thinker.app.table1.report import ROW_FILE, write_report
+from audio_thinker.app.table1.rows import ROW_KEYS, Row, rows
+from audio_thinker.core.config import Config
+from audio_thinker.core.log import get_logger
+from audio_thinker.core.options import OptionError
+from audio_thinker.core.presets import ConfigError, load_config
+
+log = get_logger(__name__)
+# The held-out split's layout -> the benchmark layout `eval` reads it as.
+BENCH_OF_FORMAT = {"avqa": "synthetic", "mmau": "mmau", "mmar": "mmar", "air": "air"}
+EVAL_RECORD = "ablate.json"
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    row: Row
+    dir: Path
+    config: Config  # the row's training config (a base row: the preset's, for its policy and prompt settings)
+    train_args: list[str] | None  # `audio-thinker train` arguments; None: nothing to train (a base row)
+
+    @property
+    def policy(self) -> Path:
+        return self.dir / "final" if self.train_args is not None else Path(self.config.model.policy_path).resolve()
+
+
+def _absolute(preset: str | None) -> list[str]:
+    """`--config` of the runs: a file becomes an absolute path (a Ray job runs elsewhere), a name stays."""
+    if preset is None:
+        return []
+    return ["--config", str(Path(preset).resolve()) if Path(preset).is_file() else preset]
+
+
+def _check_rows(names: list[str], family: str) -> list[Row]:
+    table = rows()
+    picked = []
+    for name in names:
+        if name not in table:
+            close = difflib.get_close_matches(name, table, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise OptionError(f"--rows: unknown row {name!r}{hint} (rows: {', '.join(table)})")
+        row = table[name]
+        if row.family != family:
+            own = ", ".join(r.name for r in table.values() if r.family == family)
+            raise OptionError(
+                f"--rows: {name} is a {row.family} row but the config trains model.family={family} (its rows: {own}); "
+                f"use the {row.family} preset, or on the tiny run add model.family={row.family} "
+                f"model.policy_path=artifacts/tiny/{row.family}"
+            )
+        if row.kind == "sft":
+            raise OptionError(f"--rows: {name} is an SFT baseline ({row.method}), which `ablate` cannot train yet")
+        picked.append(row)
+    return picked
+
+
+def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, list[BenchFile], list[RowPlan]]:
+    """Every row's run directory and validated config, and the benchmarks; raises before anything runs."""
+    clash = sorted({o.split("=", 1)[0] for o in overrides} & set(ROW_KEYS))
+    if clash:
+        raise OptionError(f"override {', '.join(clash)}: set by each row of Table 1 (remove it, or run `train`)")
+    if any(o.split("=", 1)[0] in ("run.output_dir", "run.name", "run.resume") for o in overrides):
+        raise OptionError("overrides run.output_dir / run.name / run.resume: ablate sets them (use --out)")
+    base = load_config(options.preset, overrides)
+    out = Path(options.out or f"runs/ablate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    benches = options.benchmarks()
+    if not benches:
+        if base.data.eval_manifest is None:
+            raise OptionError("no --bench and the config has no data.eval_manifest: nothing to evaluate the rows on")
+        benches = [BenchFile(bench=BENCH_OF_FORMAT[base.data.eval_format], data=base.data.eval_manifest)]
+    plans = []
+    for row in _check_rows(options.rows, base.model.family):
+        folder = out / row.name
+        if row.kind == "base":
+            plans.append(RowPlan(row, folder, base, None))
+            continue
+        run_keys = [*row.overrides, *overrides, f"run.output_dir={folder}", f"run.name={row.name}"]
+        try:
+            config = load_config(options.preset, run_keys)
+        except ConfigError as exc:
+            raise ConfigError(f"row {row.name}: {exc}") from None
+        plans.append(RowPlan(row, folder, config, ["train", *_absolute(options.preset), *run_keys]))
+    return out, benches, plans
+
+
+def _finished(run: Path) -> bool:
+    status = run / "status.json"
+    return status.is_file() and json.loads(status.read_text())["state"] == "finished" and (run / "final").is_dir()
+
+
+def _eval_args(plan: RowPlan, bench: BenchFile, options: AblateOptions) -> list[str]:
+    c = plan.config
+    args = [
+        "eval", "--model", str(plan.policy), "--bench", bench.bench, "--data", str(Path(bench.data).resolve()),
+        "--out", str(plan.dir / "eval" / bench.bench), "--prompt", plan.row.prompt_mode,
+        "--engine", options.eval_engine, "--max-new-tokens", str(c.rollout.max_new_tokens), "--dtype", c.model.dtype,
+    ]
+    if options.eval_limit is not None:
+        args += ["--limit", str(options.eval_limit)]
+    if c.prompt.letter_choices:
+        args.append("--letter-choices")
+    if c.prompt.template_file is not None:
+        args += ["--template-file", str(Path(c.prompt.template_file).resolve())]
+    if bench.data == c.data.eval_manifest:  # the held-out split: its audio paths are relative to data.audio_root
+        args += ["--audio-root", str(Path(c.data.audio_root).resolve())]
+    return args
+
+
+def _run(plan: RowPlan, what: str, args: list[str]) -> None:
+    code = run_command(args)
+    if code != 0:
+        raise TrainingError(
+            f"row {plan.row.name}: {what} failed (exit code {code}; run directory {plan.dir}); "
+            "rerun the same `audio-thinker ablate` command to continue from there"
+        )
+
+
+def run_row(plan: RowPlan, benches: list[BenchFile], options: AblateOptions) -> None:
+    """Train the row (unless done), then evaluate it on each benchmark (unless done with the same arguments)."""
+    plan.dir.mkdir(parents=True, exist_ok=True)
+    record = {"row": plan.row.name, "family": plan.row.family, "method": plan.row.method,
+              "policy": str(plan.policy), "prompt": plan.row.prompt_mode}
+    (plan.dir / ROW_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if plan.train_args is not None:
+        if _finished(plan.dir):
+            log.info("row %s: training finished before, kept (%s)", plan.row.name, plan.dir)
+        else:
+            resume = ["--resume"] if (plan.dir / "config.yaml").is_file() else []
+            _run(plan, "training", [*plan.train_args, *resume])
+    for bench in benches:
+        args = _eval_args(plan, bench, options)
+        done = plan.dir / "eval" / bench.bench / EVAL_RECORD
+        if done.is_file() and json.loads(done.read_text()) == args:
+            log.info("row %s: %s evaluated before with the same arguments, kept", plan.row.name, bench.bench)
+            continue
+        _run(plan, f"evaluation on {bench.bench}", args)
+        done.write_text(json.dumps(args) + "\n")
+
+
+def run_ablation(options: AblateOptions, overrides: list[str]) -> Path:
+    """The whole command: plan (every check first), the trained rows, then the base rows, then the table."""
+    out, benches, plans = plan_ablation(options, overrides)
+    log.info("ablation of %s into %s, evaluated on %s", ", ".join(p.row.name for p in plans), out,
+             ", ".join(b.bench for b in benches))
+    for plan in sorted(plans, key=lambda p: p.train_args is None):  # a base row's tiny policy is built by a run
+        run_row(plan, benches, options)
+    write_report([p.dir for p in plans], out)
+    return out

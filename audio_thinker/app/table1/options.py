@@ -1,0 +1,109 @@
+"""The options of `audio-thinker ablate` and `audio-thinker report`, typed; the parsers derive from them.
+
+Light to import (no torch, no Ray): the rows, the benchmark files and every row's config are checked
+before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from audio_thinker.core.options import OptionError, add_model_arguments
+from audio_thinker.core.vocab import BENCHMARKS, Benchmark, EngineName
+
+
+class BenchFile(BaseModel):
+    """One benchmark to evaluate every row on: its layout and its file."""
+
+    bench: Benchmark
+    data: str
+
+    @classmethod
+    def parse(cls, text: str) -> BenchFile:
+        name, sep, data = text.partition("=")
+        if not sep or not data:
+            raise OptionError(f"--bench {text!r}: expected NAME=FILE, e.g. mmau=/data/mmau-test-mini.json")
+        if name not in BENCHMARKS:
+            raise OptionError(f"--bench {text!r}: unknown benchmark {name!r} (one of {', '.join(BENCHMARKS)})")
+        return cls(bench=name, data=data)
+
+
+class AblateOptions(BaseModel):
+    """Train and evaluate rows of the paper's Table 1, then write table1.md / table1.json beside the paper's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str | None = Field(
+        None, description="Config (YAML file or preset name) every row starts from (none: the embedded tiny run)."
+    )
+    rows: list[str] = Field(
+        description="Comma-separated rows of Table 1: grpo-a,grpo-b,model-a,model-b,model-c (Qwen2-Audio), "
+        "grpo-c,grpo-d,model-d,model-e,model-f (Qwen2.5-Omni), the base models qwen2-audio-base / "
+        "qwen2.5-omni-base."
+    )
+    out: str | None = Field(None, description="Output folder, one run directory per row (none: runs/ablate-<time>).")
+    bench: list[str] = Field(
+        default_factory=list,
+        description="Benchmarks as NAME=FILE (mmau=, mmar=, air=, synthetic=) every row is evaluated on "
+        "(none: the config's held-out split, data.eval_manifest).",
+    )
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate the first N questions of each benchmark only.")
+    eval_engine: EngineName = Field("transformers", description="Generation engine of the evaluations.")
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _split_rows(cls, value: object) -> object:
+        """`--rows a,b`, `--rows a b` and a YAML list alike."""
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            value = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+            if not value:
+                raise ValueError("name at least one row")
+        return value
+
+    def benchmarks(self) -> list[BenchFile]:
+        """The --bench values parsed and checked (each file exists)."""
+        parsed = [BenchFile.parse(text) for text in self.bench]
+        for b in parsed:
+            if not Path(b.data).is_file():
+                raise FileNotFoundError(f"--bench {b.bench}={b.data}: not a file")
+        return parsed
+
+
+class ReportOptions(BaseModel):
+    """Table 1 and the no-think-rate figure from finished runs and their evaluations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[str] = Field(
+        description="Run directories (a row each: its row.json from `ablate`, else its config.yaml), with "
+        "evaluations under DIR/eval/<bench>/results.json."
+    )
+    out: str = Field(description="Folder to write table1.md, table1.json and the figures into.")
+
+
+def add_table1_parsers(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()):
+    """`ablate` (options from AblateOptions plus config overrides) and `report` (from ReportOptions)."""
+    ablate = subparsers.add_parser(
+        "ablate",
+        parents=list(parents),
+        help="train and evaluate rows of the paper's Table 1; writes table1.md / table1.json (docs/ablations.md)",
+        description="Each row is one `audio-thinker train` run (a Ray job when RAY_ADDRESS is set, else a local "
+        "process, one after the other) and one `audio-thinker eval` per benchmark; a rerun with the same --out "
+        "skips what is done. Overrides apply to every row, e.g. run.total_steps=100.",
+    )
+    add_model_arguments(ablate, AblateOptions)
+    ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    report = subparsers.add_parser(
+        "report",
+        parents=list(parents),
+        help="Table 1 and the no-think-rate-by-difficulty figure from finished runs (docs/ablations.md)",
+        description=ReportOptions.__doc__,
+    )
+    add_model_arguments(report, ReportOptions)
+    return ablate, report

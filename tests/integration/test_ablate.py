@@ -1,0 +1,83 @@
+"""`audio-thinker ablate` end to end on the tiny run: two rows of Table 1 trained (one step each) and evaluated,
+the table written beside the paper's numbers; a rerun keeps what is done; `report` rebuilds the same table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from audio_thinker.app.table1.rows import rows
+from audio_thinker.core.presets import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = ("grpo-a", "model-c")
+# Two tiny training runs and four evaluations in the fixture (and the session's tiny models, when first).
+pytestmark = pytest.mark.timeout(1200)
+
+
+def audio_thinker(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)  # local runs, one after the other
+    return subprocess.run(
+        [str(bin_dir / "audio-thinker"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def ablation(tiny_run, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ablate")
+    overrides = [o for o in tiny_run(work, 1) if not o.startswith("run.output_dir=")]
+    args = ["ablate", "--rows", ",".join(ROWS), "--out", str(work / "out"), "--eval-limit", "4", *overrides]
+    first = audio_thinker(args, work, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return work, args, first
+
+
+def test_each_row_is_a_finished_run_of_its_reward_variant(ablation):
+    work, _, _ = ablation
+    for name, variant, mode in (("grpo-a", "grpo", "no_think"), ("model-c", "atar_cr_tr", "adaptive")):
+        run = work / "out" / name
+        assert json.loads((run / "status.json").read_text())["state"] == "finished"
+        config = load_config(str(run / "config.yaml"))
+        assert (config.reward.variant, config.prompt.mode, config.run.total_steps) == (variant, mode, 1)
+        assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+        predictions = json.loads((run / "eval" / "synthetic" / "predictions.json").read_text())
+        assert len(predictions) == 4  # --eval-limit
+
+
+def test_the_table_holds_each_rows_evaluation_beside_the_papers_numbers(ablation):
+    work, _, _ = ablation
+    table = json.loads((work / "out" / "table1.json").read_text())
+    assert [e["row"] for e in table["rows"]] == list(ROWS)
+    md = (work / "out" / "table1.md").read_text()
+    for entry in table["rows"]:
+        results = json.loads((work / "out" / entry["row"] / "eval" / "synthetic" / "results.json").read_text())
+        assert entry["ours"]["synthetic"]["average"] == results["total"]["accuracy"]
+        assert entry["no_think_rate"]["synthetic"]["all"] == results["no_think_rate"]["total"]
+        assert entry["paper"] == rows()[entry["row"]].paper
+        mmau = entry["paper"]["mmau"]
+        assert f"| paper | {mmau['sound']:.2f} | {mmau['music']:.2f} |" in md
+    # grpo-a is trained and evaluated answer-only: it never thinks.
+    assert table["rows"][0]["no_think_rate"]["synthetic"]["all"] in (100.0, None)
+    assert (work / "out" / "figure2_synthetic.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_rerun_keeps_what_is_done_and_report_rebuilds_the_table(ablation):
+    work, args, _ = ablation
+    final = work / "out" / "grpo-a" / "final"
+    before = {p: p.stat().st_mtime_ns for p in final.iterdir()}
+    again = audio_thinker(args, work, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("training finished before, kept") == 2
+    assert again.stderr.count("evaluated before with the same arguments, kept") == 2
+    assert {p: p.stat().st_mtime_ns for p in final.iterdir()} == before
+    report = audio_thinker(["report", "--runs", *(str(work / "out" / r) for r in ROWS), "--out", str(work / "rep")],
+                           work, timeout=120)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (work / "rep" / "table1.json").read_text() == (work / "out" / "table1.json").read_text()
