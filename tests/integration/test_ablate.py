@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +22,19 @@ pytestmark = pytest.mark.timeout(1200)
 
 
 def audio_thinker(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    """The command in its own process group, ended as a group on a timeout (its runs start Ray and engines)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)  # local runs, one after the other
-    return subprocess.run(
-        [str(bin_dir / "audio-thinker"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.Popen([str(bin_dir / "audio-thinker"), *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"audio-thinker {args[0]} ran past {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +42,7 @@ def ablation(tiny_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("ablate")
     overrides = [o for o in tiny_run(work, 1) if not o.startswith("run.output_dir=")]
     args = ["ablate", "--rows", ",".join(ROWS), "--out", str(work / "out"), "--eval-limit", "4", *overrides]
-    first = audio_thinker(args, work, timeout=600)
+    first = audio_thinker(args, work, timeout=1100)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return work, args, first
 
