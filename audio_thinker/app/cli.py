@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
+from audio_thinker.app.data_options import AvqaOptions
 from audio_thinker.app.errors import EvalError, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
@@ -25,7 +26,7 @@ from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import RewardConfig
 from audio_thinker.core.log import quiet_console, setup_logging
 from audio_thinker.core.manifests import DataError
-from audio_thinker.core.options import OptionError, model_from_args
+from audio_thinker.core.options import OptionError, add_model_arguments, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError
 from audio_thinker.core.vocab import INVALID_ACCURACY, VARIANTS
@@ -69,6 +70,19 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
     manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split, overwrite=args.overwrite)
     print(f"wrote {args.n} questions: {manifest}")
+    return 0
+
+
+def _prepare_avqa(args: argparse.Namespace) -> int:
+    from audio_thinker.app.avqa import prepare_avqa  # PyAV: loaded only when this command runs
+
+    report = prepare_avqa(model_from_args(AvqaOptions, args))
+    print(
+        f"wrote {report['rows_written']} of {report['rows']} rows: {report['manifest']} "
+        f"({report['videos_extracted']} videos extracted, {report['videos_already_done']} already done; "
+        f"left out: {report['rows_invalid']} invalid rows, {report['rows_without_audio']} rows of "
+        f"{len(report['failed_videos'])} videos missing / without audio / corrupt, listed in the report)"
+    )
     return 0
 
 
@@ -183,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing split of the same name (default: refuse)"
     )
     p.set_defaults(func=_make_synthetic)
+
+    p = sub.add_parser(
+        "prepare-avqa",
+        parents=[common],
+        help="extract AVQA's audio (16 kHz mono wav) and write the R1-AQA jsonl that training reads",
+        description="Reads AVQA's annotation file (train_qa.json / val_qa.json), extracts each video's audio "
+        "track, writes OUT/SPLIT.jsonl and OUT/SPLIT-report.json (every row left out, and why). A rerun resumes.",
+    )
+    add_model_arguments(p, AvqaOptions)
+    p.set_defaults(func=_prepare_avqa)
 
     p = sub.add_parser(
         "rewards", parents=[common], help="recompute Audio-Thinker rewards and advantages for dumped rollouts"
