@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
-from audio_thinker.app.data_options import AvqaOptions
-from audio_thinker.app.errors import EvalError, TrainingError
+from audio_thinker.app.chat_client import ChatError
+from audio_thinker.app.data_options import AvqaOptions, CotOptions
+from audio_thinker.app.errors import CotError, EvalError, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.resume import record_changes, resume_config
@@ -44,6 +45,8 @@ USER_ERRORS = (
     AudioError,
     TemplateError,
     EvalError,
+    CotError,
+    ChatError,
     JudgeError,
     TrainingError,
     AuthConfigError,
@@ -82,6 +85,18 @@ def _prepare_avqa(args: argparse.Namespace) -> int:
         f"({report['videos_extracted']} videos extracted, {report['videos_already_done']} already done; "
         f"left out: {report['rows_invalid']} invalid rows, {report['rows_without_audio']} rows of "
         f"{len(report['failed_videos'])} videos missing / without audio / corrupt, listed in the report)"
+    )
+    return 0
+
+
+def _make_cot(args: argparse.Namespace) -> int:
+    from audio_thinker.app.cot import make_cot  # torch and the engines: loaded only when this command runs
+
+    report = make_cot(model_from_args(CotOptions, args))
+    print(
+        f"{report['accepted']} of {report['items']} rationales accepted: {report['files']['out']} "
+        f"(rejected {report['rejected']} {report['rejected_by_reason']}, failed requests {report['failed']}; "
+        f"report: {report['files']['report.json']})"
     )
     return 0
 
@@ -207,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(p, AvqaOptions)
     p.set_defaults(func=_prepare_avqa)
+
+    p = sub.add_parser(
+        "make-cot",
+        parents=[common],
+        help="chain-of-thought data: caption every clip with the policy, then ask an OpenAI-compatible endpoint for "
+        "a rationale that ends at the correct answer",
+        description="Step 1 captions every clip of --data with --captioner (greedy, batched); step 2 asks "
+        "--rationale-url for a rationale from caption, question and correct answer. A rationale that does not end "
+        "at the correct answer is rejected and counted. A rerun does only what is missing and retries failed requests.",
+    )
+    add_model_arguments(p, CotOptions)
+    p.set_defaults(func=_make_cot)
 
     p = sub.add_parser(
         "rewards", parents=[common], help="recompute Audio-Thinker rewards and advantages for dumped rollouts"
