@@ -149,6 +149,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sft(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)  # checked before Ray and torch load, as for train
+    if args.resume or config.run.resume:
+        config, changes = resume_config(args.config, args.overrides, args.allow_config_change)
+        record_changes(config.run.output_dir, changes)
+    from audio_thinker.app.sft import run_sft  # torch/Ray/DeepSpeed: loaded only when this command runs
+
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if config.run.output_dir is None:
+        config.run.output_dir = str(default_output_dir(f"sft-{config.run.name}"))
+    run_dir = Path(config.run.output_dir)
+    actor_logs = None if args.verbose else run_dir / "logs"
+    if actor_logs is not None:
+        quiet_console(actor_logs / "driver.log")
+    run_sft(config, actor_logs=actor_logs)
+    print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from audio_thinker.app.export import export_run  # torch/Ray: loaded only when this command runs
 
@@ -290,6 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "sft",
+        parents=[common],
+        help="supervised fine-tuning (answer-only or CoT targets) on the trainer engine: the paper's SFT baselines",
+        description="Trains the policy on <answer>X</answer> (sft.target=answer) or <think>rationale</think>"
+        "<answer>X</answer> (sft.target=cot) targets with the DeepSpeed trainer of `train`; same run directory, "
+        "checkpoints, resume and export. Presets: sft-a, sft-b, sft-c, sft-d (the paper's Table 1 rows).",
+    )
+    p.add_argument("--config", default=None, help="YAML config or preset name (default: none, the tiny CPU run)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in run.output_dir from its last checkpoint, with its saved config (default: off)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept run-defining changes, recorded in config_changes.jsonl (default: off)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show every log line on the console (default: off)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    p.set_defaults(func=_sft)
 
     p = sub.add_parser(
         "export",
