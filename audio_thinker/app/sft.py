@@ -27,62 +27,21 @@ from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.launch import connect_ray
 from audio_thinker.app.loggers import open_loggers
 from audio_thinker.app.run_dir import RunDir
+from audio_thinker.app.sft_data import load_sft_data, sft_target
 from audio_thinker.app.tiny import ensure_tiny_models
 from audio_thinker.core.config import Config
-from audio_thinker.core.data import Dataset, load_dataset
+from audio_thinker.core.data import Dataset
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.log import STEPS, get_logger
-from audio_thinker.core.manifests import DataError
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.progress import progress
-from audio_thinker.core.protocol import TAGS, build_instruction, load_template
+from audio_thinker.core.protocol import build_instruction, load_template
 from trainer.checkpoint import latest_checkpoint
 from trainer.logprobs import PolicyBatch
 
 log = get_logger(__name__)
 steps_log = get_logger(STEPS)
-
-END = "<|im_end|>"  # the chat turn's end: the token a rollout stops at
-
-
-def sft_target(answer: str, rationale: str | None) -> str:
-    """The response the policy is taught (the protocol's two well-formed modes), with the turn's end token."""
-    think = "" if rationale is None else f"<think>{rationale}</think>"
-    return f"{think}<answer>{answer}</answer>{END}"
-
-
-def load_sft_data(config: Config) -> tuple[Dataset, list[str | None]]:
-    """The training set and, for cot targets, each row's rationale (a missing or tagged one is a DataError naming
-    the row, or with data.skip_bad_rows a skipped and counted row)."""
-    d, field = config.data, config.sft.rationale_field
-    data = load_dataset(
-        d.train_manifest, "avqa", d.audio_root, skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds
-    )
-    if config.sft.target == "answer":
-        return data, [None] * len(data)
-    kept, rationales = [], []
-    for item in data:
-        value = item.source.get(field)
-        problem = None
-        if not isinstance(value, str) or not value.strip():
-            problem = f"missing or empty field '{field}' (sft.target=cot; make-cot writes it)"
-        elif any(tag in value for tag in TAGS):
-            problem = f"field '{field}' contains a <think>/<answer> tag"
-        if problem is not None:
-            error = DataError(f"{data.path} row {item.row}: {problem}")
-            if not d.skip_bad_rows:
-                raise error
-            data.skipped.append((item.row, str(error)))
-            continue
-        kept.append(item)
-        rationales.append(value.strip())
-    if len(kept) < len(data):
-        log.warning("%s: skipped %d rows without a usable rationale", data.path, len(data) - len(kept))
-    if not kept:
-        raise DataError(f"{data.path}: no row has a usable '{field}' for sft.target=cot")
-    data.items = kept
-    return data, rationales
 
 
 class SftRun:
@@ -180,11 +139,11 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
         raise TrainingError(
             f"trainer.num_ranks={c.trainer.num_ranks} > sft.batch_size={c.sft.batch_size}: every rank needs a sequence"
         )
+    data, rationales = load_sft_data(config)  # a bad manifest fails before any model is built or loaded
     if not (Path(m.policy_path) / "config.json").is_file():
         if not m.make_tiny_if_missing:
             raise TrainingError(f"model.policy_path={m.policy_path}: no Hugging Face folder there")
         ensure_tiny_models(Path(m.policy_path).parent, seed=c.run.seed, warmup_steps=m.tiny_warmup_steps)
-    data, rationales = load_sft_data(config)
     run_dir = RunDir(c.run.output_dir)
     owns_ray = connect_ray(actor_logs)
     trainer = None

@@ -8,13 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
 
 from audio_thinker.app.cli import main
-from audio_thinker.app.sft import SftRun, load_sft_data
 from audio_thinker.app.run_dir import RunDir
-from audio_thinker.core.models import load_policy
+from audio_thinker.app.sft import SftRun
+from audio_thinker.app.sft_data import load_sft_data
+from audio_thinker.core.models import load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config
 from rollout.build import build_engine
 from rollout.engine import GenerationRequest, SamplingConfig
@@ -33,6 +35,14 @@ def cot_manifest(synthetic, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cot") / "train_cot.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One Ray instance for both runs (`run_sft` joins it instead of starting its own)."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def overrides(policy: Path, manifest: Path, synthetic: Path, out: Path) -> list[str]:
@@ -57,7 +67,7 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_sft_lowers_the_loss_exports_and_resumes_exactly(tiny_models, cot_manifest, synthetic, tmp_path):
+def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_models, cot_manifest, synthetic, tmp_path):
     policy = tiny_models["qwen2_audio"]
     run = tmp_path / "sft"
     args = overrides(policy, cot_manifest, synthetic, run)
@@ -74,8 +84,6 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(tiny_models, cot_manife
     config = load_config(None, args)
     data, rationales = load_sft_data(config)
     batch = SftRun(config, None, data, rationales, RunDir(run)).batch(1)
-    from audio_thinker.core.models import load_tokenizer
-
     text = load_tokenizer(policy).decode(batch.completion_ids[0])
     assert text.startswith("<think>I listen carefully. Therefore, the answer is ") and text.endswith(
         "</answer><|im_end|>"
@@ -87,7 +95,10 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(tiny_models, cot_manife
     assert logged[0]["sft/tokens"] == int(mask.sum())
     assert logged[0]["sft/loss"] == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-4)
 
-    # The exported policy loads and generates.
+    # The exported policy is a whole Hugging Face folder (what eval, both engines and an RL run's
+    # model.policy_path load): every non-weight file of the source, and it generates.
+    source_files = {p.name for p in Path(policy).iterdir() if p.suffix != ".safetensors"}
+    assert source_files <= {p.name for p in (run / "final").iterdir()}
     engine = build_engine("transformers", run / "final", "qwen2_audio")
     prompt = "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhich?<|im_end|>\n<|im_start|>assistant\n"
     out = engine.generate(
