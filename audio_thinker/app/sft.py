@@ -24,10 +24,11 @@ import ray
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.app.driver import step_questions
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.launch import connect_ray
+from audio_thinker.app.launch import connect_ray, synthetic_splits
 from audio_thinker.app.loggers import open_loggers
 from audio_thinker.app.run_dir import RunDir
 from audio_thinker.app.sft_data import load_sft_data, sft_target
+from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.app.tiny import ensure_tiny_models
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset
@@ -139,6 +140,9 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
         raise TrainingError(
             f"trainer.num_ranks={c.trainer.num_ranks} > sft.batch_size={c.sft.batch_size}: every rank needs a sequence"
         )
+    for split, size in synthetic_splits(config):  # the tiny default: the synthetic set, as `train` writes it
+        if split == "train":
+            write_synthetic_dataset(c.data.audio_root, n=size, seed=c.run.seed, split=split)
     data, rationales = load_sft_data(config)  # a bad manifest fails before any model is built or loaded
     if not (Path(m.policy_path) / "config.json").is_file():
         if not m.make_tiny_if_missing:
