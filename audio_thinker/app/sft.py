@@ -26,7 +26,7 @@ from audio_thinker.app.driver import step_questions
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.launch import connect_ray, synthetic_splits
 from audio_thinker.app.loggers import open_loggers
-from audio_thinker.app.run_dir import RunDir
+from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.sft_data import load_sft_data, sft_target
 from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.app.tiny import ensure_tiny_models
@@ -148,6 +148,8 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
         if not m.make_tiny_if_missing:
             raise TrainingError(f"model.policy_path={m.policy_path}: no Hugging Face folder there")
         ensure_tiny_models(Path(m.policy_path).parent, seed=c.run.seed, warmup_steps=m.tiny_warmup_steps)
+    if c.run.output_dir is None:
+        c.run.output_dir = str(default_output_dir(f"sft-{c.run.name}"))
     run_dir = RunDir(c.run.output_dir)
     owns_ray = connect_ray(actor_logs)
     trainer = None

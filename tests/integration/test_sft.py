@@ -20,6 +20,7 @@ from audio_thinker.core.models import load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config
 from rollout.build import build_engine
 from rollout.engine import GenerationRequest, SamplingConfig
+from rollout.vllm_engine import folder_weights
 from trainer.logprobs import CompletionLogprobs, collate
 
 pytestmark = pytest.mark.slow
@@ -99,6 +100,7 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     # model.policy_path load): every non-weight file of the source, and it generates.
     source_files = {p.name for p in Path(policy).iterdir() if p.suffix != ".safetensors"}
     assert source_files <= {p.name for p in (run / "final").iterdir()}
+    assert folder_weights(run / "final", "qwen2_audio") == folder_weights(policy, "qwen2_audio")  # vLLM's layout
     engine = build_engine("transformers", run / "final", "qwen2_audio")
     prompt = "<|im_start|>user\nAudio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nWhich?<|im_end|>\n<|im_start|>assistant\n"
     out = engine.generate(
