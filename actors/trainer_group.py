@@ -80,6 +80,9 @@ class PolicyTrainerRank:
     def compute_logprobs(self, shard: PolicyBatch, num_micro_batches: int, temperature: float) -> list[np.ndarray]:
         return self.engine.compute_logprobs(shard, num_micro_batches, temperature)
 
+    def sft_step(self, shard: PolicyBatch, num_tokens: int, num_micro_batches: int) -> dict:
+        return self.engine.sft_step(shard, num_tokens, num_micro_batches)
+
     def save_checkpoint(self, root: str, extra: dict, keep: int) -> str:
         return str(save_checkpoint(self.engine, root, extra, keep))
 
@@ -163,6 +166,22 @@ class PolicyTrainerGroup:
         metrics = merge_rank_metrics(results)
         metrics["timing_s/train"] = time.perf_counter() - start
         return metrics
+
+    def sft_step(self, batch: PolicyBatch) -> dict[str, float]:
+        """One supervised step on the batch's completions (the targets); returns `sft/*` and `actor/*` metrics."""
+        start = time.perf_counter()
+        parts, num_micro = self._sharded(batch)
+        num_tokens = sum(len(ids) for ids in batch.completion_ids)
+        results = self.ranks.call_each("sft_step", [(part, num_tokens, num_micro) for part in parts])
+        return {
+            "sft/loss": sum(r["loss"] for r in results),
+            "sft/tokens": sum(r["tokens"] for r in results),
+            "sft/sequences": len(batch),
+            "actor/grad_norm": results[0]["grad_norm"],
+            "actor/lr": results[0]["lr"],
+            "actor/step": results[0]["step"],
+            "timing_s/train": time.perf_counter() - start,
+        }
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
         """Per-sequence completion log-probs under the current weights (the 'old' log-probs), in batch order."""

@@ -26,6 +26,7 @@ from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
 from trainer.grpo import grpo_loss, loss_denominator, merge_stats
+from trainer.sft_loss import sft_loss
 from trainer.logprobs import (
     CompletionLogprobs,
     PolicyBatch,
@@ -217,6 +218,37 @@ class PolicyEngine:
             "loss": loss_sum,
             "stats": merge_stats(parts),
             "mismatch": mismatch,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "step": self.step,
+        }
+
+    def sft_step(self, batch: PolicyBatch, num_tokens: int, num_micro_batches: int) -> dict:
+        """One supervised optimizer step: NLL of the completion tokens (the targets), averaged over the
+        `num_tokens` response tokens of the whole step (all ranks). Ranks with fewer sequences run empty repeats,
+        as in `train_step`. Returns this rank's loss share, token count, and the step's grad norm and lr."""
+        chunks = micro_batches(len(batch), self.cfg.micro_batch_size)
+        if not chunks or len(chunks) > num_micro_batches:
+            raise ValueError(
+                f"{len(batch)} sequences do not fit {num_micro_batches} micro-batches of {self.cfg.micro_batch_size}"
+            )
+        self.engine.train()
+        lr = self.lr
+        loss_sum, tokens = 0.0, 0
+        for k in range(num_micro_batches):
+            real = k < len(chunks)
+            inputs = collate(batch, chunks[k] if real else chunks[0], self.device)
+            mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
+            loss = sft_loss(self.engine(**inputs), mask, num_tokens)
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            if real:
+                loss_sum += float(loss.detach())
+                tokens += int(mask.sum())
+        self.engine.step()
+        grad_norm = self.engine.get_global_grad_norm()
+        return {
+            "loss": loss_sum,
+            "tokens": tokens,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "step": self.step,

@@ -16,17 +16,19 @@ import sys
 from pathlib import Path
 
 from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
-from audio_thinker.app.errors import EvalError, TrainingError
+from audio_thinker.app.chat_client import ChatError
+from audio_thinker.app.data_options import AvqaOptions, CotOptions
+from audio_thinker.app.errors import CotError, EvalError, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.run_dir import default_output_dir
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions, add_table1_parsers
 from audio_thinker.core.audio import AudioError
-from audio_thinker.core.config import RewardConfig
+from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.log import quiet_console, setup_logging
 from audio_thinker.core.manifests import DataError
-from audio_thinker.core.options import OptionError, model_from_args
+from audio_thinker.core.options import OptionError, add_model_arguments, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
 from audio_thinker.core.protocol import TemplateError
 from audio_thinker.core.vocab import INVALID_ACCURACY, VARIANTS
@@ -44,6 +46,8 @@ USER_ERRORS = (
     AudioError,
     TemplateError,
     EvalError,
+    CotError,
+    ChatError,
     JudgeError,
     TrainingError,
     AuthConfigError,
@@ -73,6 +77,31 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_avqa(args: argparse.Namespace) -> int:
+    from audio_thinker.app.avqa import prepare_avqa  # PyAV: loaded only when this command runs
+
+    report = prepare_avqa(model_from_args(AvqaOptions, args))
+    print(
+        f"wrote {report['rows_written']} of {report['rows']} rows: {report['manifest']} "
+        f"({report['videos_extracted']} videos extracted, {report['videos_already_done']} already done; "
+        f"left out: {report['rows_invalid']} invalid rows, {report['rows_without_audio']} rows of "
+        f"{len(report['failed_videos'])} videos missing / without audio / corrupt, listed in the report)"
+    )
+    return 0
+
+
+def _make_cot(args: argparse.Namespace) -> int:
+    from audio_thinker.app.cot import make_cot  # torch and the engines: loaded only when this command runs
+
+    report = make_cot(model_from_args(CotOptions, args))
+    print(
+        f"{report['accepted']} of {report['items']} rationales accepted: {report['files']['out']} "
+        f"(rejected {report['rejected']} {report['rejected_by_reason']}, failed requests {report['failed']}; "
+        f"report: {report['files']['report.json']})"
+    )
+    return 0
+
+
 def _rewards(args: argparse.Namespace) -> int:
     from audio_thinker.app.rescore import run_rescore  # torch/Ray: loaded only when this command runs
 
@@ -98,23 +127,29 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval_command(spec, family)
 
 
-def _train(args: argparse.Namespace) -> int:
-    # The config is checked before Ray and torch load: a bad key fails at once.
+def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Path, Path | None]:
+    """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
+    run's saved config.yaml is the base, app/resume.py), its run directory, and where actor logs go."""
     config = load_config(args.config, args.overrides)
-    if args.resume or config.run.resume:  # the run's saved config.yaml is the base (app/resume.py)
+    if args.resume or config.run.resume:
         config, changes = resume_config(args.config, args.overrides, args.allow_config_change)
         record_changes(config.run.output_dir, changes)
-    from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
-
     if not os.environ.get("RAY_ADDRESS"):
         # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if config.run.output_dir is None:
-        config.run.output_dir = str(default_output_dir(config.run.name))
+        config.run.output_dir = str(default_output_dir(default_name.format(name=config.run.name)))
     run_dir = Path(config.run.output_dir)
     actor_logs = None if args.verbose else run_dir / "logs"
     if actor_logs is not None:
         quiet_console(actor_logs / "driver.log")
+    return config, run_dir, actor_logs
+
+
+def _train(args: argparse.Namespace) -> int:
+    config, run_dir, actor_logs = _run_config(args, "{name}")
+    from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
+
     run_training(config, actor_logs=actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
@@ -136,6 +171,15 @@ def _report(args: argparse.Namespace) -> int:
 
     for path in write_report([Path(r) for r in options.runs], options.out):
         print(path)
+    return 0
+
+
+def _sft(args: argparse.Namespace) -> int:
+    config, run_dir, actor_logs = _run_config(args, "sft-{name}")
+    from audio_thinker.app.sft import run_sft  # torch/Ray/DeepSpeed: loaded only when this command runs
+
+    run_sft(config, actor_logs=actor_logs)
+    print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     return 0
 
 
@@ -204,6 +248,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_make_synthetic)
 
     p = sub.add_parser(
+        "prepare-avqa",
+        parents=[common],
+        help="extract AVQA's audio (16 kHz mono wav) and write the R1-AQA jsonl that training reads",
+        description="Reads AVQA's annotation file (train_qa.json / val_qa.json), extracts each video's audio "
+        "track, writes OUT/SPLIT.jsonl and OUT/SPLIT-report.json (every row left out, and why). A rerun resumes.",
+    )
+    add_model_arguments(p, AvqaOptions)
+    p.set_defaults(func=_prepare_avqa)
+
+    p = sub.add_parser(
+        "make-cot",
+        parents=[common],
+        help="chain-of-thought data: caption every clip with the policy, then ask an OpenAI-compatible endpoint for "
+        "a rationale that ends at the correct answer",
+        description="Step 1 captions every clip of --data with --captioner (greedy, batched); step 2 asks "
+        "--rationale-url for a rationale from caption, question and correct answer. A rationale that does not end "
+        "at the correct answer is rejected and counted. A rerun does only what is missing and retries failed requests.",
+    )
+    add_model_arguments(p, CotOptions)
+    p.set_defaults(func=_make_cot)
+
+    p = sub.add_parser(
         "rewards", parents=[common], help="recompute Audio-Thinker rewards and advantages for dumped rollouts"
     )
     p.add_argument("--input", required=True, help="JSONL, one sample per line; see docs/rewards.md (required)")
@@ -262,6 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     ablate, report = add_table1_parsers(sub, parents=[common])
     ablate.set_defaults(func=_ablate)
     report.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "sft",
+        parents=[common],
+        help="supervised fine-tuning (answer-only or CoT targets) on the trainer engine: the paper's SFT baselines",
+        description="Trains the policy on <answer>X</answer> (sft.target=answer) or <think>rationale</think>"
+        "<answer>X</answer> (sft.target=cot) targets with the DeepSpeed trainer of `train`; same run directory, "
+        "checkpoints, resume and export. Presets: sft-a, sft-b, sft-c, sft-d (the paper's Table 1 rows).",
+    )
+    p.add_argument("--config", default=None, help="YAML config or preset name (default: none, the tiny CPU run)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in run.output_dir from its last checkpoint, with its saved config (default: off)",
+    )
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: accept run-defining changes, recorded in config_changes.jsonl (default: off)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show every log line on the console (default: off)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    p.set_defaults(func=_sft)
 
     p = sub.add_parser(
         "export",

@@ -10,3 +10,7 @@ class TrainingError(RuntimeError):
 
 class EvalError(ValueError):
     """An evaluation that cannot run as asked; the message says what to change."""
+
+
+class CotError(ValueError):
+    """`make-cot` inputs or outputs that do not fit together (a prompt file, ids, a run made otherwise)."""

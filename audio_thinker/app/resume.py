@@ -54,6 +54,7 @@ RUN_DEFINING = (
     "trainer.ratio_level",
     "trainer.max_completion_length",
     "trainer.freeze_audio_encoder",
+    "sft.*",
 )
 CHANGES_FILE = "config_changes.jsonl"
 

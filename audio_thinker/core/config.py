@@ -24,6 +24,7 @@ from audio_thinker.core.vocab import (
     RatioLevel,
     RewardVariant,
     ScoreMode,
+    SftTarget,
 )
 
 
@@ -308,6 +309,20 @@ class RunConfig(Section):
     )
 
 
+class SftConfig(Section):
+    """`audio-thinker sft`: supervised fine-tuning on the trainer engine (the paper's sft-a..sft-d baselines)."""
+
+    target: SftTarget = Field(
+        "answer",
+        description="answer: <answer>X</answer> (sft-a / sft-c); cot: <think>rationale</think><answer>X</answer> "
+        "(sft-b / sft-d), the rationale read from each row's sft.rationale_field (make-cot's output).",
+    )
+    batch_size: int = Field(
+        4, ge=1, description="Sequences per optimizer step, over all ranks (7B presets: 16, the paper's batch)."
+    )
+    rationale_field: str = Field("rationale", description="Row field holding the rationale of a cot target.")
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig, description="The run: steps, seed, output, checkpoints.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy and judge checkpoints.")
@@ -317,6 +332,7 @@ class Config(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The reward judge service.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward variant.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="GRPO and DeepSpeed.")
+    sft: SftConfig = Field(default_factory=SftConfig, description="Supervised fine-tuning (audio-thinker sft).")
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:

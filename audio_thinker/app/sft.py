@@ -1,0 +1,168 @@
+"""`audio-thinker sft`: supervised fine-tuning of the policy, the paper's SFT baselines (Table 1: sft-a..sft-d).
+
+The same parts as a GRPO run, without rollouts, judge or reference: the DeepSpeed trainer group
+(`PolicyTrainerGroup`, same model loading and ranks), the same run directory (config.yaml, metrics.jsonl,
+tensorboard/, checkpoints/, status.json, final/), the same resume (`run.resume=true`: the latest checkpoint,
+metrics after it cut) and the same export, so `final/` is a policy that `audio-thinker eval`, both engines and
+an RL run (`model.policy_path=<run>/final`) load.
+
+Each step takes `sft.batch_size` questions of `data.train_manifest` in the seeded per-epoch order of the RL
+driver (a pure function of seed and step, so a resumed run continues it), renders each with the instruction of
+`prompt.mode` and teaches the target (`sft.target`): `<answer>X</answer>` or
+`<think>rationale</think><answer>X</answer>`, each followed by `<|im_end|>`. The loss is the mean NLL over the
+step's response tokens (trainer/sft_loss.py); the prompt and the audio are context only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import ray
+
+from actors.trainer_group import PolicyTrainerGroup
+from audio_thinker.app.driver import step_questions
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.launch import connect_ray, synthetic_splits
+from audio_thinker.app.loggers import open_loggers
+from audio_thinker.app.run_dir import RunDir, default_output_dir
+from audio_thinker.app.sft_data import load_sft_data, sft_target
+from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.core.config import Config
+from audio_thinker.core.data import Dataset
+from audio_thinker.core.encoding import PromptEncoder
+from audio_thinker.core.families import render_chat
+from audio_thinker.core.log import STEPS, get_logger
+from audio_thinker.core.models import load_feature_extractor, load_tokenizer
+from audio_thinker.core.progress import progress
+from audio_thinker.core.protocol import build_instruction, load_template
+from trainer.checkpoint import latest_checkpoint
+from trainer.logprobs import PolicyBatch
+
+log = get_logger(__name__)
+steps_log = get_logger(STEPS)
+
+
+class SftRun:
+    """One SFT run over its trainer group and run directory (`run_sft` builds it from a config)."""
+
+    def __init__(self, config: Config, trainer, data: Dataset, rationales: list[str | None], run_dir: RunDir):
+        self.config, self.trainer, self.data, self.rationales, self.run_dir = config, trainer, data, rationales, run_dir
+        path = config.model.policy_path
+        self.tokenizer = load_tokenizer(path)
+        self.encoder = PromptEncoder(self.tokenizer, load_feature_extractor(path))
+        self.template = load_template(config.prompt.mode, config.prompt.template_file)
+        self.loggers: list = []
+
+    def batch(self, step: int) -> PolicyBatch:
+        """The step's questions as prompts (instruction + clip) and target token ids."""
+        c = self.config
+        index = step_questions(self.data, c.run.seed, step, c.sft.batch_size)
+        prompts, targets = [], []
+        for i in index:
+            q = self.data[i]
+            instruction = build_instruction(
+                q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices
+            )
+            prompts.append(self.encoder.encode(render_chat(c.model.family, instruction), self.data.audio(i)))
+            targets.append(self.tokenizer.encode(sft_target(q.answer, self.rationales[i]), add_special_tokens=False))
+        return PolicyBatch(prompts=prompts, prompt_index=list(range(len(index))), completion_ids=targets)
+
+    def step(self, step: int) -> dict:
+        start = time.perf_counter()
+        metrics = self.trainer.sft_step(self.batch(step))
+        if not math.isfinite(metrics["sft/loss"]) or not math.isfinite(metrics["actor/grad_norm"]):
+            raise FloatingPointError(f"non-finite loss {metrics['sft/loss']} / grad norm {metrics['actor/grad_norm']}")
+        return {"step": step, **metrics, "timing_s/step": time.perf_counter() - start}
+
+    def resume(self) -> int:
+        latest = latest_checkpoint(self.run_dir.checkpoints)
+        if latest is None:
+            log.warning("resume: no checkpoint in %s, starting from step 1", self.run_dir.checkpoints)
+            return 0
+        step = int(self.trainer.load_checkpoint(latest)["extra"]["step"])
+        self.run_dir.truncate_after(step)
+        steps_log.info("resumed from %s at step %d", latest, step)
+        return step
+
+    def train(self) -> Path:
+        c = self.config
+        resuming = c.run.resume and self.run_dir.metrics_path.parent.exists()
+        self.run_dir.create(c)
+        start = self.resume() if resuming else 0
+        if not resuming and self.run_dir.logged_steps():
+            raise TrainingError(f"{self.run_dir.path} already holds a run; set run.resume=true to continue it")
+        self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
+        self.run_dir.write_status("running")
+        steps = range(start + 1, c.run.total_steps + 1)
+        for step in progress(steps, desc="sft", total=len(steps), unit="step"):
+            try:
+                metrics = self.step(step)
+                if step % c.run.checkpoint_every == 0 or step == c.run.total_steps:
+                    self.trainer.save_checkpoint(
+                        self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                    )
+            except Exception as exc:
+                latest = latest_checkpoint(self.run_dir.checkpoints)
+                kept = f"resume from {latest} with --resume" if latest else "no checkpoint was written yet"
+                message = f"sft step {step} failed: {type(exc).__name__}: {exc}; {kept}"
+                self.run_dir.write_status("failed", message)
+                raise TrainingError(message) from exc
+            self.run_dir.log_metrics(metrics)
+            for logger in self.loggers:
+                logger.log_metrics(step, metrics)
+            steps_log.info(
+                "sft step %d/%d | loss %.4f | tokens %d | grad norm %.3f | lr %.2e | %.1fs",
+                step,
+                c.run.total_steps,
+                metrics["sft/loss"],
+                metrics["sft/tokens"],
+                metrics["actor/grad_norm"],
+                metrics["actor/lr"],
+                metrics["timing_s/step"],
+            )
+        self.trainer.export(self.run_dir.final)
+        self.run_dir.write_status("finished")
+        return self.run_dir.path
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+        self.trainer.shutdown()
+
+
+def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
+    """Check the inputs, start Ray (or join RAY_ADDRESS) and the trainer group, train, export; the run directory."""
+    m, c = config.model, config
+    if c.trainer.num_ranks > c.sft.batch_size:
+        raise TrainingError(
+            f"trainer.num_ranks={c.trainer.num_ranks} > sft.batch_size={c.sft.batch_size}: every rank needs a sequence"
+        )
+    for split, size in synthetic_splits(config):  # the tiny default: the synthetic set, as `train` writes it
+        if split == "train":
+            write_synthetic_dataset(c.data.audio_root, n=size, seed=c.run.seed, split=split)
+    data, rationales = load_sft_data(config)  # a bad manifest fails before any model is built or loaded
+    if not (Path(m.policy_path) / "config.json").is_file():
+        if not m.make_tiny_if_missing:
+            raise TrainingError(f"model.policy_path={m.policy_path}: no Hugging Face folder there")
+        ensure_tiny_models(Path(m.policy_path).parent, seed=c.run.seed, warmup_steps=m.tiny_warmup_steps)
+    if c.run.output_dir is None:
+        c.run.output_dir = str(default_output_dir(f"sft-{c.run.name}"))
+    run_dir = RunDir(c.run.output_dir)
+    owns_ray = connect_ray(actor_logs)
+    trainer = None
+    try:
+        trainer = PolicyTrainerGroup(m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype)
+        run = SftRun(config, trainer, data, rationales, run_dir)
+        try:
+            return run.train()
+        finally:
+            trainer = None
+            run.close()
+    finally:
+        if trainer is not None:
+            trainer.shutdown()
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
