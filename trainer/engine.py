@@ -182,7 +182,7 @@ class PolicyEngine:
         for k in range(num_micro_batches):
             real = k < len(chunks)
             idx = chunks[k] if real else chunks[0]
-            inputs = collate(batch, idx, self.device)
+            inputs = collate(batch, idx, self.device, self.cfg.encode_audio_once)
             mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
             logp = self.engine(**inputs, temperature=temperature)
             width = logp.shape[1]
@@ -242,7 +242,13 @@ class PolicyEngine:
         """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3."""
         self.engine.eval()
         return compute_logprobs(
-            self.engine, batch, self.cfg.micro_batch_size, self.device, temperature, num_micro_batches
+            self.engine,
+            batch,
+            self.cfg.micro_batch_size,
+            self.device,
+            temperature,
+            num_micro_batches,
+            self.cfg.encode_audio_once,
         )
 
     def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
