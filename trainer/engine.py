@@ -314,3 +314,22 @@ def merge_rank_metrics(parts: list[dict]) -> dict[str, float]:
         out["actor/logprob_mismatch_mean"] = sum(p["mismatch"]["abs_sum"] for p in parts) / tokens
         out["actor/logprob_mismatch_max"] = max(p["mismatch"]["max"] for p in parts)
     return out
+
+
+def merge_update_metrics(updates: list[dict[str, float]], epochs: int = 1) -> dict[str, float]:
+    """The metrics of a rollout batch's optimizer updates (`merge_rank_metrics` of each): one update's as they
+    are; over several, means of loss, kl, clip share, ratio mean, grad norm and mismatch, the extreme ratios,
+    the last lr and step, and the tokens and sequences of the batch (one epoch's)."""
+    if len(updates) == 1:
+        return dict(updates[0])
+    out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
+    out["actor/ratio_min"] = min(u["actor/ratio_min"] for u in updates)
+    out["actor/ratio_max"] = max(u["actor/ratio_max"] for u in updates)
+    if "actor/logprob_mismatch_max" in out:
+        out["actor/logprob_mismatch_max"] = max(u["actor/logprob_mismatch_max"] for u in updates)
+    for key in ("actor/lr", "actor/step"):
+        out[key] = updates[-1][key]
+    for key in ("actor/tokens", "actor/sequences"):
+        out[key] = sum(u[key] for u in updates) / epochs
+    out["actor/updates"] = float(len(updates))
+    return out

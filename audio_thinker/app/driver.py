@@ -1,10 +1,11 @@
 """The training driver (single controller): one Audio-Thinker GRPO step after another, over its parts.
 
 A step, as the README's data flow: sample the step's questions -> the rollout pool generates G samples each
--> parse into `RolloutRecord`s -> the judge fills verdicts (HTTP, concurrent, while the trainer and the
-reference compute old / reference log-probs) -> the reward hook gives every reward term and the group
-advantages (ATAR at (step, T) by default) -> one GRPO update -> weight sync to the rollout workers (checksums
-checked) -> metrics, rollout dump, checkpoint, evaluation. Steps are numbered 1..T (docs/architecture.md).
+-> parse into `RolloutRecord`s -> the judge fills verdicts (HTTP, concurrent, while the reference computes its
+log-probs, and the trainer the old ones when several updates per batch need them) -> the reward hook gives
+every reward term and the group advantages (ATAR at (step, T) by default) -> the GRPO update(s) -> weight sync
+to the rollout workers (checksums checked) -> metrics, rollout dump, checkpoint, evaluation. Steps are numbered
+1..T (docs/architecture.md).
 
 Nothing is invented on failure: a judge that stays unreachable, a dead actor or a non-finite loss stops the
 run with a message naming the cause; the last checkpoint stays the resume point.
@@ -215,15 +216,21 @@ class Driver:
         (records, batch), t_gen = _timed(lambda: self.generate(step))
         timing = {"timing_s/gen": t_gen}
 
-        # The old and reference log-probs do not depend on the rewards: compute them while the judge works.
+        # The old and reference log-probs do not depend on the rewards: compute them while the judge works. With
+        # one update per rollout batch the old policy is the current one: the loss pass's log-probs, detached, are
+        # the old ones (old = None), and the separate forward is skipped (docs/trainer.md).
         temperature = c.rollout.temperature
+        old = None
         with ThreadPoolExecutor(max_workers=2) as pool:
-            old_f = pool.submit(_timed, lambda: self.trainer.compute_logprobs(batch, temperature))
+            if c.trainer.separate_old_pass:
+                old_f = pool.submit(_timed, lambda: self.trainer.compute_logprobs(batch, temperature))
             ref_f = pool.submit(_timed, lambda: self.reference.compute_logprobs(batch, temperature))
             judged, timing["timing_s/judge"] = _timed(
                 lambda: call_judge(self.judge, c.judge, records, self.needed) if self.needed else 0
             )
-            (old, timing["timing_s/old_logprob"]), (ref, timing["timing_s/ref"]) = old_f.result(), ref_f.result()
+            if c.trainer.separate_old_pass:
+                old, timing["timing_s/old_logprob"] = old_f.result()
+            ref, timing["timing_s/ref"] = ref_f.result()
 
         rewards = self.reward_fn(records, step)
         for record, reward in zip(records, rewards.samples, strict=True):

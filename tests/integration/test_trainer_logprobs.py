@@ -10,7 +10,7 @@ from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 from trainer.grpo import grpo_loss
-from trainer.logprobs import CompletionLogprobs, PolicyBatch, _lm_head_at, collate, compute_logprobs
+from trainer.logprobs import CompletionLogprobs, PolicyBatch, _lm_head_at, collate, compute_logprobs, pad_ragged
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
 
@@ -139,6 +139,34 @@ def test_each_clip_encoded_once_gives_the_per_sample_loss_and_gradients(case):
     assert unshared["input_features"].shape[0] == 4 and unshared["clip_index"].tolist() == [0, 1, 2, 3]
     unshared.pop("mask")
     torch.testing.assert_close(module(**unshared), module(**shared), rtol=0, atol=1e-5)
+
+
+def test_on_policy_old_logprobs_equal_a_separate_old_pass(case):
+    """One update per batch: the loss pass's detached log-probs (what the trainer uses when the driver skips the
+    old pass) give ratio 1 exactly and the same loss, statistics and gradients as a separate old forward."""
+    family, model, batch = case
+    module = CompletionLogprobs(model)
+    inputs = collate(batch, range(4))
+    mask = inputs.pop("mask")
+    separate = pad_ragged(compute_logprobs(module, batch, micro_batch_size=4), mask.shape[1])
+    ref = separate + 0.05
+    adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
+    results = []
+    for old in (None, separate):
+        model.zero_grad()
+        logp = module(**inputs)
+        loss, stats = grpo_loss(logp, logp.detach() if old is None else old, ref, adv, mask, beta=0.04)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((float(loss.detach()), stats, grads))
+    model.zero_grad(set_to_none=True)
+    (loss, stats, grads), (sep_loss, sep_stats, sep_grads) = results
+    assert stats["ratio_min"] == stats["ratio_max"] == stats["ratio_mean"] == 1.0
+    assert loss == pytest.approx(sep_loss, abs=1e-6)
+    for key in ("kl", "clip_frac", "ratio_mean", "tokens"):
+        assert stats[key] == pytest.approx(sep_stats[key], abs=1e-6), key
+    for name, g in sep_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=f"{family} {name}")
 
 
 def test_collate_layout(tiny_models):
