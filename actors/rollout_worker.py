@@ -18,6 +18,7 @@ import ray
 from actors.group import ActorGroup
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import NamedTensors
 from rollout.build import build_engine
 from rollout.engine import (
@@ -53,6 +54,7 @@ class RolloutWorker:
             tensor_parallel_size=rollout.tensor_parallel_size,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             seed=seed,
+            cpu_threads=use_cpu_share(rollout.num_cpus_per_worker),
         )
         log.info("rollout worker pid %d: %s engine, %s (%s)", os.getpid(), rollout.engine, model_path, family)
 

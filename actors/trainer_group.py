@@ -24,6 +24,7 @@ import ray
 from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import redirect_actor_output
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
@@ -79,6 +80,7 @@ class PolicyTrainerRank:
             WORLD_SIZE=str(self.world_size),
         )
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+        use_cpu_share(cfg.num_cpus_per_rank)
         self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
 
     def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:
