@@ -102,11 +102,6 @@ def policy_batch(encoded: list[EncodedPrompt], samples: list[list[Sample]]) -> P
     )
 
 
-def _timed(fn: Callable) -> tuple:
-    start = time.perf_counter()
-    return fn(), time.perf_counter() - start
-
-
 class Driver:
     """Runs the steps of one run over parts it is given; `from_config` starts them."""
 
@@ -213,7 +208,11 @@ class Driver:
     def step(self, step: int) -> dict:
         c = self.config
         t_step = time.perf_counter()
-        (records, batch), t_gen = _timed(lambda: self.generate(step))
+        timed = self.run_dir.timeline.timed
+        (records, batch), t_gen = timed("generate", "driver", step, lambda: self.generate(step))
+        for k, span in enumerate(self.rollout.generation_spans()):
+            if span is not None:
+                self.run_dir.timeline.span("generate", f"rollout worker {k}", *span, step)
         timing = {"timing_s/gen": t_gen}
 
         # The old and reference log-probs do not depend on the rewards: compute them while the judge works. With
@@ -223,11 +222,14 @@ class Driver:
         old = None
         with ThreadPoolExecutor(max_workers=2) as pool:
             if c.trainer.separate_old_pass:
-                old_f = pool.submit(_timed, lambda: self.trainer.compute_logprobs(batch, temperature))
-            ref_f = pool.submit(_timed, lambda: self.reference.compute_logprobs(batch, temperature))
-            judged, timing["timing_s/judge"] = _timed(
-                lambda: call_judge(self.judge, c.judge, records, self.needed) if self.needed else 0
+                old_f = pool.submit(
+                    timed, "old log-probs", "trainer", step, lambda: self.trainer.compute_logprobs(batch, temperature)
+                )
+            ref_f = pool.submit(
+                timed, "ref log-probs", "reference", step, lambda: self.reference.compute_logprobs(batch, temperature)
             )
+            judge = (lambda: call_judge(self.judge, c.judge, records, self.needed)) if self.needed else (lambda: 0)
+            judged, timing["timing_s/judge"] = timed("judge", "judge", step, judge)
             if c.trainer.separate_old_pass:
                 old, timing["timing_s/old_logprob"] = old_f.result()
             ref, timing["timing_s/ref"] = ref_f.result()
@@ -263,13 +265,14 @@ class Driver:
                 log.warning("step %d: every group has equal rewards; no update this step", step)
                 return dropped, {}
             batch = batch.select(kept)
-        train = self.trainer.train_step(batch, c.rollout.temperature)
+        timed = self.run_dir.timeline.timed
+        train, _ = timed("train", "trainer", step, lambda: self.trainer.train_step(batch, c.rollout.temperature))
         if not math.isfinite(train["actor/loss"]) or not math.isfinite(train.get("actor/grad_norm", 0.0)):
             raise FloatingPointError(
                 f"non-finite loss {train['actor/loss']} / grad norm {train.get('actor/grad_norm')}; "
                 "the weights of this step are not synced or saved"
             )
-        sync = self.sync.push(step)
+        sync, _ = timed("sync", "trainer", step, lambda: self.sync.push(step))
         self.version = step
         return {**train, **dropped}, sync
 
@@ -304,19 +307,26 @@ class Driver:
         for step in progress(steps, desc="training", total=len(steps), unit="step"):
             try:
                 metrics = self.step(step)
+                timed = self.run_dir.timeline.timed
                 if self.eval_set is not None and (
                     step == c.run.total_steps or (c.run.eval_every and step % c.run.eval_every == 0)
                 ):
-                    metrics.update(self.evaluate())
+                    metrics.update(timed("eval", "driver", step, self.evaluate)[0])
                 if step % c.run.checkpoint_every == 0 or step == c.run.total_steps:
-                    self.trainer.save_checkpoint(
-                        self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                    timed(
+                        "checkpoint",
+                        "trainer",
+                        step,
+                        lambda step=step: self.trainer.save_checkpoint(
+                            self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                        ),
                     )
             except Exception as exc:
                 message = self.failure_message(step, exc)
                 self.run_dir.write_status("failed", message)
                 raise TrainingError(message) from exc
             self.run_dir.log_metrics(metrics)
+            self.run_dir.timeline.flush()
             for logger in self.loggers:
                 logger.log_metrics(step, metrics)
             steps_log.info(console_line(step, c.run.total_steps, metrics))

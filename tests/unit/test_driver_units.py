@@ -146,6 +146,9 @@ class StubRollout:
             out.append([Sample(PROMPT_IDS, [1] * (j + 1), t, "stop", [-0.5] * (j + 1)) for j, t in enumerate(texts)])
         return out
 
+    def generation_spans(self):
+        return [(100.0, 100.5)]
+
     def set_weights(self, handle, version, expected_checksum=None):
         self.weights.append((version, expected_checksum))
         return {"seconds": 0.0}
@@ -211,6 +214,8 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
     assert RolloutRecord.from_json(dump[0]).question_id == dump[0]["group"]
     assert metrics["count/invalid"] == 2 and metrics["think_rate"] == pytest.approx(2 / 6)
     assert metrics["step"] == 1 and metrics["sync/bytes"] == 10.0
+    phases = {(e["name"], e["tid"]) for e in driver.run_dir.timeline.pending if e["ph"] == "X"}
+    assert phases == {("generate", 0), ("generate", 10), ("judge", 1), ("ref log-probs", 2), ("train", 3), ("sync", 3)}
 
 
 @pytest.mark.parametrize(
