@@ -73,12 +73,13 @@ def main() -> None:
             results[name]["reward"] = np.mean([m["reward/total"] for m in metrics])
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()), flush=True)
     print(f"\nsynchronous tiny default step, mean of steps 2..{args.steps} (seconds; old and ref overlap the judge)")
-    print(f"{'phase':<12}" + "".join(f"{name:>15}" for name in args.variants) + f"{'ratio':>9}")
+    print(f"{'phase':<12}" + "".join(f"{name:>15}" for name in args.variants) + f"{'speed-up':>10}")
     for key in (*PHASES, "samples/s", "reward"):
         values = [results[name][key] for name in args.variants]
-        cells = "".join("            --" if np.isnan(v) else f"{v:>15.3f}" for v in values)
-        ratio = values[0] / values[-1] if key in ("step", "samples/s") else None
-        print(f"{key:<12}{cells}" + (f"{ratio:>8.2f}x" if ratio else ""))
+        cells = "".join(f"{'--':>15}" if np.isnan(v) else f"{v:>15.3f}" for v in values)
+        # first variant vs last: time per step falls, samples/s rises
+        ratio = {"step": values[0] / values[-1], "samples/s": values[-1] / values[0]}.get(key)
+        print(f"{key:<12}{cells}" + (f"{ratio:>9.2f}x" if ratio else ""))
 
 
 if __name__ == "__main__":
