@@ -6,7 +6,8 @@ checkpoints. One lane (thread) per part, events of the trace format's complete k
 microseconds since the epoch), each with its step in `args`.
 
 The file stays one valid JSON array however often it is written: a step's events are appended by rewriting
-only the closing bracket, and a resumed run first drops the events of the steps after its checkpoint.
+only the closing bracket, and a resumed run first drops the events of the steps after its checkpoint. Each
+event is one line, so a file cut short by a killed run is read back up to its last whole event.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from audio_thinker.core.log import get_logger
+
+log = get_logger(__name__)
 T = TypeVar("T")
 PID = 1
 LANES = ("driver", "judge", "reference", "trainer")  # then "rollout worker K" for every worker
@@ -31,6 +35,19 @@ def lane_id(lane: str) -> int:
     if lane.startswith("rollout worker ") and lane.rsplit(" ", 1)[1].isdigit():
         return 10 + int(lane.rsplit(" ", 1)[1])
     raise ValueError(f"unknown timeline lane {lane!r} ({', '.join(LANES)} or 'rollout worker K')")
+
+
+def read_events(path: Path) -> list[dict]:
+    """The events of a timeline file, line by line: a torn last line (a run killed while appending) is left out."""
+    events = []
+    for line in path.read_text().splitlines():
+        line = line.strip().rstrip(",")
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: left out a cut-off event line (%d characters)", path, len(line))
+    return events
 
 
 class Timeline:
@@ -91,8 +108,7 @@ class Timeline:
         """Forget the events of steps after `step` (a resumed run continues from its checkpoint there)."""
         if not self.path.is_file():
             return
-        events = json.loads(self.path.read_text())
-        kept = [e for e in events if e["ph"] == "M" or e["args"]["step"] <= step]
+        kept = [e for e in read_events(self.path) if e["ph"] == "M" or e["args"]["step"] <= step]
         if not any(e["ph"] == "X" for e in kept):
             self.path.unlink()
             return

@@ -59,6 +59,18 @@ def test_a_resume_drops_the_later_steps_and_appends_after_them(tmp_path):
     assert not timeline.path.exists()
 
 
+def test_a_file_cut_short_by_a_kill_is_repaired_on_resume(tmp_path):
+    timeline = Timeline(tmp_path / "timeline.json")
+    for step in (1, 2):
+        step_spans(timeline, step)
+        timeline.flush()
+    text = timeline.path.read_text()
+    timeline.path.write_text(text[: len(text) - 40])  # killed in the middle of the last event
+    Timeline(timeline.path).truncate_after(2)
+    events = json.loads(timeline.path.read_text())
+    assert [e["args"]["step"] for e in events if e["ph"] == "X"] == [1] * 4 + [2] * 3
+
+
 def test_lanes_are_named_and_stable():
     assert lane_id("driver") == 0 and lane_id("rollout worker 0") == 10 and lane_id("rollout worker 3") == 13
     with pytest.raises(ValueError, match="unknown timeline lane 'gpu'"):
