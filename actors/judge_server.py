@@ -12,6 +12,7 @@ import ray
 from actors.group import ActorGroup
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.log import redirect_actor_output
+from audio_thinker.core.threads import use_cpu_share
 from reward_server.app import ServerSettings
 from reward_server.backends import load_backend
 from reward_server.cli import ServerThread, build_server
@@ -21,6 +22,7 @@ from reward_server.cli import ServerThread, build_server
 class JudgeServer:
     def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
         redirect_actor_output("judge-server")
+        use_cpu_share(judge.num_cpus)
         settings = ServerSettings(
             **judge.limits().model_dump(), score_mode=judge.score_mode, api_keys=frozenset({api_key})
         )

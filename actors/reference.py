@@ -15,6 +15,7 @@ import torch
 from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import redirect_actor_output
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.models import checkpoint_state, load_policy
 from audio_thinker.core.weights import state_checksum
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
@@ -23,16 +24,33 @@ from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 class ReferenceModel:
     """The actor: the policy as it was at step 0."""
 
-    def __init__(self, model_path: str, family: str, dtype: str = "float32", micro_batch_size: int = 8):
+    def __init__(
+        self,
+        model_path: str,
+        family: str,
+        dtype: str = "float32",
+        micro_batch_size: int = 8,
+        encode_audio_once: bool = True,
+        num_cpus: float = 1.0,
+    ):
         redirect_actor_output("reference")
+        use_cpu_share(num_cpus)
         self.family = family
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.module = CompletionLogprobs(load_policy(model_path, family, dtype=dtype, device=self.device)).eval()
         self.module.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
+        self.encode_audio_once = encode_audio_once
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
-        return compute_logprobs(self.module, batch, self.micro_batch_size, self.device, temperature)
+        return compute_logprobs(
+            self.module,
+            batch,
+            self.micro_batch_size,
+            self.device,
+            temperature,
+            share_clips=self.encode_audio_once,
+        )
 
     def weights_checksum(self) -> str:
         return state_checksum(checkpoint_state(self.module.policy, self.family))
@@ -46,7 +64,14 @@ class Reference:
             "reference model",
             ReferenceModel,
             1,
-            lambda _: (str(model_path), family, dtype, cfg.micro_batch_size),
+            lambda _: (
+                str(model_path),
+                family,
+                dtype,
+                cfg.micro_batch_size,
+                cfg.encode_audio_once,
+                cfg.reference_num_cpus,
+            ),
             num_cpus=cfg.reference_num_cpus,
             num_gpus=cfg.reference_num_gpus,
             timeout_s=cfg.timeout_s,

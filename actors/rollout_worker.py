@@ -10,6 +10,7 @@ with each other and with the trainer's checksum when given. Every remote call ha
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -18,6 +19,7 @@ import ray
 from actors.group import ActorGroup
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import NamedTensors
 from rollout.build import build_engine
 from rollout.engine import (
@@ -44,6 +46,7 @@ class RolloutWorker:
         redirect_actor_output("rollout-worker")
         setup_logging()
         self.engine_name = rollout.engine
+        self.last_span: tuple[float, float] | None = None
         self.engine = build_engine(
             rollout.engine,
             model_path,
@@ -53,6 +56,7 @@ class RolloutWorker:
             tensor_parallel_size=rollout.tensor_parallel_size,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             seed=seed,
+            cpu_threads=use_cpu_share(rollout.num_cpus_per_worker),
         )
         log.info("rollout worker pid %d: %s engine, %s (%s)", os.getpid(), rollout.engine, model_path, family)
 
@@ -68,7 +72,15 @@ class RolloutWorker:
                 f"rollout worker pid {os.getpid()} holds weights version {self.engine.version}, "
                 f"the driver asks for version >= {min_version}: send the new weights (set_weights) first"
             )
-        return self.engine.generate(requests, sampling)
+        start = time.time()
+        try:
+            return self.engine.generate(requests, sampling)
+        finally:
+            self.last_span = (start, time.time())
+
+    def last_generate_span(self) -> tuple[float, float] | None:
+        """Wall-clock start and end of this worker's last `generate` (the run's timeline)."""
+        return self.last_span
 
     def set_weights(self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int) -> dict:
         """Load a full checkpoint-layout state (tensors, or a handle to the buckets the trainer published in the
@@ -161,6 +173,10 @@ class RolloutPool:
             what=f"generate for {len(requests)} questions",
         )
         return [samples for chunk in results for samples in chunk]
+
+    def generation_spans(self) -> list[tuple[float, float] | None]:
+        """Per worker, the wall-clock start and end of its last `generate` (None: it had no questions yet)."""
+        return self.group.call("last_generate_span", what="ask the rollout workers their generation times")
 
     def set_weights(
         self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int, expected_checksum: str | None = None

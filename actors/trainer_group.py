@@ -24,10 +24,11 @@ import ray
 from actors.group import ActorGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import redirect_actor_output
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
-from trainer.engine import PolicyEngine, merge_rank_metrics
+from trainer.engine import PolicyEngine, merge_rank_metrics, merge_update_metrics
 from trainer.logprobs import PolicyBatch
 
 
@@ -37,6 +38,13 @@ def shard_plan(num_sequences: int, num_ranks: int, micro_batch_size: int) -> tup
         raise ValueError(f"a step needs at least one sequence per trainer rank: {num_sequences} < {num_ranks} ranks")
     shards = [s.tolist() for s in np.array_split(np.arange(num_sequences), num_ranks)]
     return shards, max(-(-len(s) // micro_batch_size) for s in shards)
+
+
+def mini_batch_plan(num_sequences: int, mini_batches: int, num_ranks: int) -> list[list[int]]:
+    """Consecutive, near-equal mini-batches of the batch's sequences (whole groups when they divide evenly), at
+    most as many as leave every rank one sequence of each (a filtered step may have fewer sequences)."""
+    count = max(1, min(mini_batches, num_sequences // num_ranks))
+    return [m.tolist() for m in np.array_split(np.arange(num_sequences), count)]
 
 
 @ray.remote
@@ -72,6 +80,7 @@ class PolicyTrainerRank:
             WORLD_SIZE=str(self.world_size),
         )
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+        use_cpu_share(cfg.num_cpus_per_rank)
         self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
 
     def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:
@@ -159,11 +168,24 @@ class PolicyTrainerGroup:
         return [batch.select(s) for s in shards], num_micro
 
     def train_step(self, batch: PolicyBatch, temperature: float = 1.0) -> dict[str, float]:
-        """One optimizer step on all the step's sequences; returns the step's metrics (`actor/*`, `timing_s/train`)."""
+        """The updates of one rollout batch: `trainer.ppo_epochs` passes, each of `trainer.mini_batches_per_step`
+        optimizer steps on consecutive shares of the sequences (the paper: one step on all of them). Returns the
+        step's metrics (`actor/*`, `timing_s/train`)."""
+        cfg = self.cfg
+        if cfg.updates_per_batch > 1 and batch.old_logprobs is None:
+            raise ValueError(
+                f"trainer.ppo_epochs={cfg.ppo_epochs} x trainer.mini_batches_per_step={cfg.mini_batches_per_step} "
+                "updates per batch need the batch's old_logprobs (the policy moves after the first update)"
+            )
         start = time.perf_counter()
-        parts, num_micro = self._sharded(batch)
-        results = self.ranks.call_each("train_step", [(part, len(batch), num_micro, temperature) for part in parts])
-        metrics = merge_rank_metrics(results)
+        updates = []
+        for _ in range(cfg.ppo_epochs):
+            for mini in mini_batch_plan(len(batch), cfg.mini_batches_per_step, len(self.ranks)):
+                part = batch if len(mini) == len(batch) else batch.select(mini)
+                shards, num_micro = self._sharded(part)
+                args = [(shard, len(part), num_micro, temperature) for shard in shards]
+                updates.append(merge_rank_metrics(self.ranks.call_each("train_step", args)))
+        metrics = merge_update_metrics(updates, cfg.ppo_epochs)
         metrics["timing_s/train"] = time.perf_counter() - start
         return metrics
 

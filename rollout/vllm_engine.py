@@ -108,6 +108,7 @@ class VLLMEngine(GenerationEngine):
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,
         seed: int = 0,
+        cpu_threads: int | None = None,
     ) -> None:
         if family not in ("qwen2_audio", "qwen2_5_omni"):
             raise ValueError(f"unknown model family {family!r} (qwen2_audio or qwen2_5_omni)")
@@ -116,6 +117,12 @@ class VLLMEngine(GenerationEngine):
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
+        if current_platform.is_cpu() and cpu_threads is not None:
+            # The in-process CPU backend computes with torch's intra-op threads (it disables set_num_threads once
+            # its worker starts); "nobind" keeps a multiprocessing engine from pinning one thread to every core.
+            torch.set_num_threads(cpu_threads)
+            os.environ["OMP_NUM_THREADS"] = str(cpu_threads)
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         self.family = family
         self.device = torch.device("cpu" if current_platform.is_cpu() else "cuda")
         self._vllm = vllm

@@ -183,7 +183,7 @@ class PolicyEngine:
         for k in range(num_micro_batches):
             real = k < len(chunks)
             idx = chunks[k] if real else chunks[0]
-            inputs = collate(batch, idx, self.device)
+            inputs = collate(batch, idx, self.device, self.cfg.encode_audio_once)
             mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
             logp = self.engine(**inputs, temperature=temperature)
             width = logp.shape[1]
@@ -274,7 +274,13 @@ class PolicyEngine:
         """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3."""
         self.engine.eval()
         return compute_logprobs(
-            self.engine, batch, self.cfg.micro_batch_size, self.device, temperature, num_micro_batches
+            self.engine,
+            batch,
+            self.cfg.micro_batch_size,
+            self.device,
+            temperature,
+            num_micro_batches,
+            self.cfg.encode_audio_once,
         )
 
     def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
@@ -339,4 +345,23 @@ def merge_rank_metrics(parts: list[dict]) -> dict[str, float]:
     if tokens:
         out["actor/logprob_mismatch_mean"] = sum(p["mismatch"]["abs_sum"] for p in parts) / tokens
         out["actor/logprob_mismatch_max"] = max(p["mismatch"]["max"] for p in parts)
+    return out
+
+
+def merge_update_metrics(updates: list[dict[str, float]], epochs: int = 1) -> dict[str, float]:
+    """The metrics of a rollout batch's optimizer updates (`merge_rank_metrics` of each): one update's as they
+    are; over several, means of loss, kl, clip share, ratio mean, grad norm and mismatch, the extreme ratios,
+    the last lr and step, and the tokens and sequences of the batch (one epoch's)."""
+    if len(updates) == 1:
+        return dict(updates[0])
+    out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
+    out["actor/ratio_min"] = min(u["actor/ratio_min"] for u in updates)
+    out["actor/ratio_max"] = max(u["actor/ratio_max"] for u in updates)
+    if "actor/logprob_mismatch_max" in out:
+        out["actor/logprob_mismatch_max"] = max(u["actor/logprob_mismatch_max"] for u in updates)
+    for key in ("actor/lr", "actor/step"):
+        out[key] = updates[-1][key]
+    for key in ("actor/tokens", "actor/sequences"):
+        out[key] = sum(u[key] for u in updates) / epochs
+    out["actor/updates"] = float(len(updates))
     return out

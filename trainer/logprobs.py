@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from audio_thinker.core.encoding import EncodedPrompt
+from audio_thinker.core.families import audio_embeddings, forward_with_audio_embeddings, merge_audio_embeddings
 
 # Any id works as right padding (padded positions are masked and come after all real tokens), except the
 # audio placeholder, which the models count to place the audio features. 0 is <|endoftext|> in Qwen vocabularies.
@@ -91,9 +92,13 @@ def pad_ragged(values: Sequence[Sequence[float]], width: int, device: torch.devi
     return out.to(device)
 
 
-def collate(batch: PolicyBatch, indices: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Model inputs for sequences `indices`: right-padded prompt+completion ids, audio features, and for every
-    completion token its target id, the position whose logits predict it, and a mask."""
+def collate(
+    batch: PolicyBatch, indices: Sequence[int], device: torch.device | str = "cpu", share_clips: bool = True
+) -> dict[str, torch.Tensor]:
+    """Model inputs for sequences `indices`: right-padded prompt+completion ids, the audio features of the
+    distinct prompts they continue (`clip_index`: each row's clip; `share_clips=False`: one copy per row, the
+    encoder then runs per sequence), and for every completion token its target id, the position whose logits
+    predict it, and a mask."""
     rows = [batch.prompts[batch.prompt_index[i]].input_ids + list(batch.completion_ids[i]) for i in indices]
     prompt_lens = [len(batch.prompts[batch.prompt_index[i]].input_ids) for i in indices]
     comp_lens = [len(batch.completion_ids[i]) for i in indices]
@@ -112,12 +117,16 @@ def collate(batch: PolicyBatch, indices: Sequence[int], device: torch.device | s
         # Token p + j is predicted by the logits at p + j - 1; padded slots point at a real position (masked).
         positions[r] = (p - 1 + torch.arange(width)).clamp(max=len(row) - 1)
         mask[r, :c] = 1
-    prompts = [batch.prompts[batch.prompt_index[i]] for i in indices]
+    rows_prompt = [batch.prompt_index[i] for i in indices]
+    used = list(dict.fromkeys(rows_prompt)) if share_clips else rows_prompt
+    clip_index = [used.index(p) for p in rows_prompt] if share_clips else list(range(b))
+    prompts = [batch.prompts[p] for p in used]
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
         "input_features": torch.from_numpy(np.stack([p.input_features for p in prompts])).to(device),
         "feature_attention_mask": torch.from_numpy(np.stack([p.feature_attention_mask for p in prompts])).to(device),
+        "clip_index": torch.tensor(clip_index, dtype=torch.long).to(device),
         "positions": positions.to(device),
         "targets": targets.to(device),
         "mask": mask.to(device),
@@ -147,7 +156,9 @@ class CompletionLogprobs(torch.nn.Module):
     """Wraps a policy so that its forward returns completion-token log-probs [B, T] (float32).
 
     This is the module DeepSpeed wraps (its engine must see the whole computation from inputs to the tensor
-    the loss is built from); the reference model uses it as is.
+    the loss is built from); the reference model uses it as is. The audio encoder runs once per clip of
+    `input_features` ([C, mel, frames]); row r reads clip `clip_index[r]`, so G samples of one question share
+    one encoding and its gradient is the sum of theirs, as when each sample encoded its own copy.
     """
 
     def __init__(self, policy: torch.nn.Module):
@@ -160,18 +171,16 @@ class CompletionLogprobs(torch.nn.Module):
         attention_mask: torch.Tensor,
         input_features: torch.Tensor,
         feature_attention_mask: torch.Tensor,
+        clip_index: torch.Tensor,
         positions: torch.Tensor,
         targets: torch.Tensor,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        dtype = next(self.policy.parameters()).dtype
+        clips = audio_embeddings(self.policy, input_features, feature_attention_mask)
+        embeds = merge_audio_embeddings(self.policy, input_ids, clips, clip_index)
         with _lm_head_at(self.policy.lm_head, positions):
-            logits = self.policy(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                input_features=input_features.to(dtype),
-                feature_attention_mask=feature_attention_mask,
-                use_cache=False,
+            logits = forward_with_audio_embeddings(
+                self.policy, input_ids, attention_mask, embeds, feature_attention_mask[clip_index]
             ).logits
         logits = logits.float() / temperature
         picked = logits.gather(-1, targets[..., None]).squeeze(-1)
@@ -191,8 +200,10 @@ def compute_logprobs(
     device: torch.device | str = "cpu",
     temperature: float = 1.0,
     num_micro_batches: int | None = None,
+    share_clips: bool = True,
 ) -> list[np.ndarray]:
-    """Per-sequence float32 arrays of completion-token log-probs, `micro_batch_size` sequences per forward.
+    """Per-sequence float32 arrays of completion-token log-probs, `micro_batch_size` sequences per forward
+    (each distinct clip of a micro-batch encoded once; `share_clips=False`: once per sequence).
 
     `num_micro_batches` pads the loop with repeats of the first micro-batch (results discarded): under ZeRO-3
     every rank must run the same number of forward passes, since each one gathers parameters collectively.
@@ -203,7 +214,7 @@ def compute_logprobs(
         raise ValueError(f"num_micro_batches={num_micro_batches} is less than the {len(chunks)} needed")
     out: list[np.ndarray] = []
     for k, idx in enumerate(chunks + chunks[:1] * extra):
-        inputs = collate(batch, idx, device)
+        inputs = collate(batch, idx, device, share_clips)
         mask = inputs.pop("mask")
         logp = module(**inputs, temperature=temperature)
         if k < len(chunks):

@@ -1,10 +1,11 @@
 """The training driver (single controller): one Audio-Thinker GRPO step after another, over its parts.
 
 A step, as the README's data flow: sample the step's questions -> the rollout pool generates G samples each
--> parse into `RolloutRecord`s -> the judge fills verdicts (HTTP, concurrent, while the trainer and the
-reference compute old / reference log-probs) -> the reward hook gives every reward term and the group
-advantages (ATAR at (step, T) by default) -> one GRPO update -> weight sync to the rollout workers (checksums
-checked) -> metrics, rollout dump, checkpoint, evaluation. Steps are numbered 1..T (docs/architecture.md).
+-> parse into `RolloutRecord`s -> the judge fills verdicts (HTTP, concurrent, while the reference computes its
+log-probs, and the trainer the old ones when several updates per batch need them) -> the reward hook gives
+every reward term and the group advantages (ATAR at (step, T) by default) -> the GRPO update(s) -> weight sync
+to the rollout workers (checksums checked) -> metrics, rollout dump, checkpoint, evaluation. Steps are numbered
+1..T (docs/architecture.md).
 
 Nothing is invented on failure: a judge that stays unreachable, a dead actor or a non-finite loss stops the
 run with a message naming the cause; the last checkpoint stays the resume point.
@@ -99,11 +100,6 @@ def policy_batch(encoded: list[EncodedPrompt], samples: list[list[Sample]]) -> P
         completion_ids=[list(s.token_ids) for _, s in flat],
         engine_logprobs=engine_lp,
     )
-
-
-def _timed(fn: Callable) -> tuple:
-    start = time.perf_counter()
-    return fn(), time.perf_counter() - start
 
 
 class Driver:
@@ -212,18 +208,31 @@ class Driver:
     def step(self, step: int) -> dict:
         c = self.config
         t_step = time.perf_counter()
-        (records, batch), t_gen = _timed(lambda: self.generate(step))
+        timed = self.run_dir.timeline.timed
+        (records, batch), t_gen = timed("generate", "driver", step, lambda: self.generate(step))
+        for k, span in enumerate(self.rollout.generation_spans()):
+            if span is not None:
+                self.run_dir.timeline.span("generate", f"rollout worker {k}", *span, step)
         timing = {"timing_s/gen": t_gen}
 
-        # The old and reference log-probs do not depend on the rewards: compute them while the judge works.
+        # The old and reference log-probs do not depend on the rewards: compute them while the judge works. With
+        # one update per rollout batch the old policy is the current one: the loss pass's log-probs, detached, are
+        # the old ones (old = None), and the separate forward is skipped (docs/trainer.md).
         temperature = c.rollout.temperature
+        old = None
         with ThreadPoolExecutor(max_workers=2) as pool:
-            old_f = pool.submit(_timed, lambda: self.trainer.compute_logprobs(batch, temperature))
-            ref_f = pool.submit(_timed, lambda: self.reference.compute_logprobs(batch, temperature))
-            judged, timing["timing_s/judge"] = _timed(
-                lambda: call_judge(self.judge, c.judge, records, self.needed) if self.needed else 0
+            if c.trainer.separate_old_pass:
+                old_f = pool.submit(
+                    timed, "old log-probs", "trainer", step, lambda: self.trainer.compute_logprobs(batch, temperature)
+                )
+            ref_f = pool.submit(
+                timed, "ref log-probs", "reference", step, lambda: self.reference.compute_logprobs(batch, temperature)
             )
-            (old, timing["timing_s/old_logprob"]), (ref, timing["timing_s/ref"]) = old_f.result(), ref_f.result()
+            judge = (lambda: call_judge(self.judge, c.judge, records, self.needed)) if self.needed else (lambda: 0)
+            judged, timing["timing_s/judge"] = timed("judge", "judge", step, judge)
+            if c.trainer.separate_old_pass:
+                old, timing["timing_s/old_logprob"] = old_f.result()
+            ref, timing["timing_s/ref"] = ref_f.result()
 
         rewards = self.reward_fn(records, step)
         for record, reward in zip(records, rewards.samples, strict=True):
@@ -256,13 +265,14 @@ class Driver:
                 log.warning("step %d: every group has equal rewards; no update this step", step)
                 return dropped, {}
             batch = batch.select(kept)
-        train = self.trainer.train_step(batch, c.rollout.temperature)
+        timed = self.run_dir.timeline.timed
+        train, _ = timed("train", "trainer", step, lambda: self.trainer.train_step(batch, c.rollout.temperature))
         if not math.isfinite(train["actor/loss"]) or not math.isfinite(train.get("actor/grad_norm", 0.0)):
             raise FloatingPointError(
                 f"non-finite loss {train['actor/loss']} / grad norm {train.get('actor/grad_norm')}; "
                 "the weights of this step are not synced or saved"
             )
-        sync = self.sync.push(step)
+        sync, _ = timed("sync", "trainer", step, lambda: self.sync.push(step))
         self.version = step
         return {**train, **dropped}, sync
 
@@ -297,19 +307,26 @@ class Driver:
         for step in progress(steps, desc="training", total=len(steps), unit="step"):
             try:
                 metrics = self.step(step)
+                timed = self.run_dir.timeline.timed
                 if self.eval_set is not None and (
                     step == c.run.total_steps or (c.run.eval_every and step % c.run.eval_every == 0)
                 ):
-                    metrics.update(self.evaluate())
+                    metrics.update(timed("eval", "driver", step, self.evaluate)[0])
                 if step % c.run.checkpoint_every == 0 or step == c.run.total_steps:
-                    self.trainer.save_checkpoint(
-                        self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                    timed(
+                        "checkpoint",
+                        "trainer",
+                        step,
+                        lambda step=step: self.trainer.save_checkpoint(
+                            self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
+                        ),
                     )
             except Exception as exc:
                 message = self.failure_message(step, exc)
                 self.run_dir.write_status("failed", message)
                 raise TrainingError(message) from exc
             self.run_dir.log_metrics(metrics)
+            self.run_dir.timeline.flush()
             for logger in self.loggers:
                 logger.log_metrics(step, metrics)
             steps_log.info(console_line(step, c.run.total_steps, metrics))

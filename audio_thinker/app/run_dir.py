@@ -7,6 +7,7 @@
       checkpoints/                trainer checkpoints (trainer.checkpoint)
       tensorboard/                event files (app/loggers.py)
       status.json                 {"state": "running" | "finished" | "failed", "message", "time"} (the dashboard)
+      timeline.json               each step's phases as a Chrome trace (app/timeline.py; Perfetto, chrome://tracing)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
@@ -19,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+from audio_thinker.app.timeline import Timeline
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import dump_config
@@ -39,6 +41,7 @@ class RunDir:
         self.tensorboard = self.path / "tensorboard"
         self.status_path = self.path / "status.json"
         self.final = self.path / "final"
+        self.timeline = Timeline(self.path / "timeline.json")
 
     def create(self, config: Config) -> RunDir:
         for folder in (self.path, self.rollouts, self.checkpoints, self.tensorboard):
@@ -73,6 +76,7 @@ class RunDir:
         for dump in self.rollouts.glob("step_*.jsonl"):
             if int(dump.stem.split("_")[1]) > step:
                 dump.unlink()
+        self.timeline.truncate_after(step)
 
     def log_metrics(self, metrics: dict) -> None:
         """Append one step's metrics as a JSON line, flushed before returning (the loggers get them too)."""

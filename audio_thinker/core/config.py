@@ -235,6 +235,30 @@ class TrainerConfig(Section):
     )
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward; accumulation covers the step.")
+    ppo_epochs: int = Field(
+        1,
+        ge=1,
+        description="Passes over each rollout batch (verl's ppo_epochs, TRL's num_iterations); the paper: 1. "
+        "Above 1, the old log-probs come from a separate forward before the first update.",
+    )
+    mini_batches_per_step: int = Field(
+        1,
+        ge=1,
+        description="Optimizer updates per pass over a rollout batch, each on an equal share of its sequences "
+        "(verl's ppo_mini_batch_size as a count); the paper: 1. Above 1, the old log-probs come from a separate "
+        "forward before the first update.",
+    )
+    recompute_old_logprobs: bool = Field(
+        False,
+        description="Run the separate old-log-prob forward even with one update per rollout batch, where it "
+        "equals the loss pass's detached log-probs (ratio 1) and is skipped by default; for benchmarks and checks.",
+    )
+    encode_audio_once: bool = Field(
+        True,
+        description="Run the audio encoder once per distinct clip of a micro-batch and share its output over the "
+        "clip's samples (gradients summed over them, as per sample); false: once per sample (the old cost, for "
+        "benchmarks).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
     sync_backend: Literal["object_store", "broadcast"] = Field(
@@ -271,6 +295,16 @@ class TrainerConfig(Section):
                 "e.g. rollout.max_new_tokens"
             )
         return self
+
+    @property
+    def updates_per_batch(self) -> int:
+        """Optimizer updates on each rollout batch; above 1 the old policy differs from the current one."""
+        return self.ppo_epochs * self.mini_batches_per_step
+
+    @property
+    def separate_old_pass(self) -> bool:
+        """Whether the old log-probs need their own forward (else: the loss pass's, detached)."""
+        return self.updates_per_batch > 1 or self.recompute_old_logprobs
 
 
 class RunConfig(Section):
@@ -359,5 +393,11 @@ class Config(Section):
             raise ValueError(
                 f"trainer.num_ranks={self.trainer.num_ranks} > the {sequences} sequences of a step "
                 "(run.questions_per_step x rollout.samples_per_question): every rank needs at least one"
+            )
+        if t.mini_batches_per_step * t.num_ranks > sequences:
+            raise ValueError(
+                f"trainer.mini_batches_per_step={t.mini_batches_per_step} x trainer.num_ranks={t.num_ranks} > the "
+                f"{sequences} sequences of a step (run.questions_per_step x rollout.samples_per_question): every "
+                "rank needs at least one sequence of every mini-batch"
             )
         return self

@@ -1,13 +1,15 @@
 """What differs between the two policy families (Qwen2-Audio, Qwen2.5-Omni thinker), in one place: the chat
-layout, the checkpoint key layout, the transformers classes and how a folder's `model_type` names its family.
-Every other module asks here instead of branching on the family name itself."""
+layout, the checkpoint key layout, the transformers classes, how a folder's `model_type` names its family and
+how each runs its audio encoder. Every other module asks here instead of branching on the family name itself."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 import transformers
+from transformers.masking_utils import create_bidirectional_mask
 
 from audio_thinker.core.vocab import FAMILIES
 
@@ -86,3 +88,69 @@ def model_class(family: str, model_type: str | None = None):
     if model_type == "qwen2_5_omni":
         return transformers.Qwen2_5OmniForConditionalGeneration
     return transformers.Qwen2_5OmniThinkerForConditionalGeneration
+
+
+def policy_family(policy) -> str:
+    """The family of a loaded policy model, from its config's `model_type`."""
+    model_type = policy.config.model_type
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is neither Qwen2-Audio nor Qwen2.5-Omni")
+    return MODEL_TYPES[model_type]
+
+
+def audio_embeddings(policy, input_features: torch.Tensor, feature_attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """Per clip, the embeddings its audio tokens get in the language model ([n_k, hidden]): the audio encoder
+    (and Qwen2-Audio's projector) run once on the stacked clips `input_features` [C, mel, frames].
+
+    The same computation as inside each family's forward (transformers 5.19), factored out so that a clip
+    shared by G samples is encoded once (`merge_audio_embeddings` then places it in each sample's row).
+    """
+    dtype = next(policy.parameters()).dtype
+    input_features = input_features.to(dtype)
+    if policy_family(policy) == "qwen2_5_omni":
+        hidden = policy.get_audio_features(input_features, feature_attention_mask, return_dict=True).last_hidden_state
+        _, lengths = policy.audio_tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+        return list(hidden.split(lengths.tolist()))
+    model = policy.model
+    tower = model.audio_tower
+    feat_lengths, lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
+    num_clips, _, frames = input_features.shape
+    max_len = (frames - 2) // 2 + 1
+    valid = (torch.arange(max_len, device=feat_lengths.device)[None, :] < feat_lengths[:, None]).long()
+    mask = create_bidirectional_mask(
+        config=tower.config,
+        inputs_embeds=torch.zeros(num_clips, max_len, 1, dtype=dtype, device=input_features.device),
+        attention_mask=valid,
+    )
+    hidden = model.multi_modal_projector(tower(input_features, attention_mask=mask).last_hidden_state)
+    return [hidden[k, :n] for k, n in enumerate(lengths.tolist())]
+
+
+def merge_audio_embeddings(
+    policy, input_ids: torch.Tensor, clips: list[torch.Tensor], clip_index: torch.Tensor
+) -> torch.Tensor:
+    """The input embeddings [B, L, hidden] of `input_ids` with row r's audio placeholders filled by clip
+    `clip_index[r]` of `clips` (a clip used by several rows gets the sum of their gradients)."""
+    embeds = policy.get_input_embeddings()(input_ids)
+    placeholders = (input_ids == policy.config.audio_token_id)[..., None]
+    audio = torch.cat([clips[c] for c in clip_index.tolist()]).to(embeds.dtype)
+    if placeholders.sum() != audio.shape[0]:
+        raise ValueError(f"{int(placeholders.sum())} audio placeholders for {audio.shape[0]} audio embeddings")
+    return embeds.masked_scatter(placeholders, audio)
+
+
+def forward_with_audio_embeddings(
+    policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeds: torch.Tensor, row_feature_mask: torch.Tensor
+):
+    """The policy's forward on embeddings that already hold the audio (`merge_audio_embeddings`).
+
+    Both families take the same call: Qwen2-Audio uses only the embeddings (positions from the attention
+    mask); Qwen2.5-Omni builds its rope index from the ids and each row's feature mask, as with raw features.
+    """
+    return policy(
+        input_ids=input_ids,
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        feature_attention_mask=row_feature_mask,
+        use_cache=False,
+    )

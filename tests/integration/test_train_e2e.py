@@ -142,11 +142,27 @@ def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_p
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("4")
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
+    check_timeline(out, STEPS)
     # The trained policy is exported at the end; `audio-thinker export` of the last checkpoint writes the same.
     final = (out / "final" / "model.safetensors").read_bytes()
     again = export_run(out, step=None, out=tmp_path / "again")
     assert (again / "model.safetensors").read_bytes() == final
     assert (again / "config.json").is_file() and (again / "tokenizer.json").is_file()
+
+
+def check_timeline(out: Path, steps: int) -> None:
+    """Every step's phases once in timeline.json (valid JSON), on their lanes; no separate old pass by default."""
+    events = json.loads((out / "timeline.json").read_text())
+    lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    spans = [(e["args"]["step"], e["name"], lanes[e["tid"]]) for e in events if e["ph"] == "X"]
+    for step in range(1, steps + 1):
+        phases = sorted((name, lane) for s, name, lane in spans if s == step)
+        expected = [("checkpoint", "trainer"), ("generate", "driver"), ("generate", "rollout worker 0"),
+                    ("judge", "judge"), ("ref log-probs", "reference"), ("sync", "trainer"), ("train", "trainer")]
+        if step == steps:
+            expected = sorted([*expected, ("eval", "driver")])
+        assert phases == expected, step
+    assert all(e["dur"] >= 0 and e["ts"] > 1.6e15 for e in events if e["ph"] == "X")
 
 
 def free_port() -> int:
@@ -295,6 +311,7 @@ def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_run, 
 
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # every step once
+    check_timeline(out, STEPS)  # the killed job's steps after its checkpoint were dropped, not repeated
     for m in metrics:
         check_step_dump(out, m["step"], STEPS, m, rows_per_step=2 * 8)  # ATAR continues at 3/4 and 4/4 (saved T)
     assert metrics[-1]["gamma_think"] == 1.0 and metrics[-1]["gamma_no_think"] == 1.0

@@ -261,6 +261,27 @@ def test_broadcast_sync_reaches_every_worker(first_step, two_ranks, policy_path)
     two_ranks.close_sync()
 
 
+def test_several_updates_per_batch_use_the_old_logprobs(two_ranks, batches, policy_path):
+    """trainer.ppo_epochs=2 x mini_batches_per_step=2: four optimizer steps on one rollout batch, each on half
+    of it, against the old log-probs computed before the first; refused without them."""
+    batch = make_batch(policy_path, seed=2)  # batches[1]'s sequences, without its old log-probs
+    batch.ref_logprobs = batches[1].ref_logprobs
+    start = two_ranks.status()["step"]
+    before = two_ranks.cfg
+    two_ranks.cfg = trainer_config(num_ranks=2, ppo_epochs=2, mini_batches_per_step=2)
+    try:
+        with pytest.raises(ValueError, match="need the batch's old_logprobs"):
+            two_ranks.train_step(batch)
+        batch.old_logprobs = two_ranks.compute_logprobs(batch)
+        metrics = two_ranks.train_step(batch)
+    finally:
+        two_ranks.cfg = before
+    assert metrics["actor/updates"] == 4 and two_ranks.status()["step"] == start + 4
+    assert metrics["actor/tokens"] == sum(len(c) for c in batch.completion_ids) and metrics["actor/sequences"] == 6
+    # The first update sees ratio 1; the later ones see the moved policy against the old log-probs.
+    assert metrics["actor/ratio_max"] - metrics["actor/ratio_min"] > 1e-4
+
+
 def test_omni_thinker_trains_and_exports(ray_session, tiny_models, tmp_path_factory):
     """Qwen2.5-Omni thinker with gradient checkpointing and a frozen audio encoder: one ZeRO-2 step moves the
     language model but neither the audio encoder nor the (unused) vision tower; the export loads with

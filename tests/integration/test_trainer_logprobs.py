@@ -9,7 +9,8 @@ import torch
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
-from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate, compute_logprobs
+from trainer.grpo import grpo_loss
+from trainer.logprobs import CompletionLogprobs, PolicyBatch, _lm_head_at, collate, compute_logprobs, pad_ragged
 
 FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
 
@@ -91,6 +92,81 @@ def test_padding_micro_batches_changes_nothing(case):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="less than the 2 needed"):
         compute_logprobs(module, batch, 3, num_micro_batches=1)
+
+
+def per_sample_logprobs(model, inputs: dict, temperature: float = 1.0) -> torch.Tensor:
+    """What `CompletionLogprobs` computed before clips were shared: transformers' own forward, every row with its
+    own copy of its clip's features (the encoder runs once per sequence)."""
+    rows = inputs["clip_index"]
+    with _lm_head_at(model.lm_head, inputs["positions"]):
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            input_features=inputs["input_features"][rows],
+            feature_attention_mask=inputs["feature_attention_mask"][rows],
+            use_cache=False,
+        ).logits.float() / temperature
+    return logits.gather(-1, inputs["targets"][..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def loss_and_grads(model, logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    """A GRPO loss with a KL term (old = logp detached, made-up reference and advantages) and its gradients."""
+    model.zero_grad()
+    ref = (logp.detach() + 0.1 * torch.arange(logp.shape[1])).where(mask.bool(), 0)
+    adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
+    loss, _ = grpo_loss(logp, logp.detach(), ref, adv, mask, beta=0.04)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
+def test_each_clip_encoded_once_gives_the_per_sample_loss_and_gradients(case):
+    """Two clips, each continued by two of the four sequences of one micro-batch: the encoder runs on 2 clips,
+    and the loss and every gradient (audio encoder included: summed over the clip's samples) equal the
+    per-sample path's to 1e-5."""
+    family, model, batch = case
+    shared = collate(batch, range(4))
+    assert shared["input_features"].shape[0] == 2 and shared["clip_index"].tolist() == [0, 1, 0, 1]
+    mask = shared.pop("mask")
+    module = CompletionLogprobs(model)
+    loss, grads = loss_and_grads(model, module(**shared), mask)
+    expected_loss, expected = loss_and_grads(model, per_sample_logprobs(model, shared), mask)
+    assert loss == pytest.approx(expected_loss, abs=1e-5)
+    assert grads.keys() == expected.keys() and any("audio_tower" in n for n in grads)
+    for name, g in expected.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-5, msg=f"{family} {name}")
+    unshared = collate(batch, range(4), share_clips=False)
+    assert unshared["input_features"].shape[0] == 4 and unshared["clip_index"].tolist() == [0, 1, 2, 3]
+    unshared.pop("mask")
+    torch.testing.assert_close(module(**unshared), module(**shared), rtol=0, atol=1e-5)
+
+
+def test_on_policy_old_logprobs_equal_a_separate_old_pass(case):
+    """One update per batch: the loss pass's detached log-probs (what the trainer uses when the driver skips the
+    old pass) give ratio 1 exactly and the same loss, statistics and gradients as a separate old forward."""
+    family, model, batch = case
+    module = CompletionLogprobs(model)
+    inputs = collate(batch, range(4))
+    mask = inputs.pop("mask")
+    separate = pad_ragged(compute_logprobs(module, batch, micro_batch_size=4), mask.shape[1])
+    ref = separate + 0.05
+    adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
+    results = []
+    for old in (None, separate):
+        model.zero_grad()
+        logp = module(**inputs)
+        loss, stats = grpo_loss(logp, logp.detach() if old is None else old, ref, adv, mask, beta=0.04)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((float(loss.detach()), stats, grads))
+    model.zero_grad(set_to_none=True)
+    (loss, stats, grads), (sep_loss, sep_stats, sep_grads) = results
+    assert stats["ratio_min"] == stats["ratio_max"] == stats["ratio_mean"] == 1.0
+    assert loss == pytest.approx(sep_loss, abs=1e-6)
+    for key in ("kl", "clip_frac", "ratio_mean", "tokens"):
+        assert stats[key] == pytest.approx(sep_stats[key], abs=1e-6), key
+    for name, g in sep_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=f"{family} {name}")
 
 
 def test_collate_layout(tiny_models):

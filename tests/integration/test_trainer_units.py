@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from actors.trainer_group import shard_plan
+from actors.trainer_group import mini_batch_plan, shard_plan
 from audio_thinker.core.models import load_policy
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightReceiver, WeightSender, free_port, pack_buckets, unpack
 from trainer.checkpoint import capture_rng, latest_checkpoint, list_checkpoints, restore_rng
-from trainer.engine import freeze, lr_factor
+from trainer.engine import freeze, lr_factor, merge_update_metrics
 
 
 def test_lr_factor_hand_values():
@@ -38,6 +38,30 @@ def test_shard_plan():
     assert shard_plan(3, 2, 1) == ([[0, 1], [2]], 2)  # rank 1 runs one empty-mask micro-batch
     with pytest.raises(ValueError, match="at least one sequence per trainer rank"):
         shard_plan(2, 3, 4)
+
+
+def test_mini_batch_plan():
+    assert mini_batch_plan(32, 1, 1) == [list(range(32))]
+    assert mini_batch_plan(32, 4, 2) == [list(range(k, k + 8)) for k in range(0, 32, 8)]  # whole groups of 8
+    assert [len(m) for m in mini_batch_plan(10, 3, 1)] == [4, 3, 3]
+    assert [len(m) for m in mini_batch_plan(5, 4, 2)] == [3, 2]  # a filtered step: one sequence per rank each
+
+
+def test_merge_update_metrics_hand_values():
+    def update(loss, ratio_min, ratio_max, step):
+        return {"actor/loss": loss, "actor/kl": 0.1 * step, "actor/ratio_mean": 1.0, "actor/ratio_min": ratio_min,
+                "actor/ratio_max": ratio_max, "actor/grad_norm": 2.0 * step, "actor/lr": 1e-3 / step,
+                "actor/step": step, "actor/tokens": 40.0, "actor/sequences": 8.0, "actor/clip_frac": 0.0}
+
+    one = update(0.5, 1.0, 1.0, 1)
+    assert merge_update_metrics([one]) == one  # one update: its metrics unchanged, no actor/updates
+    merged = merge_update_metrics([update(0.5, 0.9, 1.1, 1), update(0.1, 0.95, 1.3, 2)] * 2, epochs=2)
+    assert merged["actor/loss"] == pytest.approx(0.3) and merged["actor/kl"] == pytest.approx(0.15)
+    assert merged["actor/ratio_min"] == 0.9 and merged["actor/ratio_max"] == 1.3
+    assert merged["actor/grad_norm"] == pytest.approx(3.0)
+    assert merged["actor/lr"] == 5e-4 and merged["actor/step"] == 2  # the last update's
+    assert merged["actor/tokens"] == 80.0 and merged["actor/sequences"] == 16.0  # one epoch = two mini-batches
+    assert merged["actor/updates"] == 4.0
 
 
 def test_freeze(tiny_models):

@@ -205,6 +205,8 @@ def test_an_unknown_key_suggests_the_closest_one():
         (["judge.backend=openai"], "judge.backend=openai with judge.url unset"),
         (["rollout.num_gpus_per_worker=1", "rollout.tensor_parallel_size=2"], "rollout.tensor_parallel_size=2"),
         (["trainer.num_ranks=40"], "trainer.num_ranks=40 > the 32 sequences"),
+        (["trainer.mini_batches_per_step=9", "trainer.num_ranks=4"], "mini_batches_per_step=9 x trainer.num_ranks=4"),
+        (["trainer.ppo_epochs=0"], "ppo_epochs"),
         (["judge.max_items=2000"], "max_items \\(2000\\) > max_queue"),
     ],
 )

@@ -20,6 +20,7 @@ from audio_thinker.app.dashboard.runs import AudioRefused, Metrics, Run, RunInde
 from audio_thinker.app.dashboard.server import create_app
 from audio_thinker.app.dashboard.synthetic_run import write_synthetic_run
 from audio_thinker.app.run_dir import RunDir
+from audio_thinker.app.timeline import Timeline
 
 
 def line(step: int, **extra) -> str:
@@ -141,6 +142,16 @@ def test_audio_is_served_with_ranges_and_traversal_is_refused(run_dir, client, t
         assert client.get("/runs/demo/audio", params={"path": path}).status_code == status, path
     assert client.get("/runs/..%2F..%2Fetc/audio", params={"path": str(clip)}).status_code == 404
     assert RunIndex(run_dir.parent).get("..") is None
+
+
+def test_the_run_page_links_the_timeline_and_serves_it(run_dir, client):
+    assert client.get("/runs/demo/timeline.json").status_code == 404  # no finished step yet
+    timeline = Timeline(run_dir / "timeline.json")
+    timeline.span("train", "trainer", 10.0, 11.5, 1)
+    timeline.flush()
+    assert 'href="/runs/demo/timeline.json"' in client.get("/runs/demo").text
+    served = client.get("/runs/demo/timeline.json")
+    assert served.status_code == 200 and served.json() == json.loads((run_dir / "timeline.json").read_text())
 
 
 def test_relative_audio_root_resolves_against_the_working_directory_then_the_runs_folder(run_dir):

@@ -146,6 +146,9 @@ class StubRollout:
             out.append([Sample(PROMPT_IDS, [1] * (j + 1), t, "stop", [-0.5] * (j + 1)) for j, t in enumerate(texts)])
         return out
 
+    def generation_spans(self):
+        return [(100.0, 100.5)]
+
     def set_weights(self, handle, version, expected_checksum=None):
         self.weights.append((version, expected_checksum))
         return {"seconds": 0.0}
@@ -153,9 +156,10 @@ class StubRollout:
 
 class StubTrainer:
     def __init__(self):
-        self.batches = []
+        self.batches, self.logprob_calls = [], 0
 
     def compute_logprobs(self, batch, temperature=1.0):
+        self.logprob_calls += 1
         return [np.full(len(ids), -0.5, np.float32) for ids in batch.completion_ids]
 
     def train_step(self, batch, temperature=1.0):
@@ -173,9 +177,12 @@ class StubReference(StubTrainer):
     pass
 
 
+STUB_OVERRIDES = ["run.total_steps=4", "run.questions_per_step=2", "rollout.samples_per_question=4"]
+
+
 @pytest.fixture()
 def stub_driver(dataset, tmp_path):
-    config = load_config(None, ["run.total_steps=4", "run.questions_per_step=2", "rollout.samples_per_question=4"])
+    config = load_config(None, STUB_OVERRIDES)
     rollout, trainer = StubRollout(4), StubTrainer()
     run_dir = RunDir(tmp_path / "run").create(config)
     return Driver(config, rollout, trainer, StubReference(), None, run_dir, dataset, encoder=StubEncoder())
@@ -196,7 +203,9 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
     batch = driver.trainer.batches[0]
     assert batch.prompt_index == [0, 0, 0, 0, 1, 1, 1, 1]
     assert batch.advantages[0] > 0 > batch.advantages[1]  # no_think paid 1, think 0, within each group
-    assert len(batch.old_logprobs) == len(batch.ref_logprobs) == 8
+    # One update per batch: no separate old-log-prob pass (the loss pass's detached log-probs are the old ones).
+    assert batch.old_logprobs is None and driver.trainer.logprob_calls == 0 and "timing_s/old_logprob" not in metrics
+    assert len(batch.ref_logprobs) == 8 and driver.reference.logprob_calls == 1
     assert driver.rollout.weights == [(1, "sum")] and driver.version == 1  # synced as version 1, checksum checked
     dump = [json.loads(line) for line in driver.run_dir.rollout_path(1).read_text().splitlines()]
     assert [d["mode"] for d in dump[:4]] == ["no_think", "think", "invalid", "no_think"]
@@ -205,6 +214,20 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
     assert RolloutRecord.from_json(dump[0]).question_id == dump[0]["group"]
     assert metrics["count/invalid"] == 2 and metrics["think_rate"] == pytest.approx(2 / 6)
     assert metrics["step"] == 1 and metrics["sync/bytes"] == 10.0
+    phases = {(e["name"], e["tid"]) for e in driver.run_dir.timeline.pending if e["ph"] == "X"}
+    assert phases == {("generate", 0), ("generate", 10), ("judge", 1), ("ref log-probs", 2), ("train", 3), ("sync", 3)}
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.ppo_epochs=2", "trainer.mini_batches_per_step=2", "trainer.recompute_old_logprobs=true"]
+)
+def test_several_updates_per_batch_get_a_separate_old_pass(stub_driver, override):
+    driver = stub_driver
+    driver.config = load_config(None, [*STUB_OVERRIDES, override])
+    driver.reward_fn = lambda records, step: rewards_from_totals([r.verdict() for r in records], [0.0] * len(records))
+    metrics = driver.step(1)
+    batch = driver.trainer.batches[0]
+    assert driver.trainer.logprob_calls == 1 and len(batch.old_logprobs) == 8 and "timing_s/old_logprob" in metrics
 
 
 def test_the_default_reward_is_the_papers_and_a_tokenizer_mismatch_is_named(stub_driver):

@@ -140,6 +140,14 @@ def create_app(runs_dir: str | Path, token: str | None = None, stale_after: floa
             raise HTTPException(exc.status, str(exc)) from None
         return FileResponse(file, media_type=media_type)
 
+    @app.get("/runs/{name}/timeline.json")
+    def timeline(name: str):
+        """The run's Chrome trace of step phases (app/timeline.py), for Perfetto or chrome://tracing."""
+        file = run_or_404(name).path / "timeline.json"
+        if not file.is_file():
+            raise HTTPException(404, f"run {name!r} has no timeline.json (written from its first finished step)")
+        return FileResponse(file, media_type="application/json", filename=f"{name}-timeline.json")
+
     @app.get("/metrics")
     def metrics():
         """Prometheus: the last logged step of every run (docs/dashboard.md, deploy/grafana)."""
