@@ -237,7 +237,7 @@ class PolicyEngine:
         loss_sum, tokens = 0.0, 0
         for k in range(num_micro_batches):
             real = k < len(chunks)
-            inputs = collate(batch, chunks[k] if real else chunks[0], self.device)
+            inputs = collate(batch, chunks[k] if real else chunks[0], self.device, self.cfg.encode_audio_once)
             mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
             loss = sft_loss(self.engine(**inputs), mask, num_tokens)
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
