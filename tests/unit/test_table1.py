@@ -79,7 +79,7 @@ def test_rows_set_the_variant_and_prompt_of_their_method():
                    "model-a": ("atar", "adaptive", 7), "model-b": ("atar_cr", "adaptive", 7),
                    "model-c": ("atar_cr_tr", "adaptive", 7)}
     assert all(Path(p.config.run.output_dir) == out / p.row.name for p in plans)
-    assert all(row_of_config(p.config) == p.row for p in plans)
+    assert all(row_of_config(p.config, "grpo") == p.row and p.train_args[0] == "train" for p in plans)
     # No --bench: the config's held-out split, read as the synthetic layout.
     assert [(b.bench, b.data) for b in benches] == [("synthetic", load_config().data.eval_manifest)]
     base = plan_ablation(AblateOptions(rows=["qwen2-audio-base"], out="/tmp/x"), [])[2][0]
@@ -93,12 +93,28 @@ def test_rows_set_the_variant_and_prompt_of_their_method():
         ("grpo-c", [], r"grpo-c is a qwen2_5_omni row but the config trains model.family=qwen2_audio"),
         ("model-a", ["reward.variant=grpo"], r"override reward.variant: set by each row"),
         ("model-a", ["run.output_dir=/x"], r"ablate sets them \(use --out\)"),
-        ("sft-a", [], r"sft-a is an SFT baseline"),
+        ("sft-b", [], r"an SFT\+CoT row trains on rationales: give --cot-data FILE"),
     ],
 )
 def test_bad_rows_and_overrides_are_named_before_anything_runs(row_list, overrides, message):
     with pytest.raises(OptionError, match=message):
         plan_ablation(AblateOptions(rows=row_list), overrides)
+
+
+def test_sft_rows_are_sft_runs_of_their_target_and_the_cot_rows_train_on_the_rationales(tmp_path):
+    cot = tmp_path / "train_cot.jsonl"
+    cot.write_text("")
+    options = AblateOptions(rows="sft-a,sft-b", out=str(tmp_path / "out"), cot_data=str(cot))
+    plans = plan_ablation(options, ["run.total_steps=2"])[2]
+    got = {p.row.name: (p.train_args[0], p.config.sft.target, p.config.prompt.mode, p.row.prompt_mode)
+           for p in plans}
+    assert got == {"sft-a": ("sft", "answer", "no_think", "no_think"), "sft-b": ("sft", "cot", "think", "think")}
+    assert plans[1].config.data.train_manifest == str(cot) != plans[0].config.data.train_manifest
+    assert all(row_of_config(p.config, "sft") == p.row for p in plans)
+    with pytest.raises(FileNotFoundError, match="--cot-data /nope: not a file"):
+        plan_ablation(AblateOptions(rows="sft-b", cot_data="/nope"), [])
+    with pytest.raises(OptionError, match="override sft.target: set by each row"):
+        plan_ablation(AblateOptions(rows="sft-a"), ["sft.target=cot"])
 
 
 def test_omni_rows_run_on_the_omni_family():
@@ -149,6 +165,14 @@ def test_report_puts_our_numbers_beside_the_papers(tmp_path):
     assert figure in written and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "out" / "figure2_synthetic.png").exists()  # no difficulty levels there
     assert render_table1(build_table([a, c, custom])) == md
+
+
+def test_an_sft_run_is_its_sft_row(tmp_path):
+    run = make_run(tmp_path / "s", "grpo", "no_think", results(1, 2, 3, 2, {"all": 100.0}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "sft/loss": 1.5}) + "\n")
+    assert build_table([run])["rows"][0]["row"] == "sft-a"  # target answer, no_think prompt
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/total_mean": 0.5}) + "\n")
+    assert build_table([run])["rows"][0]["row"] == "grpo-a"
 
 
 def test_report_names_a_run_without_evaluations_and_duplicate_rows(tmp_path):

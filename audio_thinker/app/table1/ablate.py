@@ -70,8 +70,6 @@ def _check_rows(names: list[str], family: str) -> list[Row]:
                 f"use the {row.family} preset, or on the tiny run add model.family={row.family} "
                 f"model.policy_path=artifacts/tiny/{row.family}"
             )
-        if row.kind == "sft":
-            raise OptionError(f"--rows: {name} is an SFT baseline ({row.method}), which `ablate` cannot train yet")
         picked.append(row)
     return picked
 
@@ -96,12 +94,26 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
         if row.kind == "base":
             plans.append(RowPlan(row, folder, base, None))
             continue
-        run_keys = [*row.overrides, *overrides, f"run.output_dir={folder}", f"run.name={row.name}"]
+        preset, data = options.preset, []
+        if row.kind == "sft":
+            preset = options.sft_preset or options.preset
+            if row.method == "SFT+CoT":
+                if options.cot_data is None:
+                    raise OptionError(f"--rows {row.name}: an SFT+CoT row trains on rationales: give --cot-data FILE "
+                                      "(`audio-thinker make-cot` writes it)")
+                if not Path(options.cot_data).is_file():
+                    raise FileNotFoundError(f"--cot-data {options.cot_data}: not a file")
+                data = [f"data.train_manifest={Path(options.cot_data).resolve()}"]
+        run_keys = [*row.overrides, *data, *overrides, f"run.output_dir={folder}", f"run.name={row.name}"]
         try:
-            config = load_config(options.preset, run_keys)
+            config = load_config(preset, run_keys)
         except ConfigError as exc:
             raise ConfigError(f"row {row.name}: {exc}") from None
-        plans.append(RowPlan(row, folder, config, ["train", *_absolute(options.preset), *run_keys]))
+        if config.model.family != row.family:
+            raise OptionError(f"--rows {row.name}: --sft-preset {preset} trains model.family={config.model.family}, "
+                              f"the row is {row.family}")
+        command = "sft" if row.kind == "sft" else "train"
+        plans.append(RowPlan(row, folder, config, [command, *_absolute(preset), *run_keys]))
     return out, benches, plans
 
 

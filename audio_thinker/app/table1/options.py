@@ -41,9 +41,15 @@ class AblateOptions(BaseModel):
         None, description="Config (YAML file or preset name) every row starts from (none: the embedded tiny run)."
     )
     rows: list[str] = Field(
-        description="Comma-separated rows of Table 1: grpo-a,grpo-b,model-a,model-b,model-c (Qwen2-Audio), "
-        "grpo-c,grpo-d,model-d,model-e,model-f (Qwen2.5-Omni), the base models qwen2-audio-base / "
-        "qwen2.5-omni-base."
+        description="Comma-separated rows of Table 1: sft-a,sft-b,grpo-a,grpo-b,model-a,model-b,model-c "
+        "(Qwen2-Audio), sft-c,sft-d,grpo-c,grpo-d,model-d,model-e,model-f (Qwen2.5-Omni), the base models "
+        "qwen2-audio-base / qwen2.5-omni-base."
+    )
+    sft_preset: str | None = Field(
+        None, description="Config the SFT rows (`audio-thinker sft`) start from, e.g. sft-a (none: --preset)."
+    )
+    cot_data: str | None = Field(
+        None, description="Training rows with rationales (`make-cot` output) for the SFT+CoT rows sft-b / sft-d."
     )
     out: str | None = Field(None, description="Output folder, one run directory per row (none: runs/ablate-<time>).")
     bench: list[str] = Field(

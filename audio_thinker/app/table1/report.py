@@ -35,6 +35,13 @@ def columns(bench: str) -> tuple[str, ...]:
     return COLUMNS.get(bench, TASK_COLUMNS)
 
 
+def _is_sft_run(run: Path) -> bool:
+    """An `audio-thinker sft` run logs `sft/loss` where a GRPO run logs rewards."""
+    metrics = run / "metrics.jsonl"
+    first = metrics.read_text().partition("\n")[0] if metrics.is_file() else ""
+    return bool(first) and "sft/loss" in json.loads(first)
+
+
 def _identity(run: Path) -> dict:
     """row, method, family of a run: its row.json, else what its config.yaml trains."""
     if (run / ROW_FILE).is_file():
@@ -42,11 +49,12 @@ def _identity(run: Path) -> dict:
     if not (run / "config.yaml").is_file():
         raise EvalError(f"--runs {run}: neither {ROW_FILE} nor config.yaml: not a run directory")
     config = load_config(str(run / "config.yaml"))
-    row = row_of_config(config)
+    sft = _is_sft_run(run)
+    row = row_of_config(config, "sft" if sft else "grpo")
     if row is not None:
         return {"row": row.name, "family": row.family, "method": row.method}
-    method = f"variant {config.reward.variant}, prompt {config.prompt.mode}"
-    return {"row": run.name, "family": config.model.family, "method": method}
+    method = f"SFT, target {config.sft.target}" if sft else f"variant {config.reward.variant}"
+    return {"row": run.name, "family": config.model.family, "method": f"{method}, prompt {config.prompt.mode}"}
 
 
 def _ours(results: dict, bench: str) -> dict[str, float | None]:

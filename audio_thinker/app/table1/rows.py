@@ -1,8 +1,8 @@
 """The rows of the paper's Table 1: what a run of each row changes in a config, and the paper's numbers.
 
 The numbers are data (`paper.json`, with their source and the paper's own inconsistencies noted), read
-here and nowhere else. A row is trained by GRPO with one reward variant and prompt mode, by SFT (the SFT
-baselines), or not at all (the base model, "reproduce" in the paper: evaluated as it is).
+here and nowhere else. A row is trained by GRPO with one reward variant and prompt mode (`train`), by SFT
+on answer or CoT targets (`sft`), or not at all (the base model, "reproduce" in the paper: evaluated as it is).
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ GRPO_METHODS: dict[str, tuple[str, ...]] = {
     "GRPO+ATAR+CR": ("reward.variant=atar_cr", "prompt.mode=adaptive"),
     "GRPO+ATAR+CR+TR": ("reward.variant=atar_cr_tr", "prompt.mode=adaptive"),
 }
-SFT_PROMPTS = {"SFT": "no_think", "SFT+CoT": "think"}  # answer-only targets / <think> rationale targets
+# ... and an `audio-thinker sft` run: answer-only targets, or <think> rationale targets with the think prompt.
+SFT_METHODS: dict[str, tuple[str, ...]] = {
+    "SFT": ("sft.target=answer", "prompt.mode=no_think"),
+    "SFT+CoT": ("sft.target=cot", "prompt.mode=think"),
+}
 BASE_METHOD = "-"
 # What the rows set: a user override of one of these would make the run another row.
-ROW_KEYS = ("reward.variant", "prompt.mode")
+ROW_KEYS = ("reward.variant", "prompt.mode", "sft.target")
 Kind = Literal["base", "grpo", "sft"]
 
 
@@ -42,18 +46,17 @@ class Row:
     def kind(self) -> Kind:
         if self.method == BASE_METHOD:
             return "base"
-        return "sft" if self.method in SFT_PROMPTS else "grpo"
+        return "sft" if self.method in SFT_METHODS else "grpo"
 
     @property
     def overrides(self) -> tuple[str, ...]:
-        """The config overrides of a GRPO row (none for the others)."""
-        return GRPO_METHODS.get(self.method, ())
+        """The config overrides that make a run this row (none for a base row)."""
+        return GRPO_METHODS.get(self.method) or SFT_METHODS.get(self.method, ())
 
     @property
     def prompt_mode(self) -> str:
         """The prompt the row is trained and evaluated with (the base models: the adaptive prompt)."""
-        modes = dict(o.split("=", 1) for o in self.overrides)
-        return modes.get("prompt.mode", SFT_PROMPTS.get(self.method, "adaptive"))
+        return dict(o.split("=", 1) for o in self.overrides).get("prompt.mode", "adaptive")
 
 
 @cache
@@ -69,11 +72,12 @@ def rows() -> dict[str, Row]:
     }
 
 
-def row_of_config(config: Config) -> Row | None:
-    """The GRPO row a training config is (by family, reward variant and prompt mode), None if it is none."""
+def row_of_config(config: Config, kind: Kind) -> Row | None:
+    """The row a `train` (kind grpo) or `sft` run's config is, by family and the keys its rows set; None: none."""
+    c = config
+    values = {"reward.variant": c.reward.variant, "prompt.mode": c.prompt.mode, "sft.target": c.sft.target}
     for row in rows().values():
-        if row.kind == "grpo" and row.family == config.model.family:
-            wanted = dict(o.split("=", 1) for o in row.overrides)
-            if wanted == {"reward.variant": config.reward.variant, "prompt.mode": config.prompt.mode}:
+        if row.kind == kind and row.family == config.model.family:
+            if all(values[key] == value for key, value in (o.split("=", 1) for o in row.overrides)):
                 return row
     return None
