@@ -18,9 +18,10 @@ from pathlib import Path
 from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
 from audio_thinker.app.chat_client import ChatError
 from audio_thinker.app.data_options import AvqaOptions, CotOptions
-from audio_thinker.app.errors import CotError, EvalError, TrainingError
+from audio_thinker.app.errors import CotError, EvalError, Preempted, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
+from audio_thinker.app.preemption import EXIT_PREEMPTED
 from audio_thinker.app.resume import record_changes, resume_config
 from audio_thinker.app.run_dir import default_output_dir
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions, add_table1_parsers
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
+    except Preempted as exc:  # a checkpoint is kept: not an error, a distinct exit code for schedulers to retry
+        print(f"audio-thinker {args.command}: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except USER_ERRORS as exc:
         log.debug("audio-thinker %s failed", args.command, exc_info=True)
         print(f"audio-thinker {args.command}: {_one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)

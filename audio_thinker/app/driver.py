@@ -28,11 +28,12 @@ from actors.reference import Reference
 from actors.rollout_worker import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
 from actors.weight_sync import WeightSync
-from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.errors import Preempted, TrainingError
 from audio_thinker.app.eval.scoring import summarize_for_training
 from audio_thinker.app.judging import Judge, call_judge
 from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge, synthetic_splits
 from audio_thinker.app.loggers import check_loggers, open_loggers
+from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.core.config import Config, RewardConfig
@@ -117,8 +118,10 @@ class Driver:
         eval_set: Dataset | None = None,
         reward_fn: RewardFn | None = None,
         encoder: PromptEncoder | None = None,
+        preemption: PreemptionGuard | None = None,
     ) -> None:
         c = self.config = config
+        self.preemption = preemption
         self.rollout, self.trainer, self.reference, self.judge, self.run_dir = (
             rollout,
             trainer,
@@ -304,7 +307,9 @@ class Driver:
         self.run_dir.write_status("running")
         log.info("run directory: %s (steps %d..%d)", self.run_dir.path, start + 1, c.run.total_steps)
         steps = range(start + 1, c.run.total_steps + 1)
+        saved = start  # the step of the newest checkpoint
         for step in progress(steps, desc="training", total=len(steps), unit="step"):
+            self.stop_if_preempted(step - 1, saved)
             try:
                 metrics = self.step(step)
                 timed = self.run_dir.timeline.timed
@@ -321,6 +326,7 @@ class Driver:
                             self.run_dir.checkpoints, extra={"step": step}, keep=c.run.keep_checkpoints
                         ),
                     )
+                    saved = step
             except Exception as exc:
                 message = self.failure_message(step, exc)
                 self.run_dir.write_status("failed", message)
@@ -334,6 +340,22 @@ class Driver:
         self.run_dir.write_status("finished")
         log.info("exported the trained policy to %s", self.run_dir.final)
         return self.run_dir.path
+
+    def stop_if_preempted(self, last: int, saved: int) -> None:
+        """After a SIGTERM (app/preemption.py): a checkpoint of the last complete step, status `preempted`, and
+        Preempted, whose message names the resume command; the caller's `finally` closes the actors."""
+        if self.preemption is None or not self.preemption.requested:
+            return
+        c = self.config
+        if last > saved:
+            self.trainer.save_checkpoint(self.run_dir.checkpoints, extra={"step": last}, keep=c.run.keep_checkpoints)
+        if last:
+            message = (f"preempted (SIGTERM) after step {last} of {c.run.total_steps}; its checkpoint is kept; resume "
+                       f"with: audio-thinker train --resume run.output_dir={self.run_dir.path}")
+        else:
+            message = "preempted (SIGTERM) before step 1 was complete; nothing to keep: run the same command again"
+        self.run_dir.write_status("preempted", message)
+        raise Preempted(message)
 
     def failure_message(self, step: int, exc: Exception) -> str:
         """Name the cause and what is kept; nothing of the failed step is logged or synced."""
@@ -389,8 +411,11 @@ def _close_quietly(part) -> None:
 
 
 def run_training(config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Path:
-    driver = Driver.from_config(config, reward_fn, actor_logs)
-    try:
-        return driver.train()
-    finally:
-        driver.close()
+    """A whole run; a SIGTERM from here on is a preemption notice (Preempted after the step in flight)."""
+    with PreemptionGuard() as guard:
+        driver = Driver.from_config(config, reward_fn, actor_logs)
+        driver.preemption = guard
+        try:
+            return driver.train()
+        finally:
+            driver.close()

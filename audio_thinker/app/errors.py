@@ -8,6 +8,11 @@ class TrainingError(RuntimeError):
     """The run cannot continue; the message names the cause and what was saved."""
 
 
+class Preempted(TrainingError):
+    """The run stopped on a SIGTERM after a complete step, with a checkpoint of it; the message names the resume
+    command (exit code `preemption.EXIT_PREEMPTED`)."""
+
+
 class EvalError(ValueError):
     """An evaluation that cannot run as asked; the message says what to change."""
 

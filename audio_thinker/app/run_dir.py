@@ -6,7 +6,7 @@
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
       tensorboard/                event files (app/loggers.py)
-      status.json                 {"state": "running" | "finished" | "failed", "message", "time"} (the dashboard)
+      status.json                 {"state": "running" | "finished" | "failed" | "preempted", "message", "time"}
       timeline.json               each step's phases as a Chrome trace (app/timeline.py; Perfetto, chrome://tracing)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
@@ -26,6 +26,9 @@ from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import dump_config
 
 log = get_logger(__name__)
+
+
+RUN_STATES = ("running", "finished", "failed", "preempted")
 
 
 def default_output_dir(name: str) -> Path:
@@ -51,7 +54,7 @@ class RunDir:
 
     def write_status(self, state: str, message: str | None = None) -> None:
         """What the run is doing, for people and the dashboard (docs/dashboard.md), replaced atomically."""
-        if state not in ("running", "finished", "failed"):
+        if state not in RUN_STATES:
             raise ValueError(f"unknown run state {state!r}")
         tmp = self.status_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"state": state, "message": message, "time": time.time()}) + "\n")

@@ -3,9 +3,9 @@ the DeepSpeed trainer group, the reference actor and the HTTP judge actor.
 
 The suite's `audio-thinker train` run of 4 steps (the `cli_run` fixture, which the dashboard tests watch while
 it writes) is checked step by step against `audio-thinker rewards` and exported again; then, on a
-`ray start --head` cluster on loopback, a `ray job submit` run of the same config is stopped after step 2 (the
-driver is killed) and resumed by a second submission that names only the run directory: its steps equal the
-uninterrupted run's.
+`ray start --head` cluster on loopback, a `ray job submit` run of the same config is stopped mid-run (`ray job
+stop`: SIGTERM, a preemption; it keeps the checkpoint of the step in flight and exits) and resumed by a second
+submission that names only the run directory: its steps equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 import pytest
+from ray.job_submission import JobSubmissionClient
 
 from audio_thinker.app.rescore import rescore_records
 from audio_thinker.core.presets import load_config
+from trainer.checkpoint import checkpoint_dir
 from conftest import CLI_RUN_STEPS
 
 pytestmark = pytest.mark.slow
@@ -181,6 +183,9 @@ def ray_cluster(tmp_path_factory):
         "RAY_AUTH_MODE": "disabled",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "PATH": f"{BIN}:{os.environ['PATH']}",
+        # `ray job stop` sends SIGTERM, then SIGKILL after this grace: long enough for a preempted step to finish,
+        # like a pod's terminationGracePeriodSeconds.
+        "RAY_JOB_STOP_WAIT_TIME_S": "300",
     }
     proc = subprocess.Popen(
         [
@@ -240,23 +245,23 @@ def job(address: str, env: dict, *args: str, check: bool = True) -> str:
     return done.stdout + done.stderr
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, poll_s: float = 2.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(2)
+        time.sleep(poll_s)
 
 
 def status(address: str, job_id: str) -> str:
     """The job's state, over the dashboard's REST API (a CLI process per poll would load the 2 cores)."""
-    from ray.job_submission import JobSubmissionClient
-
     return str(JobSubmissionClient(address).get_job_status(job_id).value)
 
 
 @pytest.mark.timeout(1800)
-def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_run, uninterrupted, tmp_path):
-    """The resumed job names only the run directory: the saved config (T, seed, variant, paths) is the run."""
+def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, tiny_run, uninterrupted, tmp_path):
+    """`ray job stop` (SIGTERM, as a preemption) after step 2: the step in flight ends, its checkpoint is kept and
+    the job exits naming the resume command. The resumed job names only the run directory: the saved config
+    (T, seed, variant, paths) is the run."""
     address, env = ray_cluster
     out = tmp_path / "run"
     args = tiny_run(out, STEPS)
@@ -278,16 +283,24 @@ def test_ray_job_submit_killed_after_step_2_then_resumed(ray_cluster, tiny_run, 
     )
     wait_for(
         lambda: (
-            ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 2)
+            ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 1)
             or status(address, first) in ("FAILED", "SUCCEEDED")
         ),
         900,
-        "step 2 of the first job",
+        "step 1 of the first job",
+        poll_s=0.2,
     )
     assert status(address, first) == "RUNNING", job(address, env, "logs", first)
-    job(address, env, "stop", first)  # the driver is killed mid-run, like a preempted node
-    wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 120, "the first job to stop")
-    assert {m["step"] for m in read_metrics(out)} >= {1, 2}
+    # SIGTERM to the driver mid-run, like a preempted node (over REST: a CLI start would let steps go by).
+    JobSubmissionClient(address).stop_job(first)
+    wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 300, "the first job to stop")
+    last = max(m["step"] for m in read_metrics(out))
+    assert 1 <= last < STEPS  # the step in flight was finished; no later one began
+    preempted = json.loads((out / "status.json").read_text())
+    assert preempted["state"] == "preempted", preempted
+    assert f"after step {last} of {STEPS}" in preempted["message"]
+    assert f"resume with: audio-thinker train --resume run.output_dir={out}" in job(address, env, "logs", first)
+    assert checkpoint_dir(out / "checkpoints", last).is_dir()
 
     second = f"audio-thinker-{os.getpid()}-second"
     job(

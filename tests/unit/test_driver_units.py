@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import socket
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 
 from audio_thinker.app.driver import Driver, paper_reward, step_questions
+from audio_thinker.app.errors import Preempted
 from audio_thinker.app.judging import Judge, call_judge, judge_items
+from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir
 from audio_thinker.app.step_metrics import step_metrics
 from audio_thinker.app.synthetic import write_synthetic_dataset
@@ -169,6 +173,12 @@ class StubTrainer:
     def weights_checksum(self):
         return "sum"
 
+    def save_checkpoint(self, folder, extra, keep):
+        self.saved = [*getattr(self, "saved", []), extra["step"]]
+
+    def export(self, folder):
+        self.exported = folder
+
     def publish_weights(self, version):
         return type("Handle", (), {"num_bytes": 10})()
 
@@ -250,3 +260,27 @@ def test_failure_message_names_the_cause_and_the_resume_point(stub_driver):
     (ckpt / "trainer_state.json").write_text("{}")
     message = driver.failure_message(3, FloatingPointError("non-finite loss nan"))
     assert "non-finite loss" in message and f"resume from {ckpt} with run.resume=true" in message
+
+
+def test_a_sigterm_stops_the_run_after_the_step_in_flight_with_its_checkpoint(stub_driver):
+    driver, trainer = stub_driver, stub_driver.trainer
+    driver.config.run.checkpoint_every = 3  # step 1 is no checkpoint step: the preemption saves it
+    driver.reward_fn = lambda records, step: rewards_from_totals([r.verdict() for r in records], [0.0] * len(records))
+    run_step = driver.step
+
+    def step_then_sigterm(step):
+        metrics = run_step(step)
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `ray job stop` / Kubernetes send, mid-step
+        return metrics
+
+    driver.step = step_then_sigterm
+    with PreemptionGuard() as guard:
+        driver.preemption = guard
+        with pytest.raises(Preempted, match=r"after step 1 of 4; .*resume with: audio-thinker train --resume "
+                           rf"run.output_dir={driver.run_dir.path}$"):
+            driver.train()
+    assert trainer.saved == [1] and not hasattr(trainer, "exported")
+    assert driver.run_dir.logged_steps() == [1]  # the step in flight was finished and logged, no later one began
+    status = json.loads(driver.run_dir.status_path.read_text())
+    assert status["state"] == "preempted" and "--resume" in status["message"]

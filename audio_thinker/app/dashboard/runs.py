@@ -1,7 +1,7 @@
 """Run directories as the dashboard sees them: config, metrics (read incrementally), rollout dumps, status.
 
 A run's state comes from `<run>/status.json` when the driver wrote one ({"state": "running" | "finished" |
-"failed", "message": ...}); otherwise it is inferred: finished when the last step is run.total_steps or
+"failed" | "preempted", "message": ...}); otherwise it is inferred: finished when the last step is run.total_steps or
 `final/` exists, running while the run's files changed within `stale_after` seconds, stale after that. A
 directory that disappears is kept in the index as gone. Nothing here raises on a bad file: problems become
 warnings that the pages show.
@@ -22,7 +22,8 @@ import yaml
 
 from audio_thinker.app.dashboard.jsonl import JsonlTail, finite, read_jsonl
 
-STATES = ("running", "finished", "failed", "stale", "gone")
+STATES = ("running", "finished", "failed", "preempted", "stale", "gone")
+ENDED = ("finished", "failed", "preempted")  # what status.json says of a run that stopped
 AUDIO_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".mp3": "audio/mpeg", ".ogg": "audio/ogg"}
 MODE_COUNTS = ("count/think", "count/no_think", "count/invalid")  # their invalid share is derived as share/invalid
 DUMP_CACHE = 8  # parsed rollout dumps kept in memory per run (a 7B step holds 128 long responses)
@@ -176,7 +177,7 @@ class Run:
         marker = self.marker()
         if marker:
             state, message = marker
-            if state in ("finished", "failed"):
+            if state in ENDED:
                 return state, message
             return ("running", message) if idle < self.stale_after else ("stale", f"no output for {idle:.0f} s")
         total = self.total_steps
@@ -192,7 +193,7 @@ class Run:
             data = json.loads((self.path / "status.json").read_text())
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("state") not in ("running", "finished", "failed"):
+        if not isinstance(data, dict) or data.get("state") not in ("running", *ENDED):
             return None
         return data["state"], str(data.get("message") or "")
 
