@@ -5,7 +5,9 @@ A checkpoint is a folder `<root>/step-<step>/` holding
 - `rng/rank-<r>.json`: the python, numpy and torch (and CUDA) RNG states of each rank;
 - `trainer_state.json`: step, world size, family and the caller's `extra` (e.g. the data position).
 It is written into `<root>/.tmp-step-<step>/` and renamed when complete, so a folder named `step-*` is
-always whole; a crash mid-save leaves only a temp folder that the next save replaces. All ranks call
+always whole; a crash mid-save leaves only a temp folder that the next save replaces. `trainer_state.json`
+also lists every file's size: a checkpoint damaged later (a truncated or missing file) is skipped with a
+warning, never loaded, and the one before it is the resume point. All ranks call
 `save_checkpoint` / `load_checkpoint` / `export_hf` together (they are collective); on several nodes the
 root must be a shared file system.
 """
@@ -68,14 +70,43 @@ def checkpoint_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
 
 
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (but the state file) -> its size in bytes."""
+    return {
+        str(f.relative_to(folder)): f.stat().st_size
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != STATE_FILE
+    }
+
+
+def damage(folder: Path) -> str | None:
+    """Why a `step-*` folder cannot be loaded (None: it is whole)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{STATE_FILE} unreadable ({exc})"
+    for name, size in state.get("files", {}).items():  # absent in checkpoints of older versions
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    return None
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under root, oldest first."""
+    """Whole checkpoints under root, oldest first; a damaged one is left out with a warning."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
-    ]
+    found = []
+    for p in root.iterdir():
+        if (m := STEP_DIR.match(p.name)) and (p / STATE_FILE).exists():
+            reason = damage(p)
+            if reason is None:
+                found.append((int(m.group(1)), p))
+            else:
+                log.warning("checkpoint %s is damaged (%s): skipped, never loaded", p, reason)
     return [p for _, p in sorted(found)]
 
 
@@ -108,6 +139,7 @@ def save_checkpoint(engine: PolicyEngine, root: str | Path, extra: dict | None =
             "model_path": str(engine.model_path),
             "saved_at": time.time(),
             "extra": extra,
+            "files": file_sizes(tmp),
         }
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
