@@ -1,7 +1,9 @@
 """`audio-thinker make-cot`: chain-of-thought rationales for a training set, the paper's recipe in two steps.
 
 1. Captions: the policy model describes every clip (the packaged `prompts/cot_caption_v1.txt`), greedy and
-   batched through the project's rollout engine (transformers or vLLM). Lines go to `OUT.captions.jsonl`.
+   batched through the project's rollout engine (transformers or vLLM), or, with a `--captioner` URL, by an
+   OpenAI-compatible endpoint serving an audio model (the clip as a base64 wav `input_audio` part; a caption
+   request that fails after retries is counted and asked again on a rerun). Lines go to `OUT.captions.jsonl`.
 2. Rationales: an OpenAI-compatible chat endpoint (the paper: Qwen2.5-72B-Instruct) writes the reasoning from the
    caption, the question, the choices and the correct answer (`prompts/cot_rationale_v1.txt`, our own prompt:
    the paper's appendix is not in our copy). A rationale is kept only if its last "answer is ..." names the
@@ -17,6 +19,7 @@ end OUT and the rejected file are rewritten in the data's order, so the same ans
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -26,6 +29,7 @@ from pathlib import Path
 from audio_thinker.app.chat_client import ChatClient, ChatError
 from audio_thinker.app.data_options import CotOptions
 from audio_thinker.app.errors import CotError
+from audio_thinker.core.audio import wav_bytes
 from audio_thinker.core.data import Dataset, load_dataset
 from audio_thinker.core.families import detect_family, render_chat
 from audio_thinker.core.log import get_logger
@@ -118,10 +122,54 @@ def _rewrite(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def caption_clips(options: CotOptions, data: Dataset, todo: list[int], path: Path, prompt: tuple[str, str]) -> int:
-    """Step 1: greedy captions of items `todo`, appended to `path` batch by batch; returns how many."""
+def is_url(captioner: str) -> bool:
+    return captioner.startswith(("http://", "https://"))
+
+
+def _client(options: CotOptions, url: str) -> ChatClient:
+    return ChatClient(
+        url, options.api_key or os.environ.get(API_KEY_ENV), timeout_s=options.timeout_s,
+        max_retries=options.max_retries, backoff_s=options.backoff_s, concurrency=options.concurrency,
+    )  # fmt: skip
+
+
+async def _captions_over_http(
+    options: CotOptions, data: Dataset, todo: list[int], path: Path, prompt: tuple[str, str]
+) -> list[dict]:
+    """Step 1 against an endpoint: one chat request per clip (audio part + the caption instruction), greedy;
+    returns the items whose request failed (id, error)."""
+    client = _client(options, options.captioner)
+    failed: list[dict] = []
+    bar = iter(progress(range(len(todo)), desc="captioning clips", unit="clip"))
+    try:
+        model = options.captioner_model or await client.served_model()
+
+        async def one(i: int) -> None:
+            audio = base64.b64encode(wav_bytes(data.audio(i))).decode("ascii")
+            content = [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
+                       {"type": "text", "text": prompt[1]}]  # fmt: skip
+            try:
+                text = await client.complete(model, [{"role": "user", "content": content}], options.caption_max_tokens)
+            except ChatError as exc:
+                failed.append({"id": data[i].id, "error": f"caption: {exc}"})
+            else:
+                _append(path, {"id": data[i].id, "caption": text.strip(), "caption_prompt": prompt[0]})
+            next(bar, None)
+
+        await asyncio.gather(*(one(i) for i in todo))
+    finally:
+        await client.aclose()
+    return sorted(failed, key=lambda f: str(f["id"]))
+
+
+def caption_clips(
+    options: CotOptions, data: Dataset, todo: list[int], path: Path, prompt: tuple[str, str]
+) -> list[dict]:
+    """Step 1: greedy captions of items `todo`, appended to `path` as they come; returns the failed items."""
     if not todo:
-        return 0
+        return []
+    if is_url(options.captioner):
+        return asyncio.run(_captions_over_http(options, data, todo, path, prompt))
     family = detect_family(options.captioner)
     engine = build_engine(options.engine, options.captioner, family, options.dtype, device=options.device)
     sampling = SamplingConfig(n=1, max_new_tokens=options.caption_max_tokens, logprobs=False, greedy=True)
@@ -134,7 +182,7 @@ def caption_clips(options: CotOptions, data: Dataset, todo: list[int], path: Pat
                 _append(path, {"id": data[i].id, "caption": samples[0].text.strip(), "caption_prompt": prompt[0]})
     finally:
         engine.close()
-    return len(todo)
+    return []
 
 
 async def _rationales(
@@ -145,11 +193,7 @@ async def _rationales(
     come. Returns the counts and the failed items (id, error)."""
     counts: Counter = Counter()
     failed: list[dict] = []
-    api_key = options.api_key or os.environ.get(API_KEY_ENV)
-    client = ChatClient(
-        options.rationale_url, api_key, timeout_s=options.timeout_s, max_retries=options.max_retries,
-        backoff_s=options.backoff_s, concurrency=options.concurrency,
-    )  # fmt: skip
+    client = _client(options, options.rationale_url)
     bar = progress(range(len(todo)), desc="asking for rationales", unit="item")
     ticks = iter(bar)
     try:
@@ -214,10 +258,13 @@ def make_cot(options: CotOptions) -> dict:
                            f"{options.rationale_model!r}: write a new --out")  # fmt: skip
     captions = {str(r["id"]): r["caption"] for r in read_lines(files["captions.jsonl"])}
     todo_captions = [i for i, item in enumerate(data) if item.id not in captions]
-    made = caption_clips(options, data, todo_captions, files["captions.jsonl"], caption_prompt)
+    caption_failed = caption_clips(options, data, todo_captions, files["captions.jsonl"], caption_prompt)
+    made = len(todo_captions) - len(caption_failed)
     captions = {str(r["id"]): r["caption"] for r in read_lines(files["captions.jsonl"])}
 
+    # A clip whose caption request failed waits for a rerun: no rationale is asked without a caption.
     done = {str(r["id"]) for r in done_rows} | {str(r["id"]) for r in read_lines(files["rejected.jsonl"])}
+    done |= {f["id"] for f in caption_failed}
     for item in data:
         if item.id not in done and not captions[item.id]:
             _append(files["rejected.jsonl"], {"id": item.id, "reason": "empty caption", "rationale": ""})
@@ -226,6 +273,7 @@ def make_cot(options: CotOptions) -> dict:
     counts, failed = Counter(), []
     if todo:
         counts, failed = asyncio.run(_rationales(options, data, todo, captions, files, rationale_prompt))
+    failed = sorted(caption_failed + failed, key=lambda f: str(f["id"]))
 
     order = {item.id: i for i, item in enumerate(data)}
     accepted = sorted(read_lines(out), key=lambda r: order.get(str(r["id"]), len(order)))
@@ -251,5 +299,5 @@ def make_cot(options: CotOptions) -> dict:
     }
     files["report.json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if failed:
-        log.warning("%d rationale requests failed (first: %s); rerun to retry them", len(failed), failed[0]["error"])
+        log.warning("%d requests failed (first: %s); rerun to retry them", len(failed), failed[0]["error"])
     return report

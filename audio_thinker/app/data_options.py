@@ -31,7 +31,14 @@ class CotOptions(BaseModel):
         description="Accepted rows: the source rows plus caption and rationale (jsonl); beside it OUT's "
         ".captions.jsonl, .rejected.jsonl and .report.json."
     )
-    captioner: str = Field(description="Hugging Face folder of the policy model that captions every clip (step 1).")
+    captioner: str = Field(
+        description="The model that captions every clip (step 1): a Hugging Face folder (run by --engine), or the "
+        "URL of an OpenAI-compatible endpoint serving an audio model (e.g. `vllm serve Qwen2-Audio-7B-Instruct`; "
+        "each clip goes as a base64 wav `input_audio` part)."
+    )
+    captioner_model: str | None = Field(
+        None, description="With a --captioner URL: the model name sent (none: the first one its /v1/models lists)."
+    )
     rationale_url: str = Field(
         description="OpenAI-compatible endpoint of the rationale model (http://host:port, .../v1 or the full "
         ".../v1/chat/completions; e.g. `vllm serve Qwen2.5-72B-Instruct`)."

@@ -6,6 +6,7 @@ vLLM's own resampler needs it, so clips are resampled here before they reach any
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,10 @@ def write_audio(path: str | Path, array: np.ndarray, sr: int = SAMPLE_RATE, subt
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), array, sr, subtype=subtype)
     return path
+
+
+def wav_bytes(array: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """A mono clip as the bytes of a 16-bit PCM wav file (for an HTTP request), clipped to [-1, 1]."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(array, dtype=np.float32), -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()

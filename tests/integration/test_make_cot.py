@@ -5,6 +5,8 @@ garbage bodies. Rejections and failures are counted and named; reruns resume; --
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import socket
@@ -14,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -32,10 +35,25 @@ def rationale_app(requests: Counter) -> FastAPI:
     def models():
         return {"object": "list", "data": [{"id": "rationale-test", "object": "model"}]}
 
+    def completion(body: dict, text: str) -> dict:
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        }
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
         prompt = body["messages"][-1]["content"]
+        if isinstance(prompt, list):  # a caption request: the clip as a base64 wav part, then the instruction
+            part = next(p["input_audio"] for p in prompt if p["type"] == "input_audio")
+            wav, rate = sf.read(io.BytesIO(base64.b64decode(part["data"])))
+            requests["caption"] += 1
+            if requests["caption"] == 1:  # the very first caption request is refused (a client error: no retry)
+                return JSONResponse({"error": "bad request"}, status_code=400)
+            return completion(body, f"A clip of {len(wav)} samples at {rate} Hz.")
         question = re.search(r"^Question: (.*)$", prompt, re.M).group(1)
         answer = re.search(r"^Correct answer: (.*)$", prompt, re.M).group(1)
         choices = re.findall(r"^- (.*)$", prompt, re.M)
@@ -55,12 +73,7 @@ def rationale_app(requests: Counter) -> FastAPI:
             return JSONResponse({"error": "overloaded"}, status_code=503)
         elif marker == "[garbage]":
             return PlainTextResponse("<html>upstream proxy error</html>")
-        return {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        }
+        return completion(body, text)
 
     return app
 
@@ -141,6 +154,23 @@ def test_make_cot_captions_asks_checks_and_resumes(manifest, synthetic, tiny_mod
     again = make_cot(manifest, synthetic, policy, url, out)
     assert (again["captions_made"], again["requests_this_run"], again["failed"]) == (0, 1, 1)
     assert out.read_bytes() == before and requests["[garbage]"] == 8 and requests[""] == 1
+
+
+def test_make_cot_captions_over_http_and_retries_a_failed_caption_on_a_rerun(manifest, synthetic, endpoint, tmp_path):
+    url, requests = endpoint
+    out = tmp_path / "cot" / "http-cot.jsonl"
+    first = make_cot(manifest, synthetic, url, url, out, "--max-items", "2")  # one endpoint for both steps
+    assert requests["caption"] == 1 + 1  # one refused, one answered
+    assert (first["captions_made"], first["failed"], first["accepted"]) == (1, 1, 1)
+    assert first["failed_items"][0]["error"].startswith("caption: ") and "HTTP 400" in first["failed_items"][0]["error"]
+    again = make_cot(manifest, synthetic, url, url, out, "--max-items", "2")
+    assert (again["captions_made"], again["failed"], again["accepted"], requests["caption"]) == (1, 0, 2, 3)
+    captions = [json.loads(line) for line in out.with_name("http-cot.captions.jsonl").read_text().splitlines()]
+    data = load_dataset(manifest, "avqa", synthetic)
+    by_id = {c["id"]: c["caption"] for c in captions}
+    for i in range(2):  # each caption was made from that row's own clip, sent as 16 kHz wav
+        clip = data.audio(i)
+        assert by_id[data[i].id] == f"A clip of {len(clip)} samples at 16000 Hz."
 
 
 def test_make_cot_refuses_a_prompt_without_its_placeholders(manifest, tmp_path, capsys):

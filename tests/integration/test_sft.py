@@ -1,5 +1,6 @@
 """`audio-thinker sft` on the tiny policy: the loss of step 1 is the NLL of the targets computed here by hand
-from the initial weights, the loss falls, the exported model generates, and a resumed run continues exactly."""
+from the initial weights, the loss falls, the exported model generates in both engines (vLLM loads it as its
+checkpoint), and a resumed run continues exactly."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from actors.rollout_worker import RolloutPool
 from audio_thinker.app.cli import main
 from audio_thinker.app.run_dir import RunDir
 from audio_thinker.app.sft import SftRun
 from audio_thinker.app.sft_data import load_sft_data
+from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.models import load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config
 from rollout.build import build_engine
@@ -108,6 +111,15 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     )
     assert len(out[0][0].token_ids) >= 1
     engine.close()
+    rollout = RolloutConfig(engine="vllm", num_workers=1, num_cpus_per_worker=0.5, max_model_len=1024,
+                            startup_timeout_s=300, call_timeout_s=120)
+    pool = RolloutPool(rollout, str(run / "final"), "qwen2_audio")  # vLLM loads the export as a checkpoint
+    try:
+        served = pool.generate([GenerationRequest(prompt, data.audio(0))], SamplingConfig(n=1, max_new_tokens=4),
+                               min_version=0)
+    finally:
+        pool.close()
+    assert 1 <= len(served[0][0].token_ids) <= 4 and len(served[0][0].logprobs) == len(served[0][0].token_ids)
 
     # Resume from step 1's checkpoint: steps 2 and 3 come out as they did the first time.
     copy = tmp_path / "sft-resumed"
