@@ -21,6 +21,7 @@ ScoreMode = Literal["expected", "argmax"]
 AnswerExtraction = Literal["strict", "lenient"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RatioLevel = Literal["token", "sequence"]
+ReferencePlacement = Literal["colocate", "separate"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -35,6 +36,7 @@ SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
+REFERENCE_PLACEMENTS: tuple[str, ...] = get_args(ReferencePlacement)
 
 
 def normalize_text(text: str) -> str:
