@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers.initialization import no_init_weights
 
 from audio_thinker.core.families import MODEL_TYPES, model_class
 
@@ -67,7 +68,7 @@ FAMILY_SHAPES = {"qwen2_audio": "Qwen2-Audio-7B-Instruct", "qwen2_5_omni": "Qwen
 JUDGE_SHAPE = "Qwen3-8B"
 # Counted on the meta device from KNOWN_SHAPES: (all parameters, audio encoder, the largest single layer).
 KNOWN_COUNTS = {
-    "Qwen2-Audio-7B-Instruct": (8_397_094_912, 639_647_232, 639_107_072),
+    "Qwen2-Audio-7B-Instruct": (8_397_094_912, 636_968_960, 639_107_072),
     "Qwen2.5-Omni-7B thinker": (8_931_813_888, 639_647_232, 544_997_376),
     "Qwen3-8B": (8_190_735_360, 0, 622_329_856),
 }
@@ -108,8 +109,8 @@ def known_config(name: str) -> transformers.PretrainedConfig:
 def count_params(model: torch.nn.Module) -> tuple[int, int, int]:
     """(all parameters, audio encoder parameters, the largest module's own parameters)."""
     total = sum(p.numel() for p in model.parameters())
-    audio = getattr(model, "audio_tower", None)
-    audio_params = sum(p.numel() for p in audio.parameters()) if audio is not None else 0
+    towers = [m for name, m in model.named_modules() if name.split(".")[-1] == "audio_tower"]
+    audio_params = sum(p.numel() for p in towers[0].parameters()) if towers else 0
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return total, audio_params, largest
 
@@ -157,7 +158,7 @@ def folder_shape(path: str | Path) -> ModelShape:
     else:
         config = transformers.AutoConfig.from_pretrained(path)
         cls = transformers.AutoModelForCausalLM
-    with torch.device("meta"):
+    with torch.device("meta"), no_init_weights():  # shapes only: no memory, no initialisation
         model = cls.from_config(config) if cls is transformers.AutoModelForCausalLM else cls(config)
     return _shape(path.name, str(path / "config.json"), config, count_params(model))
 
