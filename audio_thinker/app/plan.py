@@ -153,7 +153,7 @@ def _gb(x: float) -> str:
     return f"{x / GB:.1f}"
 
 
-def trainer_terms(config: Config, shape: ModelShape) -> tuple[list[Term], str]:
+def trainer_terms(config: Config, shape: ModelShape) -> list[Term]:
     t = config.trainer
     trainable = shape.params - (shape.audio_encoder_params if t.freeze_audio_encoder else 0)
     states = model_states(shape.params, trainable, shape.largest_layer_params, t.zero_stage, t.num_ranks)
@@ -177,12 +177,18 @@ def trainer_terms(config: Config, shape: ModelShape) -> tuple[list[Term], str]:
         ),
         Term("trainer process", PROCESS_OVERHEAD, "CUDA context, NCCL, allocator"),
     ]
-    batch = (
+    return terms
+
+
+def batch_line(config: Config) -> str:
+    t = config.trainer
+    sequences = config.run.questions_per_step * config.rollout.samples_per_question
+    per_rank = math.ceil(sequences / t.num_ranks)
+    return (
         f"batch: {config.run.questions_per_step} questions x {config.rollout.samples_per_question} samples = "
-        f"{sequences} completions per step; {t.num_ranks} trainer ranks take <= {math.ceil(sequences / t.num_ranks)} "
-        f"each, in micro-batches of {micro}"
+        f"{sequences} completions per step; {t.num_ranks} trainer ranks take <= {per_rank} each, in micro-batches "
+        f"of {min(t.micro_batch_size, per_rank)}"
     )
-    return terms, batch
 
 
 def reference_terms(config: Config, shape: ModelShape) -> list[Term]:
@@ -244,7 +250,7 @@ def judge_terms(config: Config, shape: ModelShape, capacity: float) -> tuple[lis
 def make_plan(config: Config, capacity: float | None) -> Plan:
     groups = run_groups(config)
     gpus, where, unplaced = layout(config, groups)
-    problems, lines = [], []
+    problems, lines = [], [batch_line(config)]
     gpu_run = config.run.num_gpus > 0
     need = sum(b.get("GPU", 0.0) for g in groups for b in g.bundles)
     for name in unplaced:
@@ -259,8 +265,7 @@ def make_plan(config: Config, capacity: float | None) -> Plan:
         for actor in cpu_actors:
             problems.append(f"{actor} has no GPU on a GPU run (run.num_gpus={config.run.num_gpus}): give it one")
     policy = resolve_shape(config.model.policy_path, FAMILY_SHAPES[config.model.family])
-    trainer, batch = trainer_terms(config, policy)
-    lines.append(batch)
+    trainer = trainer_terms(config, policy)
     lines.append(f"policy: {policy.name}, {policy.params / 1e9:.2f} B parameters (shape: {policy.source})")
     judge_on_gpu = any(s.role == "judge" for g in groups for s in g.slots)
     judge_shape = resolve_shape(config.model.judge_path, JUDGE_SHAPE) if judge_on_gpu else None
