@@ -81,9 +81,10 @@ def cluster_nodes() -> list[dict[str, float]]:
 class RunPlacement:
     """The run's reserved placement groups; `slots(role)` gives each actor of a role its `Placed`."""
 
-    def __init__(self, config: Config, timeout_s: float | None = None) -> None:
+    def __init__(self, config: Config, timeout_s: float | None = None, with_judge: bool = True) -> None:
         nodes = cluster_nodes()
-        self.groups = run_groups(config, node_gpus=max((n.get("GPU", 0.0) for n in nodes), default=0.0))
+        node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        self.groups = run_groups(config, node_gpus=node_gpus, with_judge=with_judge)
         check_fits(self.groups, nodes)
         timeout = config.run.placement_timeout_s if timeout_s is None else timeout_s
         self.pgs: list[PlacementGroup] = []

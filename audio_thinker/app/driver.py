@@ -158,7 +158,7 @@ class Driver:
         parts: list = []
         try:
             try:  # every actor's bundle reserved up front, or a named error at once
-                placement = RunPlacement(c)
+                placement = RunPlacement(c, with_judge=reward_fn is None)
             except PlacementError as exc:
                 raise TrainingError(str(exc)) from exc
             parts.append(placement)

@@ -49,9 +49,10 @@ def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     return {"CPU": cpus, "GPU": gpus} if gpus > 0 else {"CPU": cpus}
 
 
-def run_groups(config: Config, node_gpus: float | None = None) -> list[GroupSpec]:
+def run_groups(config: Config, node_gpus: float | None = None, with_judge: bool = True) -> list[GroupSpec]:
     """The placement groups of a run, in the order they are reserved. `node_gpus`: the GPUs of the largest node
-    (default `run.gpus_per_node`), which decides whether the trainer ranks can be strictly packed on one node."""
+    (default `run.gpus_per_node`), which decides whether the trainer ranks can be strictly packed on one node;
+    `with_judge=False`: a run with its own reward function starts no judge."""
     t, r, j = config.trainer, config.rollout, config.judge
     node_gpus = config.run.gpus_per_node if node_gpus is None else node_gpus
     groups = []
@@ -80,7 +81,7 @@ def run_groups(config: Config, node_gpus: float | None = None) -> list[GroupSpec
     )
     groups.append(rollout)
 
-    if needs_judge(config.reward.variant) and not j.url:
+    if with_judge and needs_judge(config.reward.variant) and not j.url:
         judge_slot = Slot("judge server", "judge", 0, j.num_cpus, j.num_gpus)
         judge = GroupSpec("judge", "PACK", [_bundle(j.num_cpus, j.num_gpus)], [judge_slot], keys="judge.num_gpus")
         groups.append(judge)

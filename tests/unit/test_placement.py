@@ -59,6 +59,7 @@ def test_tiny_cpu_run_is_cpu_bundles_and_no_judge_group_without_an_in_cluster_ju
     assert all("GPU" not in b for g in groups for b in g.bundles)
     external = run_groups(load_config(None, ["judge.url=http://127.0.0.1:1"]))
     assert "judge" not in [g.name for g in external]
+    assert "judge" not in [g.name for g in run_groups(load_config(), with_judge=False)]  # run_training(reward_fn=)
     with pytest.raises(PlacementError, match=r"needs 1.5 CPUs, the cluster has 1"):
         check_fits(groups, [{"CPU": 1.0}])
 
