@@ -1,4 +1,5 @@
-"""One generic group of Ray actors: start N with declared resources, call them all with a deadline, gather,
+"""One generic group of Ray actors: start N with declared resources (in the bundles of the run's placement
+groups when given, see actors/placement.py), call them all with a deadline, gather,
 ask rank 0 alone, shut down cleanly. The trainer group, the rollout pool, the reference model and the judge
 server are thin layers over it, so deadlines and error messages behave the same everywhere.
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from actors.placement import Placed
 
 
 class ActorDiedError(RuntimeError):
@@ -35,15 +38,23 @@ class ActorGroup:
         timeout_s: float,
         timeout_key: str,
         runtime_env: dict | None = None,
+        placement: Sequence[Placed] | None = None,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.timeout_key = timeout_key
         remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
-        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        options: dict[str, Any] = {} if placement else {"num_cpus": num_cpus, "num_gpus": num_gpus}
         if runtime_env:
             options["runtime_env"] = runtime_env
-        self.actors = [remote_cls.options(**options).remote(*init_args(i)) for i in range(count)]
+        if placement is not None and len(placement) != count:
+            raise ValueError(f"{name}s: {count} actors but {len(placement)} placement slots")
+        # With a placement, each actor goes to its bundle with the share its slot names (rank 0 may give part of
+        # its GPU to a colocated reference); without one, Ray places them where it likes (tests, tools).
+        self.actors = [
+            remote_cls.options(**options, **(placement[i].options() if placement else {})).remote(*init_args(i))
+            for i in range(count)
+        ]
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -7,9 +7,12 @@ address (auth is always on).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ray
 
 from actors.group import ActorGroup
+from actors.placement import Placed
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.threads import use_cpu_share
@@ -42,10 +45,13 @@ class JudgeServer:
 class JudgeService:
     """The driver's handle on the in-cluster judge: one `JudgeServer` actor in an `ActorGroup`."""
 
-    def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
+    def __init__(
+        self, model_path: str, judge: JudgeConfig, api_key: str, host: str, placement: Sequence[Placed] | None = None
+    ):
         self.group = ActorGroup(
             "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host),
             num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.timeout_s, timeout_key="judge.timeout_s",
+            placement=placement,
         )
         self.url = self.group.call_rank0("url", what="start the judge server")
 

@@ -1,18 +1,20 @@
 """The reference model: the frozen initial policy, asked only for completion log-probs (the KL anchor).
 
 Plain transformers, no DeepSpeed and no optimizer state, in a one-actor `ActorGroup`. Its resources are
-fractional (`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share a node or GPU with a
-trainer rank.
+fractional (`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share trainer rank 0's bundle and
+GPU (`trainer.reference_placement=colocate`) or have its own (`separate`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from actors.group import ActorGroup
+from actors.placement import Placed
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.threads import use_cpu_share
@@ -59,7 +61,14 @@ class ReferenceModel:
 class Reference:
     """The driver's handle on the reference actor."""
 
-    def __init__(self, model_path: str | Path, family: str, cfg: TrainerConfig, dtype: str = "float32"):
+    def __init__(
+        self,
+        model_path: str | Path,
+        family: str,
+        cfg: TrainerConfig,
+        dtype: str = "float32",
+        placement: Sequence[Placed] | None = None,
+    ):
         self.group = ActorGroup(
             "reference model",
             ReferenceModel,
@@ -76,6 +85,7 @@ class Reference:
             num_gpus=cfg.reference_num_gpus,
             timeout_s=cfg.timeout_s,
             timeout_key="trainer.timeout_s",
+            placement=placement,
         )
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:

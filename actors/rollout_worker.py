@@ -17,6 +17,7 @@ from dataclasses import asdict
 import ray
 
 from actors.group import ActorGroup
+from actors.placement import Placed
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.threads import use_cpu_share
@@ -136,7 +137,13 @@ class RolloutPool:
     """`rollout.num_workers` rollout-worker actors; the questions of a step are spread over them in order."""
 
     def __init__(
-        self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
+        self,
+        rollout: RolloutConfig,
+        model_path: str,
+        family: str,
+        dtype: str = "float32",
+        seed: int = 0,
+        placement: Sequence[Placed] | None = None,
     ) -> None:
         self.rollout = rollout
         self.group = ActorGroup(
@@ -149,6 +156,7 @@ class RolloutPool:
             timeout_s=rollout.call_timeout_s,
             timeout_key="rollout.call_timeout_s",
             runtime_env={"env_vars": worker_env()},
+            placement=placement,
         )
         self.infos = self.group.get(
             self.group.submit("info"),

@@ -16,12 +16,14 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import ray
 
 from actors.group import ActorGroup
+from actors.placement import Placed
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.threads import use_cpu_share
@@ -144,7 +146,13 @@ class PolicyTrainerGroup:
     """N trainer ranks as one DeepSpeed data-parallel group; the driver's handle on the learning half."""
 
     def __init__(
-        self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"
+        self,
+        model_path: str | Path,
+        family: str,
+        cfg: TrainerConfig,
+        total_steps: int,
+        dtype: str = "float32",
+        placement: Sequence[Placed] | None = None,
     ):
         self.cfg = cfg
         self.family = family
@@ -158,6 +166,7 @@ class PolicyTrainerGroup:
             num_gpus=cfg.num_gpus_per_rank,
             timeout_s=cfg.timeout_s,
             timeout_key="trainer.timeout_s",
+            placement=placement,
         )
         addr, port = self.ranks.call_rank0("rendezvous")
         self.ranks.call("setup", addr, port, str(model_path), family, cfg, total_steps, dtype, what="load the policy")

@@ -150,7 +150,9 @@ def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Pa
 def _train(args: argparse.Namespace) -> int:
     config, run_dir, actor_logs = _run_config(args, "{name}")
     from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.plan import check_plan
 
+    check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
     run_training(config, actor_logs=actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
@@ -181,6 +183,20 @@ def _sft(args: argparse.Namespace) -> int:
 
     run_sft(config, actor_logs=actor_logs)
     print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from audio_thinker.app.plan import capacity_of, make_plan, render  # torch/DeepSpeed: loaded only when this runs
+
+    plan = make_plan(config, capacity_of(config))
+    print(render(plan, config))
+    if config.run.num_gpus > 0 and plan.capacity is None:
+        raise TrainingError("run.gpu_memory_gb is unset and nvidia-smi reports no GPU: set the size of one GPU")
+    if plan.problems:
+        more = f" (and {len(plan.problems) - 1} more above)" if len(plan.problems) > 1 else ""
+        raise TrainingError(f"does not fit: {plan.problems[0]}{more}")
     return 0
 
 
@@ -352,6 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show every log line on the console (default: off)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
     p.set_defaults(func=_sft)
+
+    p = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="where every actor of a run goes and an estimate of each GPU's memory, before anything starts",
+        description="Prints the placement (node, GPU, share) of every actor and each GPU's memory estimate: ZeRO "
+        "model states (DeepSpeed's estimator), activations with and without gradient checkpointing, the reference, "
+        "vLLM's reservation and KV cache, the judge; against run.gpu_memory_gb (default: nvidia-smi). Exit code 2 "
+        "when a GPU does not fit or an actor of a GPU run has no GPU. Formulas: docs/placement.md.",
+    )
+    p.add_argument(
+        "--config", default=None, help="YAML config or preset name (default: none, the embedded tiny CPU run)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser(
         "export",

@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 from actors.group import ActorDiedError
+from actors.placement import PlacementError, RunPlacement
 from actors.reference import Reference
 from actors.rollout_worker import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
@@ -140,6 +141,7 @@ class Driver:
         self.sync = WeightSync(trainer, rollout, c.trainer.sync_backend)
         self.version = 0
         self.owns_ray = False
+        self.placement: RunPlacement | None = None
         self.loggers: list = []
 
     @classmethod
@@ -154,15 +156,29 @@ class Driver:
         owns_ray = connect_ray(actor_logs)
         parts: list = []
         try:
-            judge = start_judge(c) if reward_fn is None else None
+            try:  # every actor's bundle reserved up front, or a named error at once
+                placement = RunPlacement(c, with_judge=reward_fn is None)
+            except PlacementError as exc:
+                raise TrainingError(str(exc)) from exc
+            parts.append(placement)
+            judge = start_judge(c, placement) if reward_fn is None else None
             parts.append(judge)
-            rollout = RolloutPool(c.rollout, c.model.policy_path, c.model.family, c.model.dtype, c.run.seed)
+            rollout = RolloutPool(
+                c.rollout, c.model.policy_path, c.model.family, c.model.dtype, c.run.seed, placement.slots("rollout")
+            )
             parts.append(rollout)
             trainer = PolicyTrainerGroup(
-                c.model.policy_path, c.model.family, c.trainer, c.run.total_steps, c.model.dtype
+                c.model.policy_path,
+                c.model.family,
+                c.trainer,
+                c.run.total_steps,
+                c.model.dtype,
+                placement.slots("trainer"),
             )
             parts.append(trainer)
-            reference = Reference(c.model.policy_path, c.model.family, c.trainer, c.model.dtype)
+            reference = Reference(
+                c.model.policy_path, c.model.family, c.trainer, c.model.dtype, placement.slots("reference")
+            )
         except BaseException:
             for part in reversed([p for p in parts if p is not None]):
                 _close_quietly(part)
@@ -172,6 +188,7 @@ class Driver:
         run_dir = RunDir(c.run.output_dir or default_output_dir(c.run.name))
         driver = cls(c, rollout, trainer, reference, judge, run_dir, train_set, eval_set, reward_fn)
         driver.owns_ray = owns_ray
+        driver.placement = placement
         return driver
 
     # -------------------------------------------------------------------------------- one step
@@ -396,7 +413,8 @@ class Driver:
 
     def close(self) -> None:
         """End every part (each even when another fails to close), then Ray if this driver started it."""
-        for part in (*self.loggers, self.sync, self.rollout, self.trainer, self.reference, self.judge):
+        parts = (*self.loggers, self.sync, self.rollout, self.trainer, self.reference, self.judge, self.placement)
+        for part in parts:
             if part is not None:
                 _close_quietly(part)
         if self.owns_ray and ray.is_initialized():

@@ -11,6 +11,7 @@ from pathlib import Path
 import ray
 
 from actors.judge_server import JudgeService
+from actors.placement import RunPlacement
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.judging import Judge
 from audio_thinker.app.synthetic import write_synthetic_dataset
@@ -117,9 +118,9 @@ def connect_ray(actor_logs: Path | None = None) -> bool:
     return not address
 
 
-def start_judge(config: Config) -> Judge | None:
-    """The run's judge, ready to answer: an external one (`judge.url`) or a new in-cluster server; None when
-    the reward variant needs no verdicts."""
+def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge | None:
+    """The run's judge, ready to answer: an external one (`judge.url`) or a new in-cluster server (in the run's
+    judge bundle when `placement` is given); None when the reward variant needs no verdicts."""
     if not needs_judge(config.reward.variant):
         return None
     if config.judge.url:
@@ -127,7 +128,8 @@ def start_judge(config: Config) -> Judge | None:
     else:
         key = secrets.token_urlsafe(24)
         host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
-        service = JudgeService(config.model.judge_path, config.judge, key, host)
+        slots = placement.slots("judge") if placement is not None else None
+        service = JudgeService(config.model.judge_path, config.judge, key, host, slots)
         judge = Judge(service.url, key, service)
     try:
         with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s) as client:

@@ -22,6 +22,7 @@ from audio_thinker.core.vocab import (
     ModelFamily,
     PromptMode,
     RatioLevel,
+    ReferencePlacement,
     RewardVariant,
     ScoreMode,
     SftTarget,
@@ -265,6 +266,12 @@ class TrainerConfig(Section):
         "object_store", description="How new weights reach the rollout workers."
     )
     sync_bucket_mb: int = Field(256, ge=1, description="Bucket size of the weight broadcast.")
+    reference_placement: ReferencePlacement = Field(
+        "separate",
+        description="Where the reference model runs: separate = its own placement bundle (on a GPU run, its own "
+        "GPU: trainer.reference_num_gpus >= 1); colocate = in trainer rank 0's bundle, sharing its GPU (rank 0 "
+        "then asks Ray for trainer.num_gpus_per_rank - trainer.reference_num_gpus). See docs/placement.md.",
+    )
     reference_num_cpus: float = Field(
         0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
     )
@@ -286,6 +293,21 @@ class TrainerConfig(Section):
                 f"clip-higher): set both to {data['clip_eps']} for the same symmetric range"
             )
         return data
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> TrainerConfig:
+        ref, rank = self.reference_num_gpus, self.num_gpus_per_rank
+        if self.reference_placement == "colocate" and ref > 0 and not ref < rank:
+            raise ValueError(
+                f"trainer.reference_placement=colocate: trainer.reference_num_gpus={ref} must be a share of trainer "
+                f"rank 0's GPU, i.e. less than trainer.num_gpus_per_rank={rank}"
+            )
+        if self.reference_placement == "colocate" and rank > 0 and ref == 0:
+            raise ValueError(
+                "trainer.reference_placement=colocate on GPU ranks needs trainer.reference_num_gpus > 0 (its share "
+                "of rank 0's GPU, e.g. 0.25); with 0 Ray would hide the GPU from the reference"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dr_grpo_length(self) -> TrainerConfig:
@@ -334,7 +356,22 @@ class RunConfig(Section):
         "to the loggers every N steps (0: never).",
     )
     num_gpus: int = Field(
-        0, ge=0, description="GPUs the run expects on the cluster (documentation and placement checks)."
+        0,
+        ge=0,
+        description="GPUs the run's placement may use: `audio-thinker plan` and `train` refuse a config whose "
+        "actors ask for more (0: a CPU run).",
+    )
+    gpus_per_node: int = Field(8, ge=1, description="GPUs per node of the cluster the planner lays the run out on.")
+    gpu_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory of one GPU in GB (1e9 bytes) that the planner checks every GPU's estimate against "
+        "(None: read from nvidia-smi; the 7B presets: 96, the paper's H20).",
+    )
+    placement_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Deadline for Ray to reserve the run's placement groups before the run fails, naming them.",
     )
     drop_zero_std_groups: bool = Field(
         False,

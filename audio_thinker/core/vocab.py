@@ -22,6 +22,7 @@ AnswerExtraction = Literal["strict", "lenient"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RatioLevel = Literal["token", "sequence"]
 SftTarget = Literal["answer", "cot"]
+ReferencePlacement = Literal["colocate", "separate"]
 
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
 PROMPT_MODES: tuple[str, ...] = get_args(PromptMode)
@@ -37,6 +38,7 @@ ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
 SFT_TARGETS: tuple[str, ...] = get_args(SftTarget)
+REFERENCE_PLACEMENTS: tuple[str, ...] = get_args(ReferencePlacement)
 
 
 def normalize_text(text: str) -> str:

@@ -4,6 +4,7 @@ and ZeRO-3), reference model, checkpoint/resume, export, and both weight-sync pa
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +12,15 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from actors.group import ActorGroup
+from actors.placement import PlacementError, RunPlacement
 from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
+from audio_thinker.core.presets import load_config
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import WeightReceiver, receive_published
 from trainer.checkpoint import latest_checkpoint, list_checkpoints
@@ -68,6 +72,55 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+SMALL = ["trainer.num_ranks=2", "trainer.num_cpus_per_rank=0.05", "rollout.num_cpus_per_worker=0.05"]
+
+
+def test_placement_asking_more_gpus_than_the_cluster_declares_fails_at_once_naming_them(ray_session):
+    config = load_config(None, [*SMALL, "trainer.num_gpus_per_rank=1", "run.placement_timeout_s=600"])
+    start = time.monotonic()
+    with pytest.raises(PlacementError, match=r"needs 2 GPUs, the cluster has 0: trainer ranks 2 \(trainer.num_ranks"):
+        RunPlacement(config)
+    assert time.monotonic() - start < 5  # checked against the cluster's totals, not waited for
+
+
+def test_placement_not_granted_in_time_fails_at_the_deadline_and_releases_what_it_held(ray_session):
+    free = ray.available_resources()["CPU"]
+    held = ray.util.placement_group([{"CPU": free - 0.1}])
+    assert held.wait(30)
+    start = time.monotonic()
+    try:
+        with pytest.raises(PlacementError, match=r"did not grant the trainer ranks .* within 1s"):
+            RunPlacement(load_config(None, [*SMALL, "trainer.num_cpus_per_rank=0.5"]), timeout_s=1)
+        assert time.monotonic() - start >= 1
+    finally:
+        ray.util.remove_placement_group(held)
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU", 0) < free - 1e-6:  # nothing of the failed placement kept
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.2)
+
+
+def test_actors_start_in_their_reserved_bundles(ray_session):
+    class Probe:  # local: Ray ships it by value (test modules are not importable in the workers)
+        def where(self) -> str:
+            return ray.get_runtime_context().get_placement_group_id()
+
+    placement = RunPlacement(load_config(None, [*SMALL, "trainer.reference_placement=colocate"]))
+    try:
+        trainer_pg = placement.pgs[0].id.hex()
+        ranks = ActorGroup("probe", Probe, 2, lambda _: (), num_cpus=1, timeout_s=60, timeout_key="-",
+                           placement=placement.slots("trainer"))  # fmt: skip
+        ref = ActorGroup("probe", Probe, 1, lambda _: (), num_cpus=1, timeout_s=60, timeout_key="-",
+                         placement=placement.slots("reference"))  # fmt: skip
+        try:
+            assert ranks.call("where") + ref.call("where") == [trainer_pg] * 3
+        finally:
+            ranks.shutdown()
+            ref.shutdown()
+    finally:
+        placement.remove()
 
 
 @pytest.fixture(scope="module")
