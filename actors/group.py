@@ -35,12 +35,13 @@ class ActorGroup:
         timeout_s: float,
         timeout_key: str,
         runtime_env: dict | None = None,
+        max_restarts: int = 0,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.timeout_key = timeout_key
         remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
-        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
         if runtime_env:
             options["runtime_env"] = runtime_env
         self.actors = [remote_cls.options(**options).remote(*init_args(i)) for i in range(count)]
