@@ -25,11 +25,13 @@ from typing import Any
 
 import ray._private.state as _ray_state
 from ray import serve
+from ray.serve import Application
 from ray.serve import context as _serve_context
 
 from audio_thinker.core.net import free_port
 from reward_server.app import ServerSettings, create_app
-from reward_server.backends import JudgeBackend
+from reward_server.auth import load_api_keys
+from reward_server.backends import JudgeBackend, load_backend
 from reward_server.client import JudgeClient
 
 APP_NAME = "audio-thinker-judge"
@@ -84,6 +86,25 @@ def replica_options(settings: ServerSettings, num_cpus: float, num_gpus: float) 
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
         "max_ongoing_requests": settings.max_queue + settings.max_batch_size + 8,
     }
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder of a Serve config file (`import_path: actors.judge_serve:build_app`, the KubeRay
+    RayService in deploy/kuberay/judge-rayservice.yaml): `args` are `model`, `backend` (transformers | vllm |
+    openai), `openai_base_url`, and any limit of JudgeLimits; keys from AUDIO_THINKER_JUDGE_API_KEYS or
+    `api_key_file`. Replicas, autoscaling and resources go in the config's `deployments:` entry `JudgeReplica`."""
+    args = dict(args)
+    model, backend = args.pop("model"), args.pop("backend", "transformers")
+    base_url = args.pop("openai_base_url", None)
+    keys = load_api_keys(args.pop("api_key_file", None))
+    if not keys:
+        raise ValueError("the judge on Ray Serve needs API keys: set AUDIO_THINKER_JUDGE_API_KEYS or api_key_file")
+    settings = ServerSettings(**args, api_keys=keys)
+    options = replica_options(settings, num_cpus=1.0, num_gpus=0.0)
+    del options["ray_actor_options"]  # resources: from the config file
+    return JudgeReplica.options(**options).bind(
+        lambda: load_backend(backend, model, openai_base_url=base_url), settings
+    )
 
 
 class JudgeDeployment:
