@@ -9,10 +9,12 @@ listens on a new port, so after failed calls the driver asks `recover()` for the
 from __future__ import annotations
 
 import os
+import time
 
 import ray
+from ray.exceptions import ActorUnavailableError
 
-from actors.group import ActorGroup
+from actors.group import ActorDiedError, ActorGroup
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.threads import use_cpu_share
@@ -72,17 +74,28 @@ class JudgeService:
         """The judge's URL after calls to it failed, once it is ready again. A dead actor is being restarted by
         Ray (past `judge.max_restarts` this raises ActorDiedError naming it); a live one whose /health does not
         answer is killed so that Ray restarts it."""
-        url = self.group.call_rank0("url", what="reach the restarted judge server")
+        url = self._url(timeout_s)
         if url == self.url:
             with JudgeClient(url, timeout_s=HEALTH_PROBE_S) as probe:
                 alive = probe.is_alive()
             if not alive:
                 ray.kill(self.group.actors[0], no_restart=False)
-                url = self.group.call_rank0("url", what="reach the restarted judge server")
+                url = self._url(timeout_s)
         with JudgeClient(url, timeout_s=timeout_s) as client:
             client.wait_ready(timeout_s)
         self.url = url
         return url
+
+    def _url(self, timeout_s: float) -> str:
+        """The actor's URL, waiting while Ray restarts it (calls meanwhile fail as 'temporarily unavailable')."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.group.call_rank0("url", what="reach the restarted judge server")
+            except ActorDiedError as exc:
+                if not isinstance(exc.__cause__, ActorUnavailableError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         try:

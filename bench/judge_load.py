@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # judge_throughput's items, also when a test loads this file
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -55,7 +56,7 @@ class Load:
     answers: dict[int, list[dict]] = field(default_factory=dict)  # request id -> its results (first 200 only)
     answered_twice: int = 0
     refused_429: int = 0
-    errors_5xx: int = 0
+    errors_5xx: dict[int, int] = field(default_factory=dict)  # status -> answers seen
     connection_errors: int = 0
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -100,7 +101,7 @@ async def drive(
                 load.refused_429 += 1
                 await asyncio.sleep(parse_retry_after(response.headers.get("retry-after")) or 0.05)
             elif response.status_code >= 500:
-                load.errors_5xx += 1
+                load.errors_5xx[response.status_code] = load.errors_5xx.get(response.status_code, 0) + 1
                 await asyncio.sleep(0.1)
             else:
                 raise RuntimeError(f"request {r}: HTTP {response.status_code}: {response.text}")
@@ -135,8 +136,9 @@ def mismatched(load: Load, items: list[JudgeItem], expected: list) -> int:
 def row(label: str, load: Load, n_requests: int, duplicated: int) -> str:
     p50, p99 = np.percentile(load.latencies, [50, 99]) * 1000 if load.latencies else (float("nan"),) * 2
     lost = n_requests - len(load.answers)
+    errors = " ".join(f"{k}x{v}" for k, v in sorted(load.errors_5xx.items())) or "0"
     return (
-        f"{label:<40}{len(load.answers):>9}{load.refused_429:>7}{load.errors_5xx:>6}{load.connection_errors:>7}"
+        f"{label:<40}{len(load.answers):>9}{load.refused_429:>7}{errors:>10}{load.connection_errors:>7}"
         f"{lost:>6}{duplicated + load.answered_twice:>6}{p50:>9.0f}{p99:>9.0f}{load.seconds:>8.1f}"
     )
 
@@ -206,7 +208,7 @@ def main() -> int:
         f"({os.cpu_count()} CPUs), max_queue={args.max_queue} items per server/replica, retried until answered"
     )
     print(
-        f"{'':<40}{'answered':>9}{'429':>7}{'5xx':>6}{'conn':>7}{'lost':>6}{'dup':>6}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'':<40}{'answered':>9}{'429':>7}{'5xx':>10}{'conn':>7}{'lost':>6}{'dup':>6}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'s':>8}"
     )
     for line in lines:

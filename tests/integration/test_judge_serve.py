@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def load_bench():
     """bench/judge_load.py as a module (its load loop and checks are what this test runs)."""
     spec = importlib.util.spec_from_file_location("judge_load", ROOT / "bench" / "judge_load.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["judge_load"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -130,7 +132,7 @@ def test_a_judge_actor_killed_mid_scoring_is_restarted_and_every_item_is_scored_
 
 def test_serve_with_two_replicas_one_killed_mid_overload_answers_every_request_once(ray_local, judge_path):
     bench = load_bench()
-    workers, per_worker = 12, 6
+    workers, per_worker = 8, 4
     n = workers * per_worker
     items = bench.make_items(n * bench.ITEMS_PER_REQUEST)
     expected = score_items(TransformersBackend(judge_path, device="cpu"), items)
