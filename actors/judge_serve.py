@@ -17,8 +17,6 @@ in pyproject.toml); Serve is one more way to host it, like the `JudgeServer` act
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -162,13 +160,3 @@ def _replica_pids(app_name: str) -> list[int]:
 def shutdown() -> None:
     """Stop Serve on the cluster (its controller and proxies)."""
     serve.shutdown()
-
-
-def serve_until_signal(deployment: JudgeDeployment) -> None:
-    """Block until SIGINT/SIGTERM, then delete the application and stop Serve (`serve-judge --replicas`)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    deployment.close()
-    shutdown()

@@ -3,9 +3,12 @@ on the cluster of RAY_ADDRESS or on a new local Ray instance, until SIGINT/SIGTE
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import ray
 
-from actors.judge_serve import JudgeDeployment, Scaling, serve_until_signal
+from actors.judge_serve import JudgeDeployment, Scaling, shutdown
 from audio_thinker.app.launch import connect_ray
 from audio_thinker.core.log import get_logger
 from reward_server.app import ServerSettings
@@ -28,7 +31,10 @@ def run_on_ray_serve(options: ServeOptions) -> int:
         **options.limits().model_dump(), score_mode=options.score_mode, api_keys=load_api_keys(options.api_key_file)
     )
     check_auth_setup(options.host, settings.api_keys, options.no_auth)
+    stop = threading.Event()
     started = connect_ray()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+        signal.signal(sig, lambda *_: stop.set())
     try:
         deployment = JudgeDeployment(
             options.load,
@@ -40,7 +46,10 @@ def run_on_ray_serve(options: ServeOptions) -> int:
             num_gpus=options.replica_gpus,
         )
         log.info("judge on Ray Serve at %s (%s backend, %s)", deployment.url, options.backend, options.model)
-        serve_until_signal(deployment)
+        stop.wait()
+        log.info("stopping: deleting the judge application and Ray Serve")
+        deployment.close()
+        shutdown()
     finally:
         if started:
             ray.shutdown()
