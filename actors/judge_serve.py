@@ -17,6 +17,7 @@ in pyproject.toml); Serve is one more way to host it, like the `JudgeServer` act
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +107,9 @@ def build_app(args: dict[str, Any]) -> Application:
 
 
 class JudgeDeployment:
-    """The judge deployed on Ray Serve (Serve started on `host:port` if it is not running); `url` is its
-    HTTP proxy. Ray must be initialised. `close()` deletes the application (Serve itself keeps running
-    when it was already running before)."""
+    """The judge deployed on Ray Serve as the application `name` at the root route (Serve is started on
+    `host:port`, port 0: a free one, unless it already runs); `url` is Serve's HTTP proxy. Ray must be
+    initialised."""
 
     def __init__(
         self,
@@ -123,9 +124,12 @@ class JudgeDeployment:
         name: str = APP_NAME,
     ):
         self.name = name
-        serve.start(http_options={"host": host, "port": port or free_port(host)})
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # a run's console: one line per step
+        serve.start(
+            http_options={"host": host, "port": port or free_port(host)}, logging_config={"log_level": "WARNING"}
+        )
         deployment = JudgeReplica.options(**scaling.options(), **replica_options(settings, num_cpus, num_gpus))
-        self.handle = serve.run(deployment.bind(load, settings), name=name, route_prefix="/")
+        serve.run(deployment.bind(load, settings), name=name, route_prefix="/")
         http = _serve_context._get_global_client().http_config  # Serve already running keeps its own port
         host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
         self.url = f"http://{host}:{http.port}"
