@@ -72,19 +72,25 @@ class JudgeService:
 
     def recover(self, timeout_s: float) -> str:
         """The judge's URL after calls to it failed, once it is ready again. A dead actor is being restarted by
-        Ray (past `judge.max_restarts` this raises ActorDiedError naming it); a live one whose /health does not
-        answer is killed so that Ray restarts it."""
-        url = self._url(timeout_s)
-        if url == self.url:
-            with JudgeClient(url, timeout_s=HEALTH_PROBE_S) as probe:
-                alive = probe.is_alive()
-            if not alive:
-                ray.kill(self.group.actors[0], no_restart=False)
-                url = self._url(timeout_s)
+        Ray (past `judge.max_restarts` this raises ActorDiedError naming it); a hung one (its actor or its
+        /health does not answer) is killed so that Ray restarts it."""
+        try:
+            url = self._url(timeout_s)
+            hung = url == self.url and not self._answers_health(url)
+        except TimeoutError:
+            hung = True
+        if hung:
+            ray.kill(self.group.actors[0], no_restart=False)
+            url = self._url(timeout_s)
         with JudgeClient(url, timeout_s=timeout_s) as client:
             client.wait_ready(timeout_s)
         self.url = url
         return url
+
+    @staticmethod
+    def _answers_health(url: str) -> bool:
+        with JudgeClient(url, timeout_s=HEALTH_PROBE_S) as probe:
+            return probe.is_alive()
 
     def _url(self, timeout_s: float) -> str:
         """The actor's URL, waiting while Ray restarts it (calls meanwhile fail as 'temporarily unavailable')."""

@@ -33,8 +33,8 @@ class Judge:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def recover(self, failed_url: str, timeout_s: float) -> str:
-        """The URL to send a failed request to again: the in-cluster judge recovered once per failure, however
-        many concurrent requests saw it fail. An external judge (no service) is not ours to restart: raise."""
+        """The URL to send a failed request to again: the in-cluster judge recovered (within `timeout_s`) once
+        per failure, however many concurrent requests saw it fail."""
         with self.lock:
             if self.url != failed_url or self.service is None:
                 return self.url
@@ -85,7 +85,7 @@ def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecor
                 if judge.service is None or attempt >= config.max_restarts:
                     raise
                 attempt += 1
-                url = await asyncio.to_thread(judge.recover, url, config.timeout_s)
+                url = await asyncio.to_thread(judge.recover, url, config.restart_timeout_s)
 
     async def run() -> None:
         try:

@@ -180,6 +180,9 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
     max_restarts: int = Field(
         2, ge=0, description="Restarts of a dead or unresponsive in-cluster judge actor before the run fails."
     )
+    restart_timeout_s: float = Field(
+        300.0, gt=0, description="How long a restarted in-cluster judge may take to be ready again (model load)."
+    )
 
 
 class RewardConfig(Section):

@@ -93,10 +93,15 @@ def think_record(i: int) -> RolloutRecord:
     )  # fmt: skip
 
 
-def test_a_judge_actor_killed_mid_scoring_is_restarted_and_every_item_is_scored_once(ray_local, judge_path):
-    # One batch waits up to 3 s to fill: the kill lands while all of the step's requests are queued in the judge.
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "hangs"])
+def test_a_judge_actor_that_dies_or_hangs_mid_scoring_is_restarted_and_every_item_scored_once(
+    ray_local, judge_path, fault
+):
+    # One batch waits up to 3 s to fill: the fault lands while all of the step's requests are queued in the judge.
+    # A hung judge (SIGSTOP) answers nothing: its requests time out, then the driver has Ray restart it.
     config = JudgeConfig(
-        max_batch_size=64, max_wait_ms=3000.0, request_chunk=3, max_restarts=1, max_retries=2, timeout_s=60
+        max_batch_size=64, max_wait_ms=3000.0, request_chunk=3, max_restarts=1, max_retries=1, timeout_s=8,
+        restart_timeout_s=120,
     )
     service = JudgeService(judge_path, config, KEY, "127.0.0.1")
     judge = Judge(service.url, KEY, service)
@@ -110,7 +115,7 @@ def test_a_judge_actor_killed_mid_scoring_is_restarted_and_every_item_is_scored_
         )
         scoring.start()
         wait_for(lambda: metric(first_url, "judge_queue_depth") == 12, 30)
-        os.kill(first_pid, signal.SIGKILL)
+        os.kill(first_pid, fault)
         scoring.join(120)
         assert not scoring.is_alive() and done["n"] == 12
         assert service.pid() != first_pid and judge.url != first_url and judge.recoveries == 1
