@@ -100,7 +100,12 @@ def test_a_judge_actor_that_dies_or_hangs_mid_scoring_is_restarted_and_every_ite
     # One batch waits up to 3 s to fill: the fault lands while all of the step's requests are queued in the judge.
     # A hung judge (SIGSTOP) answers nothing: its requests time out, then the driver has Ray restart it.
     config = JudgeConfig(
-        max_batch_size=64, max_wait_ms=3000.0, request_chunk=3, max_restarts=1, max_retries=1, timeout_s=8,
+        max_batch_size=64,
+        max_wait_ms=3000.0,
+        request_chunk=3,
+        max_restarts=1,
+        max_retries=1,
+        timeout_s=8,
         restart_timeout_s=120,
     )
     service = JudgeService(judge_path, config, KEY, "127.0.0.1")
