@@ -39,12 +39,14 @@ class ActorGroup:
         timeout_key: str,
         runtime_env: dict | None = None,
         placement: Sequence[Placed] | None = None,
+        max_restarts: int = 0,
     ) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.timeout_key = timeout_key
         remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
         options: dict[str, Any] = {} if placement else {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        options["max_restarts"] = max_restarts
         if runtime_env:
             options["runtime_env"] = runtime_env
         if placement is not None and len(placement) != count:

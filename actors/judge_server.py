@@ -2,16 +2,20 @@
 
 The driver reaches it over HTTP through `reward_server.client`, exactly like an external judge, with a key
 generated for the run. On a one-node cluster it listens on 127.0.0.1; on a multi-node cluster on its node's
-address (auth is always on).
+address (auth is always on). Ray restarts a dead actor (up to `judge.max_restarts`); the restarted server
+listens on a new port, so after failed calls the driver asks `recover()` for the URL again.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 
 import ray
+from ray.exceptions import ActorUnavailableError
 
-from actors.group import ActorGroup
+from actors.group import ActorDiedError, ActorGroup
 from actors.placement import Placed
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.log import redirect_actor_output
@@ -19,6 +23,9 @@ from audio_thinker.core.threads import use_cpu_share
 from reward_server.app import ServerSettings
 from reward_server.backends import load_backend
 from reward_server.cli import ServerThread, build_server
+from reward_server.client import JudgeClient
+
+HEALTH_PROBE_S = 10.0  # a judge whose /health does not answer within this is hung: it is killed and restarted
 
 
 @ray.remote
@@ -37,6 +44,9 @@ class JudgeServer:
         """The base URL (the model may still be loading: poll /ready)."""
         return self.base_url
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def stop(self) -> None:
         """Graceful: stop accepting, answer what is in flight, release the model."""
         self.thread.stop(timeout_s=60)
@@ -51,9 +61,45 @@ class JudgeService:
         self.group = ActorGroup(
             "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host),
             num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.timeout_s, timeout_key="judge.timeout_s",
-            placement=placement,
+            placement=placement, max_restarts=judge.max_restarts,
         )
         self.url = self.group.call_rank0("url", what="start the judge server")
+
+    def pid(self) -> int:
+        return self.group.call_rank0("pid")
+
+    def recover(self, timeout_s: float) -> str:
+        """The judge's URL after calls to it failed, once it is ready again. A dead actor is being restarted by
+        Ray (past `judge.max_restarts` this raises ActorDiedError naming it); a hung one (its actor or its
+        /health does not answer) is killed so that Ray restarts it."""
+        try:
+            url = self._url(timeout_s)
+            hung = url == self.url and not self._answers_health(url)
+        except TimeoutError:
+            hung = True
+        if hung:
+            ray.kill(self.group.actors[0], no_restart=False)
+            url = self._url(timeout_s)
+        with JudgeClient(url, timeout_s=timeout_s) as client:
+            client.wait_ready(timeout_s)
+        self.url = url
+        return url
+
+    @staticmethod
+    def _answers_health(url: str) -> bool:
+        with JudgeClient(url, timeout_s=HEALTH_PROBE_S) as probe:
+            return probe.is_alive()
+
+    def _url(self, timeout_s: float) -> str:
+        """The actor's URL, waiting while Ray restarts it (calls meanwhile fail as 'temporarily unavailable')."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self.group.call_rank0("url", what="reach the restarted judge server")
+            except ActorDiedError as exc:
+                if not isinstance(exc.__cause__, ActorUnavailableError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def close(self) -> None:
         try:

@@ -257,6 +257,13 @@ class JudgeClient(_Base):
         except httpx.TransportError:
             return False
 
+    def is_alive(self) -> bool:
+        """One /health probe, no retries: whether the process answers at all (it may still be loading)."""
+        try:
+            return self.http.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
     def wait_ready(self, timeout_s: float = 300.0, poll_s: float = 0.2) -> None:
         """Block until /ready answers 200; JudgeUnavailableError after `timeout_s` or as soon as the judge
         reports that its model failed to load."""

@@ -52,12 +52,44 @@ class ServeOptions(JudgeLimits, JudgeScoring):
     enforce_eager: bool = Field(
         False, description="With --backend vllm: no compilation or CUDA graphs (faster start, slower steps)."
     )
+    replicas: int | None = Field(
+        None, ge=1, description="Serve on Ray Serve with this many replicas (none: one uvicorn process, no Ray)."
+    )
+    autoscale: str | None = Field(
+        None, description="Serve on Ray Serve, autoscaled between MIN,MAX replicas (e.g. 1,4)."
+    )
+    replica_cpus: float = Field(1.0, gt=0, description="With --replicas/--autoscale: Ray CPUs per replica.")
+    replica_gpus: float = Field(0.0, ge=0, description="With --replicas/--autoscale: Ray GPUs per replica.")
 
     @model_validator(mode="after")
     def _openai_url(self) -> ServeOptions:
         if self.backend == "openai" and not self.openai_base_url:
             raise ValueError("--backend openai needs --openai-base-url (the completions server)")
         return self
+
+    @model_validator(mode="after")
+    def _scaling(self) -> ServeOptions:
+        if self.replicas is not None and self.autoscale is not None:
+            raise ValueError("--replicas and --autoscale: choose one")
+        if self.autoscale is not None:
+            self.autoscale_bounds()
+        return self
+
+    def autoscale_bounds(self) -> tuple[int, int] | None:
+        """(min, max) replicas of --autoscale; ValueError naming the option when it is not MIN,MAX."""
+        if self.autoscale is None:
+            return None
+        parts = self.autoscale.split(",")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"--autoscale {self.autoscale!r}: expected MIN,MAX (two whole numbers, e.g. 1,4)")
+        low, high = (int(p) for p in parts)
+        if high < 1 or low > high:
+            raise ValueError(f"--autoscale {self.autoscale!r}: need MIN <= MAX and MAX >= 1")
+        return low, high
+
+    @property
+    def on_ray_serve(self) -> bool:
+        return self.replicas is not None or self.autoscale is not None
 
     def load(self) -> JudgeBackend:
         return load_backend(

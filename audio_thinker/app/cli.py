@@ -110,9 +110,14 @@ def _rewards(args: argparse.Namespace) -> int:
 
 
 def _serve_judge(args: argparse.Namespace) -> int:
+    options = model_from_args(ServeOptions, args)
+    if options.on_ray_serve:
+        from audio_thinker.app.serve_judge import run_on_ray_serve  # Ray Serve: loaded only for --replicas
+
+        return run_on_ray_serve(options)
     from reward_server.cli import run_serve_judge  # uvicorn/FastAPI: loaded only when this command serves
 
-    return run_serve_judge(model_from_args(ServeOptions, args))
+    return run_serve_judge(options)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 import ray
 
+from actors.judge_serve import JudgeDeployment, Scaling
 from actors.judge_server import JudgeService
-from actors.placement import RunPlacement
+from actors.placement import Placed, RunPlacement
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.judging import Judge
 from audio_thinker.app.synthetic import write_synthetic_dataset
@@ -20,6 +22,8 @@ from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset, load_dataset
 from audio_thinker.core.log import LOG_DIR_ENV, get_logger
 from audio_thinker.core.rewards import needs_judge
+from reward_server.app import ServerSettings
+from reward_server.backends import load_backend
 from reward_server.client import JudgeClient
 
 log = get_logger(__name__)
@@ -118,6 +122,27 @@ def connect_ray(actor_logs: Path | None = None) -> bool:
     return not address
 
 
+def start_in_cluster_judge(
+    config: Config, key: str, host: str, slots: Sequence[Placed] | None = None
+) -> JudgeService | JudgeDeployment:
+    """One judge actor (in the run's judge bundle when `slots` are given), or `judge.replicas` replicas on Ray
+    Serve (placed by Serve; its proxy on a free port of `host`)."""
+    j = config.judge
+    if j.replicas is None:
+        return JudgeService(config.model.judge_path, j, key, host, slots)
+    settings = ServerSettings(**j.limits().model_dump(), score_mode=j.score_mode, api_keys=frozenset({key}))
+    path = config.model.judge_path
+    return JudgeDeployment(
+        lambda: load_backend(j.backend, path),
+        settings,
+        Scaling(replicas=j.replicas),
+        host=host,
+        port=0,
+        num_cpus=j.num_cpus,
+        num_gpus=j.num_gpus,
+    )
+
+
 def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge | None:
     """The run's judge, ready to answer: an external one (`judge.url`) or a new in-cluster server (in the run's
     judge bundle when `placement` is given); None when the reward variant needs no verdicts."""
@@ -128,8 +153,8 @@ def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge 
     else:
         key = secrets.token_urlsafe(24)
         host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
-        slots = placement.slots("judge") if placement is not None else None
-        service = JudgeService(config.model.judge_path, config.judge, key, host, slots)
+        slots = (placement.slots("judge") or None) if placement is not None else None
+        service = start_in_cluster_judge(config, key, host, slots)
         judge = Judge(service.url, key, service)
     try:
         with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s) as client:

@@ -173,8 +173,17 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
     timeout_s: float = Field(120.0, gt=0, description="Client timeout of one judge request.")
     max_retries: int = Field(5, ge=0, description="Client retries on 429/5xx/connection errors before the step fails.")
     request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
-    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor.")
-    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs of the judge actor.")
+    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor (of each replica on Ray Serve).")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs of the judge actor (of each replica on Ray Serve).")
+    replicas: int | None = Field(
+        None, ge=1, description="In-cluster judge on Ray Serve with this many replicas (none: one judge actor)."
+    )
+    max_restarts: int = Field(
+        2, ge=0, description="Restarts of a dead or unresponsive in-cluster judge actor before the run fails."
+    )
+    restart_timeout_s: float = Field(
+        300.0, gt=0, description="How long a restarted in-cluster judge may take to be ready again (model load)."
+    )
 
 
 class RewardConfig(Section):

@@ -4,7 +4,7 @@ same groups out on nodes and GPUs, so the plan and the run agree. Rules (docs/pl
 
 - trainer ranks: one bundle per rank, STRICT_PACK when they fit on one node (one NCCL island), else PACK;
 - rollout workers: one bundle per worker holding all of its tensor-parallel GPUs, PACK;
-- the in-cluster judge: one bundle;
+- the in-cluster judge: one bundle (replicas on Ray Serve, `judge.replicas`, are placed by Serve: none);
 - the reference: its own bundle (`separate`) or inside trainer rank 0's bundle (`colocate`), where rank 0 gives
   it `trainer.reference_num_gpus` of its GPU.
 """
@@ -81,7 +81,7 @@ def run_groups(config: Config, node_gpus: float | None = None, with_judge: bool 
     )
     groups.append(rollout)
 
-    if with_judge and needs_judge(config.reward.variant) and not j.url:
+    if with_judge and needs_judge(config.reward.variant) and not j.url and j.replicas is None:
         judge_slot = Slot("judge server", "judge", 0, j.num_cpus, j.num_gpus)
         judge = GroupSpec("judge", "PACK", [_bundle(j.num_cpus, j.num_gpus)], [judge_slot], keys="judge.num_gpus")
         groups.append(judge)

@@ -1,7 +1,9 @@
 """The judge server for real: uvicorn on 127.0.0.1 (free port), the tiny Qwen3 judge, every route and status.
 
 Each server runs in a background thread started and stopped by a fixture; results are compared with
-in-process scoring of the same items by a second backend on the same weights.
+in-process scoring of the same items by a second backend on the same weights. The tests of the shared
+`server` fixture run twice: against the single uvicorn process and against the same app
+deployed on Ray Serve (one local Ray instance for the module, Serve's proxy on a free loopback port).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import time
 
 import httpx
 import pytest
+import ray
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import judge_serve
 from audio_thinker.app.cli import main as cli_main
 from reward_server.app import ServerSettings, app_from_env, create_app
 from reward_server.auth import API_KEYS_ENV, AuthConfigError, check_auth_setup, load_api_keys
@@ -88,24 +92,49 @@ def serve(judge_path: str, **settings):
 
 
 @pytest.fixture(scope="module")
-def server(judge_path):
-    thread, url = serve(
-        judge_path,
-        max_items=8,
-        max_text_chars=8000,
-        max_body_bytes=64 * 1024,
-        max_batch_size=16,
-        max_wait_ms=20.0,
+def ray_local():
+    """One local Ray instance for the module's Ray Serve deployments, ended with Serve at the module's end."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    judge_serve.shutdown()
+    ray.shutdown()
+
+
+def serve_on_ray(judge_path: str, **settings) -> judge_serve.JudgeDeployment:
+    """The same app on Ray Serve, one replica (so that /metrics counts every request), ready."""
+    settings.setdefault("api_keys", frozenset({KEY, "test-key-b"}))
+    deployment = judge_serve.JudgeDeployment(
+        lambda: TransformersBackend(judge_path, device="cpu"),
+        ServerSettings(**settings),
+        judge_serve.Scaling(replicas=1),
+        port=0,
+        num_cpus=0.5,
     )
-    yield url, thread.server.config.app
-    thread.stop(60)
+    JudgeClient(deployment.url).wait_ready(120)
+    return deployment
+
+
+@pytest.fixture(scope="module", params=["uvicorn", "ray-serve"])
+def server(request, judge_path):
+    settings = dict(
+        max_items=8, max_text_chars=8000, max_body_bytes=64 * 1024, max_batch_size=16, max_wait_ms=20.0
+    )
+    if request.param == "uvicorn":
+        thread, url = serve(judge_path, **settings)
+        yield url
+        thread.stop(60)
+    else:
+        request.getfixturevalue("ray_local")
+        deployment = serve_on_ray(judge_path, **settings)
+        yield deployment.url
+        deployment.close()
 
 
 # ------------------------------------------------------------------------------------------------ public routes
 
 
 def test_health_ready_and_metrics_are_public(server):
-    url, _ = server
+    url = server
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}
     r = httpx.get(f"{url}/ready")
     assert r.status_code == 200 and r.json() == {"status": "ready"}
@@ -116,7 +145,7 @@ def test_health_ready_and_metrics_are_public(server):
 
 @pytest.mark.parametrize("method,path", [("POST", "/v1/judge"), ("POST", "/get_reward"), ("GET", "/v1/info")])
 def test_protected_routes_need_a_valid_bearer_key(server, method, path):
-    url, _ = server
+    url = server
     body = (
         {"items": [item(0)]} if path == "/v1/judge" else {"query": ["p a"], "prompts": ["p"], "labels": ["a"]}
     )
@@ -141,7 +170,7 @@ def test_protected_routes_need_a_valid_bearer_key(server, method, path):
 
 
 def test_info_reports_model_backend_prompts_and_limits(server, judge_path):
-    url, _ = server
+    url = server
     info = JudgeClient(url, api_key=KEY).info()
     assert (info.model, info.backend, info.prompt_version, info.auth) == (
         judge_path,
@@ -164,7 +193,7 @@ def test_info_reports_model_backend_prompts_and_limits(server, judge_path):
 
 
 def test_openapi_is_generated_from_the_schemas_with_bearer_auth(server):
-    url, _ = server
+    url = server
     spec = httpx.get(f"{url}/openapi.json").json()
     assert {"JudgeRequest", "JudgeItem", "JudgeResponse", "RewardRequest", "RewardResponse"} <= set(
         spec["components"]["schemas"]
@@ -177,7 +206,7 @@ def test_openapi_is_generated_from_the_schemas_with_bearer_auth(server):
 
 
 def test_judge_returns_results_in_order_equal_to_in_process_scoring(server, ref, judge_path):
-    url, _ = server
+    url = server
     items = [item(0), item(1, choices=["first", "second"]), item(2, think="No idea.", answer="first")]
     r = httpx.post(f"{url}/v1/judge", json={"items": items}, headers=AUTH)
     assert r.status_code == 200
@@ -192,7 +221,7 @@ def test_judge_returns_results_in_order_equal_to_in_process_scoring(server, ref,
 
 
 def test_judge_computes_only_the_scores_asked_for(server, ref):
-    url, _ = server
+    url = server
     client = JudgeClient(url, api_key=KEY)
     only_quality = client.judge([item(3)], scores=["think_quality"])[0]
     assert only_quality.consistency is None and only_quality.consistency_prob is None
@@ -204,7 +233,7 @@ def test_judge_computes_only_the_scores_asked_for(server, ref):
 
 
 def test_score_mode_per_request_with_the_server_default(server, ref):
-    url, _ = server
+    url = server
     items = [item(4), item(5, think="No idea.", answer="first")]
     body = httpx.post(f"{url}/v1/judge", json={"items": items}, headers=AUTH).json()
     assert body["score_mode"] == "expected"  # ServerSettings default
@@ -251,7 +280,7 @@ def test_score_mode_per_request_with_the_server_default(server, ref):
     ],
 )
 def test_schema_errors_are_422_naming_the_field(server, body, loc, fragment):
-    url, _ = server
+    url = server
     r = httpx.post(f"{url}/v1/judge", json=body, headers=AUTH)
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == loc
@@ -259,7 +288,7 @@ def test_schema_errors_are_422_naming_the_field(server, body, loc, fragment):
 
 
 def test_malformed_json_is_422(server):
-    url, _ = server
+    url = server
     r = httpx.post(
         f"{url}/v1/judge", content=b'{"items": [', headers={**AUTH, "Content-Type": "application/json"}
     )
@@ -267,7 +296,7 @@ def test_malformed_json_is_422(server):
 
 
 def test_limits_are_413_with_the_field_and_the_limit(server):
-    url, _ = server
+    url = server
     r = httpx.post(f"{url}/v1/judge", json={"items": [item(i) for i in range(9)]}, headers=AUTH)
     assert r.status_code == 413 and r.json()["detail"] == "items: 9 entries, the limit is 8 per request"
     r = httpx.post(f"{url}/v1/judge", json={"items": [item(0), item(1, think="x" * 8001)]}, headers=AUTH)
@@ -286,7 +315,7 @@ def test_limits_are_413_with_the_field_and_the_limit(server):
 
 
 def test_a_body_over_the_limit_is_413_with_or_without_content_length(server):
-    url, _ = server
+    url = server
     big = json.dumps({"items": [item(0, think="y" * 70000)]}).encode()
     r = httpx.post(f"{url}/v1/judge", content=big, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == 413 and "65536 bytes" in r.json()["detail"]
@@ -303,7 +332,7 @@ def test_a_body_over_the_limit_is_413_with_or_without_content_length(server):
 
 
 def test_get_reward_follows_the_documented_formula(server, ref):
-    url, _ = server
+    url = server
     prompt = "<|im_start|>user\nWhich beep is louder?<|im_end|>\n<|im_start|>assistant\n"
     responses = [
         "<think>The second one is louder.</think><answer>Second</answer><|im_end|>",  # think, correct (case)
@@ -330,7 +359,7 @@ def test_get_reward_follows_the_documented_formula(server, ref):
 
 
 def test_get_reward_rejects_what_it_cannot_score(server):
-    url, _ = server
+    url = server
 
     def post(body):
         return httpx.post(f"{url}/get_reward", json=body, headers=AUTH)
@@ -349,12 +378,12 @@ def test_get_reward_rejects_what_it_cannot_score(server):
 
 
 def test_concurrent_clients_each_get_their_own_results(server, ref):
-    url, app = server
+    url = server
     requests = [
         ([item(100 + 10 * r + k) for k in range(r % 3 + 1)], ["consistency", "think_quality"][: 1 + r % 2])
         for r in range(24)
     ]
-    before = app.state.judge.batcher.stats.batches
+    before = value(metrics(url), "judge_batch_size_count")
 
     async def main():
         async with AsyncJudgeClient(url, api_key=KEY) as client:
@@ -370,11 +399,12 @@ def test_concurrent_clients_each_get_their_own_results(server, ref):
                 assert g.think_quality == pytest.approx(w.think_quality, abs=1e-5)
             else:
                 assert g.think_quality is None
-    assert app.state.judge.batcher.stats.batches - before < len(requests)  # requests were merged
+    batches = value(metrics(url), "judge_batch_size_count") - before
+    assert 0 < batches < len(requests)  # requests were merged
 
 
 def test_metrics_count_what_happened(server):
-    url, _ = server
+    url = server
     before = metrics(url)
     client = JudgeClient(url, api_key=KEY)
     client.judge([item(0), item(1)])
@@ -617,7 +647,7 @@ def test_client_and_schemas_import_without_torch():
 
 
 def test_client_does_not_retry_a_refused_request(server):
-    url, _ = server
+    url = server
     with pytest.raises(JudgeRequestError, match="HTTP 401") as info:
         JudgeClient(url, api_key="wrong").judge([item(0)])
     assert info.value.status == 401

@@ -1,5 +1,6 @@
 """deploy/kuberay/*.yaml against the Kubernetes schemas (kubernetes-validate, strict: unknown fields are errors)
-and the KubeRay RayJob CRD schema shipped in deploy/kuberay/schemas/; the RayJob runs what the planner planned."""
+and the KubeRay RayJob / RayService CRD schemas shipped in deploy/kuberay/schemas/ (v1.7.0's openAPIV3Schema);
+the RayJob runs what the planner planned."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from audio_thinker.core.presets import load_config
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "deploy" / "kuberay"
 K8S_VERSION = "1.33"
-RAYJOB_SCHEMA = KUBERAY / "schemas" / "ray.io_rayjobs-v1.7.0.json.gz"
+CRD_SCHEMAS = {
+    "RayJob": KUBERAY / "schemas" / "ray.io_rayjobs-v1.7.0.json.gz",
+    "RayService": KUBERAY / "schemas" / "ray.io_rayservices-v1.7.0.json.gz",
+}
 
 
 def strict(schema):
@@ -38,8 +42,8 @@ def strict(schema):
 
 
 @functools.cache
-def rayjob_validator() -> jsonschema.Draft7Validator:
-    return jsonschema.Draft7Validator(strict(json.loads(gzip.decompress(RAYJOB_SCHEMA.read_bytes()))))
+def crd_validator(kind: str) -> jsonschema.Draft7Validator:
+    return jsonschema.Draft7Validator(strict(json.loads(gzip.decompress(CRD_SCHEMAS[kind].read_bytes()))))
 
 
 def documents() -> list[tuple[str, dict]]:
@@ -51,15 +55,15 @@ def rayjob() -> dict:
     return job
 
 
-def pod_templates(job: dict) -> list[dict]:
-    spec = job["spec"]["rayClusterSpec"]
+def pod_templates(doc: dict) -> list[dict]:
+    spec = doc["spec"]["rayClusterSpec" if doc["kind"] == "RayJob" else "rayClusterConfig"]
     return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
 
 
 @pytest.mark.parametrize("name, doc", documents(), ids=lambda x: x if isinstance(x, str) else x.get("kind"))
 def test_every_manifest_validates(name, doc):
-    if doc["kind"] == "RayJob":
-        rayjob_validator().validate(doc)
+    if doc["kind"] in CRD_SCHEMAS:
+        crd_validator(doc["kind"]).validate(doc)
         for template in pod_templates(doc):  # the pod templates once more against Kubernetes' own PodTemplate
             pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}, "template": template}
             kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -71,7 +75,7 @@ def test_the_validation_catches_a_misspelt_key():
     job = rayjob()
     job["spec"]["shutdownAfterJobFinish"] = True
     with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
-        rayjob_validator().validate(job)
+        crd_validator("RayJob").validate(job)
 
 
 def test_the_rayjob_runs_the_planned_config_on_the_resources_the_planner_counts():
