@@ -68,7 +68,7 @@ def test_trainable_parameters_by_hand(tiny_models):
     freeze(policy, False)
     full = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     assert trainable_parameters(path, "qwen2_audio", TrainerConfig()) == full
-    tower = sum(p.numel() for n, p in policy.named_parameters() if p.requires_grad and n.startswith("model.audio_tower"))
+    tower = sum(p.numel() for n, p in policy.named_parameters() if p.requires_grad and n.startswith("model.audio_"))
     assert trainable_parameters(path, "qwen2_audio", TrainerConfig(lora=lora)) == 8704 + tower
 
 
