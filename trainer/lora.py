@@ -95,7 +95,9 @@ def apply_lora(policy: torch.nn.Module, family: str, lora: LoraConfig, train_aud
         target_modules=target_pattern(family, lora.target_modules),
         bias="none",
     )
-    wrapped = get_peft_model(policy, config, adapter_name=ADAPTER)
+    with torch.random.fork_rng(devices=[]):  # A's init: the same on every rank, the global RNG untouched
+        torch.manual_seed(lora.init_seed)
+        wrapped = get_peft_model(policy, config, adapter_name=ADAPTER)
     if train_audio_encoder:
         params = dict(policy.named_parameters())
         for name in audio:

@@ -215,6 +215,12 @@ class LoraConfig(Section):
         "Default: every attention and MLP projection.",
     )
 
+    init_seed: int = Field(
+        0,
+        description="Seed of the adapters' initialisation (A random, B zero), the same on every trainer rank and "
+        "on a resume; the global RNG is left as it was.",
+    )
+
     @field_validator("target_modules")
     @classmethod
     def _module_names(cls, names: list[str]) -> list[str]:

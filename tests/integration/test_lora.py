@@ -152,3 +152,16 @@ def test_config_errors_name_the_key(tiny_models):
     # fc1 exists only in the audio encoder: the language model has no such layer
     with pytest.raises(ValueError, match=r"trainer\.lora\.target_modules: \['fc1'\] match no linear layer"):
         check_lora(tiny_models["qwen2_audio"], "qwen2_audio", LoraConfig(target_modules=["q_proj", "fc1"]))
+
+
+def test_adapter_init_is_seeded_and_leaves_the_global_rng(tiny_models):
+    """Every rank (and a resumed run) must start from the same A; the caller's RNG stream is not consumed."""
+    path = tiny_models["qwen2_audio"]
+    state = torch.get_rng_state()
+    first = lora_policy(path, "qwen2_audio", LoraConfig(rank=4), True)[0].state_dict()
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)
+    second = lora_policy(path, "qwen2_audio", LoraConfig(rank=4), True)[0].state_dict()
+    other = lora_policy(path, "qwen2_audio", LoraConfig(rank=4, init_seed=1), True)[0].state_dict()
+    a = "model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert torch.equal(first[a], second[a]) and not torch.equal(first[a], other[a])
