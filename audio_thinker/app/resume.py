@@ -54,6 +54,7 @@ RUN_DEFINING = (
     "trainer.ratio_level",
     "trainer.max_completion_length",
     "trainer.freeze_audio_encoder",
+    "trainer.lora",  # a LoRA checkpoint holds adapters, a full one every weight: neither resumes as the other
 )
 CHANGES_FILE = "config_changes.jsonl"
 
