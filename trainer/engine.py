@@ -99,11 +99,14 @@ def freeze(policy: torch.nn.Module, freeze_audio_encoder: bool) -> list[str]:
     return frozen
 
 
-def trainable_parameters(model_path: str | Path, family: str, cfg: TrainerConfig) -> int:
+def trainable_parameters(model: str | Path | torch.nn.Module, family: str, cfg: TrainerConfig) -> int:
     """How many parameters the trainer trains (gradients and AdamW moments are kept for these only): all but the
     frozen ones in full fine-tuning, the adapters (plus the audio encoder unless frozen) with `trainer.lora`.
-    Reads only config.json (meta device): the placement planner's count for the optimizer-state term."""
-    policy = meta_policy(model_path, family)
+
+    `model`: a model folder (only its config.json is read, the model is built on the meta device) or a fresh
+    model instance, e.g. on the meta device from a config (it gets frozen and wrapped in place). The placement
+    planner's count for the gradient and optimizer-state terms."""
+    policy = meta_policy(model, family) if isinstance(model, str | Path) else model
     freeze(policy, cfg.freeze_audio_encoder)
     if cfg.lora is not None:
         policy = apply_lora(policy, family, cfg.lora, train_audio_encoder=not cfg.freeze_audio_encoder)

@@ -165,3 +165,17 @@ def test_adapter_init_is_seeded_and_leaves_the_global_rng(tiny_models):
     other = lora_policy(path, "qwen2_audio", LoraConfig(rank=4, init_seed=1), True)[0].state_dict()
     a = "model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight"
     assert torch.equal(first[a], second[a]) and not torch.equal(first[a], other[a])
+
+
+def test_trainable_parameters_of_a_meta_model_from_a_config():
+    """The planner's form: a model built from a config on the meta device, no folder. A Qwen2-Audio-7B-shaped
+    language model (hidden 4096, MLP 11008, 32 layers, 32 kv heads): r=8 gives 8 x 32 x (4 x 8192 + 3 x 15104)."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    text = dict(model_type="qwen2", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, vocab_size=1000)  # fmt: skip
+    with torch.device("meta"):
+        audio = dict(encoder_layers=1, d_model=64, encoder_attention_heads=2, encoder_ffn_dim=64)  # frozen here
+        model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(text_config=text, audio_config=audio))
+    cfg = TrainerConfig(lora=LoraConfig(rank=8), freeze_audio_encoder=True)
+    assert trainable_parameters(model, "qwen2_audio", cfg) == 8 * 32 * (4 * 8192 + 3 * 15104) == 19_988_480
