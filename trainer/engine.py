@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
 from trainer.grpo import grpo_loss, loss_denominator, merge_stats
 from trainer.sft_loss import sft_loss
+from trainer.lora import adapters_disabled, apply_lora, merged_entries, meta_policy
 from trainer.logprobs import (
     CompletionLogprobs,
     PolicyBatch,
@@ -98,6 +100,20 @@ def freeze(policy: torch.nn.Module, freeze_audio_encoder: bool) -> list[str]:
     return frozen
 
 
+def trainable_parameters(model: str | Path | torch.nn.Module, family: str, cfg: TrainerConfig) -> int:
+    """How many parameters the trainer trains (gradients and AdamW moments are kept for these only): all but the
+    frozen ones in full fine-tuning, the adapters (plus the audio encoder unless frozen) with `trainer.lora`.
+
+    `model`: a model folder (only its config.json is read, the model is built on the meta device) or a fresh
+    model instance, e.g. on the meta device from a config (it gets frozen and wrapped in place). The placement
+    planner's count for the gradient and optimizer-state terms."""
+    policy = meta_policy(model, family) if isinstance(model, str | Path) else model
+    freeze(policy, cfg.freeze_audio_encoder)
+    if cfg.lora is not None:
+        policy = apply_lora(policy, family, cfg.lora, train_audio_encoder=not cfg.freeze_audio_encoder)
+    return sum(p.numel() for p in policy.parameters() if p.requires_grad)
+
+
 class PolicyEngine:
     """The policy wrapped by DeepSpeed (ZeRO-2/3, AdamW, lr schedule, clipping) and what the trainer asks of it."""
 
@@ -120,6 +136,12 @@ class PolicyEngine:
         if cfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.frozen = freeze(policy, cfg.freeze_audio_encoder)
+        # With LoRA, `self.peft` is the PeftModel (for disabling its adapters) and the trained module is the
+        # transformers model with the adapters inside it.
+        self.peft = None
+        if cfg.lora is not None:
+            self.peft = apply_lora(policy, family, cfg.lora, train_audio_encoder=not cfg.freeze_audio_encoder)
+            self.frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
         module = CompletionLogprobs(policy)
         optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -134,13 +156,15 @@ class PolicyEngine:
             config=deepspeed_config(cfg, bf16=dtype == "bfloat16", on_gpu=self.on_gpu),
         )
         log.info(
-            "rank %d/%d: %s ZeRO-%d %s, %d frozen tensors",
+            "rank %d/%d: %s ZeRO-%d %s%s, %d frozen tensors, %d trainable parameters",
             self.rank,
             self.world_size,
             family,
             cfg.zero_stage,
             dtype,
+            "" if cfg.lora is None else f" LoRA r={cfg.lora.rank}",
             len(self.frozen),
+            sum(p.numel() for p in optimizer.param_groups[0]["params"]),
         )
 
     @property
@@ -269,56 +293,75 @@ class PolicyEngine:
         return pad_ragged([values[i] for i in idx], width, self.device)
 
     def compute_logprobs(
-        self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0
+        self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0, adapters: bool = True
     ) -> list[np.ndarray]:
-        """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3."""
+        """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3.
+        `adapters=False` (LoRA only): with the adapters switched off, which is the initial policy (the reference)
+        only while the audio encoder is frozen (docs/trainer.md)."""
+        if not adapters and self.peft is None:
+            raise ValueError("log-probs without adapters need trainer.lora")
         self.engine.eval()
-        return compute_logprobs(
-            self.engine,
-            batch,
-            self.cfg.micro_batch_size,
-            self.device,
-            temperature,
-            num_micro_batches,
-            self.cfg.encode_audio_once,
-        )
+        with nullcontext() if adapters else adapters_disabled(self.peft):
+            return compute_logprobs(
+                self.engine,
+                batch,
+                self.cfg.micro_batch_size,
+                self.device,
+                temperature,
+                num_micro_batches,
+                self.cfg.encode_audio_once,
+            )
 
     def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full weights under checkpoint keys, on the engine's device.
+        """Full weights under checkpoint keys, on the engine's device; with LoRA the adapted layers merged
+        (W + alpha / r B A) under their original names, so every consumer sees a plain checkpoint.
 
         Every rank must run the iteration to the end: under ZeRO-3 each group of up to `bucket_bytes` is gathered
-        collectively (and copied out before it is partitioned again). Under ZeRO-2 the tensors are the live
-        parameters (detached): consume them before the next optimizer step.
+        collectively (and copied out before it is partitioned again). Under ZeRO-2 the tensors that need no merge
+        are the live parameters (detached): consume them before the next optimizer step.
         """
         import deepspeed
 
         policy = self.policy
         tensors = dict(policy.named_parameters(remove_duplicate=False))
         tensors.update(policy.named_buffers(remove_duplicate=False))
-        names = list(policy.state_dict().keys())
-        group: list[str] = []
+        entries = merged_entries(policy)
+        group: list = []
         size = 0
-        for name in names + [None]:
-            if name is not None and not hasattr(tensors[name], "ds_id"):
-                yield checkpoint_key(self.family, name), tensors[name].detach()
+        for entry in entries + [None]:
+            if entry is not None and not any(hasattr(tensors[s], "ds_id") for s in entry.sources):
+                yield checkpoint_key(self.family, entry.name), entry.merge([tensors[s].detach() for s in entry.sources])
                 continue
-            if name is not None:
-                group.append(name)
-                size += tensors[name].ds_numel * tensors[name].element_size()
-            if group and (name is None or size >= bucket_bytes):
-                with deepspeed.zero.GatheredParameters([tensors[n] for n in group], modifier_rank=None):
-                    copies = [tensors[n].data.detach().clone() for n in group]
-                yield from ((checkpoint_key(self.family, n), t) for n, t in zip(group, copies))
+            if entry is not None:
+                group.append(entry)
+                size += sum(tensors[s].ds_numel * tensors[s].element_size() for s in entry.sources)
+            if group and (entry is None or size >= bucket_bytes):
+                params = [tensors[s] for e in group for s in e.sources]
+                with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                    copies = [e.merge([tensors[s].data for s in e.sources]).detach().clone() for e in group]
+                yield from ((checkpoint_key(self.family, e.name), t) for e, t in zip(group, copies))
                 group, size = [], 0
 
     def save_state(self, folder: str | Path, client_state: dict) -> None:
-        """DeepSpeed's full training state (weights, optimizer, scheduler, step) under folder/deepspeed; collective."""
-        self.engine.save_checkpoint(str(folder), tag=DS_TAG, client_state=client_state, save_latest=False)
+        """DeepSpeed's full training state (weights, optimizer, scheduler, step) under folder/deepspeed; collective.
+        With LoRA only the trained tensors are written (the adapters, and the audio encoder when it trains): the
+        frozen base is the model folder, which the engine loads again on resume."""
+        self.engine.save_checkpoint(
+            str(folder),
+            tag=DS_TAG,
+            client_state=client_state,
+            save_latest=False,
+            exclude_frozen_parameters=self.peft is not None,
+        )
 
     def load_state(self, folder: str | Path) -> dict:
         """Restore what `save_state` wrote (same number of ranks); returns the client state; collective."""
         path, client_state = self.engine.load_checkpoint(
-            str(folder), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            str(folder),
+            tag=DS_TAG,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            load_module_strict=self.peft is None,  # a LoRA checkpoint has no frozen tensors
         )
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {Path(folder) / DS_TAG}")

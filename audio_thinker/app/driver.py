@@ -51,6 +51,7 @@ from reward_server.client import JudgeError
 from rollout.engine import GenerationRequest, Sample, SamplingConfig
 from trainer.checkpoint import latest_checkpoint
 from trainer.logprobs import PolicyBatch
+from trainer.lora import check_lora
 
 log = get_logger(__name__)
 steps_log = get_logger(STEPS)
@@ -152,6 +153,11 @@ class Driver:
         synthetic_splits(c)  # every manifest path checked before a model is built or a file written
         check_loggers(c)
         prepare_models(c)
+        if c.trainer.lora is not None:  # a target that matches nothing fails here, before Ray starts
+            try:
+                check_lora(c.model.policy_path, c.model.family, c.trainer.lora)
+            except ValueError as exc:
+                raise TrainingError(str(exc)) from None
         train_set, eval_set = prepare_data(c)
         owns_ray = connect_ray(actor_logs)
         parts: list = []

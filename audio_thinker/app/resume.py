@@ -55,6 +55,7 @@ RUN_DEFINING = (
     "trainer.max_completion_length",
     "trainer.freeze_audio_encoder",
     "sft.*",
+    "trainer.lora",  # a LoRA checkpoint holds adapters, a full one every weight: neither resumes as the other
 )
 CHANGES_FILE = "config_changes.jsonl"
 

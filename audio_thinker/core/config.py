@@ -7,6 +7,7 @@ unknown keys, and `Config` rejects combinations the code cannot run, naming the 
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -209,6 +210,39 @@ class RewardConfig(Section):
     )
 
 
+# The language model's linear layers in both families (attention and MLP of every decoder layer).
+LM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1, le=1024, description="r: the rank of each adapter (B is out x r, A is r x in).")
+    alpha: float = Field(16.0, gt=0, description="lora_alpha: the adapter's update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input during training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LM_LINEAR_LAYERS),
+        min_length=1,
+        description="Names of the language model's linear layers that get adapters (the last part of a module "
+        "name, e.g. q_proj); only the language model's decoder layers are searched, never the audio encoder. "
+        "Default: every attention and MLP projection.",
+    )
+
+    init_seed: int = Field(
+        0,
+        description="Seed of the adapters' initialisation (A random, B zero), the same on every trainer rank and "
+        "on a resume; the global RNG is left as it was.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
+        if bad:
+            raise ValueError(f"{bad}: a target module is a layer's own name (e.g. q_proj), without dots")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{names} names a module twice")
+        return names
+
+
 class TrainerConfig(Section):
     num_ranks: int = Field(1, ge=1, description="Policy-trainer actors forming one torch.distributed group.")
     num_cpus_per_rank: float = Field(0.5, gt=0, description="Ray CPUs per trainer rank.")
@@ -271,6 +305,12 @@ class TrainerConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters on the language model instead of all its weights (peft; e.g. "
+        "trainer.lora={rank: 8}); the audio encoder trains too unless trainer.freeze_audio_encoder. None: full "
+        "fine-tuning.",
+    )
     sync_backend: Literal["object_store", "broadcast"] = Field(
         "object_store", description="How new weights reach the rollout workers."
     )

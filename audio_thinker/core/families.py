@@ -62,6 +62,21 @@ def render_chat(family: str, instruction: str, system: str | None = None) -> str
     return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
+# Where each family keeps its language model's decoder layers and its audio encoder (in-memory names).
+_LANGUAGE_MODEL = {"qwen2_audio": "model.language_model", "qwen2_5_omni": "model"}
+_AUDIO_TOWER = {"qwen2_audio": "model.audio_tower", "qwen2_5_omni": "audio_tower"}
+
+
+def language_model_prefix(family: str) -> str:
+    """The module name of the language model (its decoder layers are `<prefix>.layers.N`)."""
+    return _LANGUAGE_MODEL[check_family(family)]
+
+
+def audio_tower_prefix(family: str) -> str:
+    """The module name of the audio encoder."""
+    return _AUDIO_TOWER[check_family(family)]
+
+
 def checkpoint_key(family: str, key: str) -> str:
     if check_family(family) == "qwen2_5_omni":
         return key

@@ -98,7 +98,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_override(data: dict, path: list[str], value: Any) -> None:
     node = data
     for i, part in enumerate(path[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section that is off (e.g. `trainer.lora: null`)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
         node = child

@@ -44,6 +44,7 @@ def test_harmless_overrides_are_allowed_on_resume(saved_run):
         ("run.seed=1", "run.seed: saved 5, now 1"),
         ("reward.variant=atar", "reward.variant: saved 'atar_cr', now 'atar'"),
         ("trainer.lr=0.5", "trainer.lr: saved 0.0001, now 0.5"),
+        ("trainer.lora.rank=4", "trainer.lora: saved None, now {'rank': 4"),
     ],
 )
 def test_a_run_defining_override_is_refused_naming_the_key_and_the_saved_value(saved_run, override, needle):
