@@ -2,8 +2,10 @@
 the DeepSpeed trainer group, the reference actor and the HTTP judge actor.
 
 The suite's `audio-thinker train` run of 4 steps (the `cli_run` fixture, which the dashboard tests watch while
-it writes) is checked step by step against `audio-thinker rewards` and exported again; then, on a
-`ray start --head` cluster on loopback, a `ray job submit` run of the same config is stopped mid-run (`ray job
+it writes) is checked step by step against `audio-thinker rewards` and exported again; then, on a two-node Ray
+cluster on loopback (`ray start --head` and a second node with a custom resource), a one-step job with two trainer
+ranks lands where its placement groups say (the ranks on one node, the other actors on the other), and a
+`ray job submit` run of the same config as `cli_run` is stopped mid-run (`ray job
 stop`: SIGTERM, a preemption; it keeps the checkpoint of the step in flight and exits) and resumed by a second
 submission that names only the run directory: its steps equal the uninterrupted run's.
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from ray.job_submission import JobSubmissionClient
+from ray.util.state import list_actors, list_nodes
 
 from audio_thinker.app.rescore import rescore_records
 from audio_thinker.core.presets import load_config
@@ -173,10 +176,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def end_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)  # a test cluster: no need to wait for Ray's whole graceful stop
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """`ray start --head --block` on loopback in its own process group; the whole group is ended afterwards."""
-    dash = free_port()
+    """A two-node Ray cluster on loopback: `ray start --head --block` (2 CPUs) and a second node (2 CPUs and the
+    custom resource `node_b` that tells it apart; tests/integration/ray_node.py), each in its own process group,
+    both ended afterwards. Yields the dashboard address and the environment of the `ray` commands."""
+    dash, gcs = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     env = {
         **os.environ,
@@ -187,14 +201,15 @@ def ray_cluster(tmp_path_factory):
         # like a pod's terminationGracePeriodSeconds.
         "RAY_JOB_STOP_WAIT_TIME_S": "300",
     }
-    proc = subprocess.Popen(
+    quiet = {"env": env, "start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    head = subprocess.Popen(
         [
             str(BIN / "ray"),
             "start",
             "--head",
             "--block",
             "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
+            f"--port={gcs}",
             "--num-cpus=2",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
@@ -202,11 +217,9 @@ def ray_cluster(tmp_path_factory):
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        **quiet,
     )
+    procs = [head]
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.monotonic() + 120
@@ -216,18 +229,25 @@ def ray_cluster(tmp_path_factory):
             ).returncode
             != 0
         ):
-            assert proc.poll() is None, "ray start exited"
+            assert head.poll() is None, "ray start exited"
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(1)
+        node_b = [sys.executable, str(Path(__file__).with_name("ray_node.py")), f"127.0.0.1:{gcs}",
+                  json.dumps({"CPU": 2, "node_b": 1}), temp_dir]  # fmt: skip
+        procs.append(subprocess.Popen(node_b, **quiet))
+        wait_for(lambda: len(alive_nodes(address)) == 2, 120, "the second Ray node")
         yield address, env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)  # a test cluster: no need to wait for Ray's whole graceful stop
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        for proc in reversed(procs):
+            end_group(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def alive_nodes(address: str) -> list:
+    try:
+        return list_nodes(address=address, filters=[("state", "=", "ALIVE")])
+    except Exception:  # the dashboard's state API may not answer yet
+        return []
 
 
 def job(address: str, env: dict, *args: str, check: bool = True) -> str:
@@ -255,6 +275,34 @@ def wait_for(predicate, timeout: float, what: str, poll_s: float = 2.0) -> None:
 def status(address: str, job_id: str) -> str:
     """The job's state, over the dashboard's REST API (a CLI process per poll would load the 2 cores)."""
     return str(JobSubmissionClient(address).get_job_status(job_id).value)
+
+
+@pytest.mark.timeout(900)
+def test_ray_job_on_two_nodes_places_the_actors_where_the_placement_groups_say(ray_cluster, tiny_run, tmp_path):
+    """Two trainer ranks of 1 CPU fill one node (their placement group packs them); the rollout worker (1 CPU),
+    the judge and the reference (0.25 each), reserved next, can then only go to the other node."""
+    address, env = ray_cluster
+    out = tmp_path / "two-nodes"
+    spread = ["trainer.num_ranks=2", "trainer.num_cpus_per_rank=1", "rollout.num_cpus_per_worker=1"]
+    args = [*tiny_run(out, 1), *spread, "rollout.max_new_tokens=8", "run.eval_limit=1"]
+    sub = f"audio-thinker-{os.getpid()}-two-nodes"
+    job(address, env, "submit", "--no-wait", "--submission-id", sub, "--working-dir", ".", "--",
+        "audio-thinker", "train", *args)  # fmt: skip
+    wait_for(lambda: status(address, sub) in ("SUCCEEDED", "FAILED", "STOPPED"), 800, "the two-node job")
+    assert status(address, sub) == "SUCCEEDED", job(address, env, "logs", sub)
+    assert [m["step"] for m in read_metrics(out)] == [1]
+
+    job_id = JobSubmissionClient(address).get_job_info(sub).job_id
+    where: dict[str, list[str]] = {}
+    for actor in list_actors(address=address, filters=[("job_id", "=", job_id)], detail=True, limit=1000):
+        where.setdefault(actor["class_name"], []).append(actor["node_id"])
+    nodes = {n["node_id"]: n["resources_total"] for n in alive_nodes(address)}
+    assert len(where["PolicyTrainerRank"]) == 2
+    (trainer_node,) = set(where["PolicyTrainerRank"])
+    others = where["RolloutWorker"] + where["JudgeServer"] + where["ReferenceModel"]
+    (other_node,) = set(others)
+    assert len(others) == 3 and {trainer_node, other_node} == set(nodes)  # two and three actors, a node each
+    assert any("node_b" in resources for resources in nodes.values())
 
 
 @pytest.mark.timeout(1800)
