@@ -36,6 +36,7 @@ from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, 
 from audio_thinker.app.loggers import check_loggers, open_loggers
 from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir, default_output_dir
+from audio_thinker.app.run_start import open_run
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
@@ -304,28 +305,13 @@ class Driver:
 
     # -------------------------------------------------------------------------------- the run
 
-    def resume(self) -> int:
-        """Restore the latest checkpoint of the run directory; returns the step it ends at (0: fresh run)."""
-        latest = latest_checkpoint(self.run_dir.checkpoints)
-        if latest is None:
-            log.warning("resume: no checkpoint in %s, starting from step 1", self.run_dir.checkpoints)
-            return 0
-        state = self.trainer.load_checkpoint(latest)
-        step = int(state["extra"]["step"])
-        self.run_dir.truncate_after(step)
-        self.sync.push(step)
-        self.version = step
-        steps_log.info("resumed from %s at step %d", latest, step)
-        return step
-
     def train(self) -> Path:
         """Every step from the start (or the resume point) to T, then the exported policy in `final/`."""
         c = self.config
-        resuming = c.run.resume and self.run_dir.metrics_path.parent.exists()
-        self.run_dir.create(c)
-        start = self.resume() if resuming else 0
-        if not resuming and self.run_dir.logged_steps():
-            raise TrainingError(f"{self.run_dir.path} already holds a run; set run.resume=true to continue it")
+        start = open_run(c, self.run_dir, self.trainer.load_checkpoint)
+        if start:  # the workers get the resumed weights (checksum checked) before they generate
+            self.sync.push(start)
+            self.version = start
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         log.info("run directory: %s (steps %d..%d)", self.run_dir.path, start + 1, c.run.total_steps)

@@ -27,6 +27,7 @@ from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.launch import connect_ray, synthetic_splits
 from audio_thinker.app.loggers import open_loggers
 from audio_thinker.app.run_dir import RunDir, default_output_dir
+from audio_thinker.app.run_start import open_run
 from audio_thinker.app.sft_data import load_sft_data, sft_target
 from audio_thinker.app.synthetic import write_synthetic_dataset
 from audio_thinker.app.tiny import ensure_tiny_models
@@ -77,23 +78,9 @@ class SftRun:
             raise FloatingPointError(f"non-finite loss {metrics['sft/loss']} / grad norm {metrics['actor/grad_norm']}")
         return {"step": step, **metrics, "timing_s/step": time.perf_counter() - start}
 
-    def resume(self) -> int:
-        latest = latest_checkpoint(self.run_dir.checkpoints)
-        if latest is None:
-            log.warning("resume: no checkpoint in %s, starting from step 1", self.run_dir.checkpoints)
-            return 0
-        step = int(self.trainer.load_checkpoint(latest)["extra"]["step"])
-        self.run_dir.truncate_after(step)
-        steps_log.info("resumed from %s at step %d", latest, step)
-        return step
-
     def train(self) -> Path:
         c = self.config
-        resuming = c.run.resume and self.run_dir.metrics_path.parent.exists()
-        self.run_dir.create(c)
-        start = self.resume() if resuming else 0
-        if not resuming and self.run_dir.logged_steps():
-            raise TrainingError(f"{self.run_dir.path} already holds a run; set run.resume=true to continue it")
+        start = open_run(c, self.run_dir, self.trainer.load_checkpoint)
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         steps = range(start + 1, c.run.total_steps + 1)
