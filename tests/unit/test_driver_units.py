@@ -179,6 +179,9 @@ class StubTrainer:
     def export(self, folder):
         self.exported = folder
 
+    def load_checkpoint(self, folder):
+        raise AssertionError("a new run loads no checkpoint")
+
     def publish_weights(self, version):
         return type("Handle", (), {"num_bytes": 10})()
 
