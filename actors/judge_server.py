@@ -63,7 +63,12 @@ class JudgeService:
             num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.timeout_s, timeout_key="judge.timeout_s",
             placement=placement, max_restarts=judge.max_restarts,
         )
-        self.url = self.group.call_rank0("url", what="start the judge server")
+        (self.url,) = self.group.get(
+            self.group.submit("url"),
+            "start the judge server",
+            timeout_s=judge.restart_timeout_s,
+            timeout_key="judge.restart_timeout_s",
+        )
 
     def pid(self) -> int:
         return self.group.call_rank0("pid")

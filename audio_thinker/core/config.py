@@ -183,7 +183,7 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
         2, ge=0, description="Restarts of a dead or unresponsive in-cluster judge actor before the run fails."
     )
     restart_timeout_s: float = Field(
-        300.0, gt=0, description="How long a restarted in-cluster judge may take to be ready again (model load)."
+        300.0, gt=0, description="How long the in-cluster judge actor may take to start or restart and be ready."
     )
 
 
