@@ -421,11 +421,12 @@ def _close_quietly(part) -> None:
 
 
 def run_training(config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Path:
-    """A whole run; a SIGTERM from here on is a preemption notice (Preempted after the step in flight)."""
-    with PreemptionGuard() as guard:
-        driver = Driver.from_config(config, reward_fn, actor_logs)
-        driver.preemption = guard
-        try:
+    """A whole run; once its actors are up, a SIGTERM is a preemption notice (Preempted after the step in flight).
+    The guard goes in after `ray.init`, which installs a SIGTERM handler of its own (exit at once)."""
+    driver = Driver.from_config(config, reward_fn, actor_logs)
+    try:
+        with PreemptionGuard() as guard:
+            driver.preemption = guard
             return driver.train()
-        finally:
-            driver.close()
+    finally:
+        driver.close()

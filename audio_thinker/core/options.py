@@ -7,7 +7,8 @@ and help are written once (in the model) and argparse and validation cannot drif
 A field `max_items` becomes `--max-items`; `Literal` fields get their values as `choices`; a bool field is a
 flag (`--x`, or `--no-x` when it defaults to True); `int | None` and the like parse the inner type; a
 `list[str]` field is an option given once per value (`--bench a=1 --bench b=2`: no `nargs`, so it cannot
-swallow a command's positional arguments); a field without a default is a required option. Each help text
+swallow a command's positional arguments), or, with `json_schema_extra={"nargs": "+"}`, one option followed by
+its values (`--runs a b`); a field without a default is a required option. Each help text
 is the field's description plus its default.
 """
 
@@ -68,7 +69,11 @@ def _argument(model: type[BaseModel], name: str, field: FieldInfo, required: boo
         return flag, kwargs
     if get_origin(kind) is list and get_args(kind)[0] in _SCALARS:
         # None, not the model's default: argparse would append to a copy of it ([1] + --x 2 = [1, 2]).
-        kwargs.update(action="append", type=get_args(kind)[0], default=None)
+        kwargs.update(type=get_args(kind)[0], default=None)
+        if (field.json_schema_extra or {}).get("nargs") == "+":  # opted in by a command without positionals
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["action"] = "append"
     elif get_origin(kind) is Literal:
         choices = get_args(kind)
         kwargs.update(choices=choices, type=type(choices[0]))

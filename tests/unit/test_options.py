@@ -117,3 +117,13 @@ def test_a_list_field_is_an_option_given_once_per_value():
     assert got == Many(files=["a=1", "b"], sizes=[2])  # the values given replace the default
     with pytest.raises(SystemExit):
         parser.parse_args(["--sizes", "x"])
+
+
+def test_a_list_field_may_take_its_values_after_one_option():
+    class Runs(BaseModel):
+        runs: list[str] = Field(description="Runs.", json_schema_extra={"nargs": "+"})
+
+    parser = parser_for(Runs)
+    assert model_from_args(Runs, parser.parse_args(["--runs", "a", "b"])) == Runs(runs=["a", "b"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--runs"])

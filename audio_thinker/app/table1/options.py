@@ -88,7 +88,8 @@ class ReportOptions(BaseModel):
 
     runs: list[str] = Field(
         description="Run directories (a row each: its row.json from `ablate`, else its config.yaml), with "
-        "evaluations under DIR/eval/<bench>/results.json."
+        "evaluations under DIR/eval/<bench>/results.json.",
+        json_schema_extra={"nargs": "+"},
     )
     out: str = Field(description="Folder to write table1.md, table1.json and the figures into.")
 
