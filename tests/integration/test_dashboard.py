@@ -219,6 +219,7 @@ def test_follow_a_question_across_steps(live_run, page):
     run, _, _ = live_run
     question = dump_rows(run, STEPS)[0]["question_id"]
     page.goto(f"/runs/live/questions/{question}")
+    wait_ready(page)  # the chart is drawn once plotly has loaded, after the first paint
     steps = [s for s in range(1, STEPS + 1) if any(r["question_id"] == question for r in dump_rows(run, s))]
     assert page.locator("table.history tbody tr").count() == len(steps)
     assert page.evaluate("document.getElementById('chart-question').data.length") == 2

@@ -231,4 +231,5 @@ function questionPage(history) {
     { x, y: history.map(h => h.correct / h.samples), name: "accuracy", mode: "lines+markers" },
   ];
   Plotly.newPlot("chart-question", traces, layout("This question over steps", { yaxis: { range: [-0.05, 1.05] } }), CONFIG);
+  document.body.dataset.complete = "1";  // plotly loads after the first paint: tests and tools wait for this
 }
