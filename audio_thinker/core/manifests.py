@@ -230,6 +230,15 @@ PARSERS: dict[str, Callable[[Row], Parsed]] = {
 }
 
 
+def row_object(path: Path, row: int, data: Any) -> Row:
+    """A decoded row (or the DataError `read_rows` yielded for it) as a Row; raises DataError otherwise."""
+    if isinstance(data, DataError):
+        raise data
+    if not isinstance(data, dict):
+        raise DataError(f"{path} row {row}: expected a JSON object, got {type(data).__name__}")
+    return Row(path, row, data)
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError."""
     try:
