@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 
 import ray
@@ -47,7 +47,7 @@ class RolloutWorker:
         redirect_actor_output("rollout-worker")
         setup_logging()
         self.engine_name = rollout.engine
-        self.last_span: tuple[float, float] | None = None
+        self.spans: list[tuple[float, float]] = []
         self.engine = build_engine(
             rollout.engine,
             model_path,
@@ -73,15 +73,20 @@ class RolloutWorker:
                 f"rollout worker pid {os.getpid()} holds weights version {self.engine.version}, "
                 f"the driver asks for version >= {min_version}: send the new weights (set_weights) first"
             )
-        start = time.time()
+        start, version = time.time(), self.engine.version
         try:
-            return self.engine.generate(requests, sampling)
+            groups = self.engine.generate(requests, sampling)
         finally:
-            self.last_span = (start, time.time())
+            self.spans.append((start, time.time()))
+        for group in groups:
+            for sample in group:
+                sample.weights_version = version
+        return groups
 
-    def last_generate_span(self) -> tuple[float, float] | None:
-        """Wall-clock start and end of this worker's last `generate` (the run's timeline)."""
-        return self.last_span
+    def take_generate_spans(self) -> list[tuple[float, float]]:
+        """Wall-clock start and end of each `generate` since the last ask (the run's timeline)."""
+        spans, self.spans = self.spans, []
+        return spans
 
     def set_weights(self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int) -> dict:
         """Load a full checkpoint-layout state (tensors, or a handle to the buckets the trainer published in the
@@ -173,18 +178,52 @@ class RolloutPool:
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, min_version: int
     ) -> list[list[Sample]]:
         """`sampling.n` samples per request, in request order; StaleWeightsError from a lagging worker."""
-        requests = list(requests)
-        chunks = [(a, b) for a, b in split_evenly(len(requests), len(self.group)) if b > a]
-        results = self.group.call_each(
-            "generate",
-            [(requests[a:b], sampling, min_version) for a, b in chunks],
-            what=f"generate for {len(requests)} questions",
-        )
-        return [samples for chunk in results for samples in chunk]
+        groups = dict(self.stream(requests, sampling, min_version))
+        return [groups[i] for i in range(len(groups))]
 
-    def generation_spans(self) -> list[tuple[float, float] | None]:
-        """Per worker, the wall-clock start and end of its last `generate` (None: it had no questions yet)."""
-        return self.group.call("last_generate_span", what="ask the rollout workers their generation times")
+    def stream(
+        self,
+        requests: Sequence[GenerationRequest],
+        sampling: SamplingConfig,
+        min_version: int,
+        per_call: int | None = None,
+    ) -> Iterator[tuple[int, list[Sample]]]:
+        """(request index, its samples) as the workers' calls return, in the order they finish.
+
+        `per_call` None: one call per worker over contiguous, near-equal slices (one engine batch each, what
+        `generate` uses); k: calls of k requests dealt to the workers in turn and queued there, so a question's
+        group comes back as soon as its call is done (the driver's streaming step). Each request keeps its seed,
+        so which worker takes it does not change its samples. One deadline, `rollout.call_timeout_s`, covers
+        them all.
+        """
+        requests = list(requests)
+        workers = len(self.group)
+        if per_call is None:
+            chunks = [(a, b) for a, b in split_evenly(len(requests), workers) if b > a]
+        else:
+            chunks = [(a, min(a + per_call, len(requests))) for a in range(0, len(requests), per_call)]
+        what = f"generate for {len(requests)} questions"
+        pending = {}
+        for c, (a, b) in enumerate(chunks):
+            worker = c % workers
+            ref = self.group.actors[worker].generate.remote(requests[a:b], sampling, min_version)
+            pending[ref] = (worker, a)
+        deadline = time.monotonic() + self.rollout.call_timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError(
+                    f"rollout workers: {what}: no answer within {self.rollout.call_timeout_s:.0f}s "
+                    "(raise rollout.call_timeout_s if that is too short)"
+                )
+            worker, start = pending.pop(ready[0])
+            (groups,) = self.group.get(ready, what, owners=[f"rollout worker {worker}"])
+            for offset, samples in enumerate(groups):
+                yield start + offset, samples
+
+    def generation_spans(self) -> list[list[tuple[float, float]]]:
+        """Per worker, the wall-clock start and end of each `generate` since the last ask."""
+        return self.group.call("take_generate_spans", what="ask the rollout workers their generation times")
 
     def set_weights(
         self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int, expected_checksum: str | None = None

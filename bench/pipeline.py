@@ -1,4 +1,4 @@
-"""The synchronous tiny default step, phase by phase, before and after issue 16's savings, in one invocation.
+"""The tiny default step, phase by phase: issue 16's savings and the pipeline modes side by side, in one invocation.
 
 Each variant is the built-in default run (4 questions x 8 samples, vLLM worker, DeepSpeed trainer, reference,
 HTTP judge; same seed, so the same questions) started fresh, `--steps` steps long; the first step warms up
@@ -7,12 +7,16 @@ HTTP judge; same seed, so the same questions) started fresh, `--steps` steps lon
 - per-sample: the audio encoder runs once per sample and the old log-probs get their own forward
   (`trainer.encode_audio_once=false trainer.recompute_old_logprobs=true`: the step as it was);
 - once-per-clip: each clip encoded once per pass, still with the separate old forward;
-- default: each clip encoded once and no old forward (the old log-probs are the loss pass's, detached).
+- synchronous: the default (each clip encoded once, no old forward, `run.max_staleness=0`): the reference;
+- streaming: `run.stream_groups=true`, the judge and the reference start on each group as it returns;
+- staleness-1 / staleness-2: `run.max_staleness=1|2`, the next steps generate while the trainer trains;
+- staleness-1+stream: both.
 
-Prints seconds per phase (old and ref run in parallel with the judge), seconds per step and samples/s. Not a
+Prints seconds per phase (each phase's wall time; phases overlap), wall seconds per step (from one step's end to
+the next: what overlap shortens), samples/s, the ratio to synchronous, the mean reward and the staleness. Not a
 test; numbers go to the README's performance table.
 
-    python bench/pipeline.py [--steps 4] [key=value ...]   # e.g. model.policy_path=... (any config override)
+    python bench/pipeline.py [--steps 4] [--variants ...] [key=value ...]   # any config override
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,17 +45,29 @@ from audio_thinker.core.presets import load_config
 VARIANTS = {
     "per-sample": ["trainer.encode_audio_once=false", "trainer.recompute_old_logprobs=true"],
     "once-per-clip": ["trainer.recompute_old_logprobs=true"],
-    "default": [],
+    "synchronous": [],
+    "streaming": ["run.stream_groups=true"],
+    "staleness-1": ["run.max_staleness=1"],
+    "staleness-2": ["run.max_staleness=2"],
+    "staleness-1+stream": ["run.max_staleness=1", "run.stream_groups=true"],
 }
-PHASES = ("gen", "judge", "old_logprob", "ref", "train", "sync", "step")
+DEFAULT_VARIANTS = ["synchronous", "streaming", "staleness-1", "staleness-2"]
+PHASES = ("gen", "judge", "old_logprob", "ref", "train", "sync")
 
 
 def run_variant(overrides: list[str], steps: int, out: Path) -> list[dict]:
+    """The variant's steps' metrics, each with `wall`: seconds from the previous step's end to its own."""
     config = load_config(None, [*overrides, f"run.output_dir={out}", f"run.total_steps={steps}", "run.loggers=[]"])
     driver = Driver.from_config(config)
     try:
         driver.run_dir.create(config)
-        return [driver.step(step) for step in range(1, steps + 1)]
+        out_metrics, last = [], time.perf_counter()
+        for step in range(1, steps + 1):
+            metrics = driver.step(step)
+            now = time.perf_counter()
+            out_metrics.append({**metrics, "wall": now - last})
+            last = now
+        return out_metrics
     finally:
         driver.close()
 
@@ -58,7 +75,8 @@ def run_variant(overrides: list[str], steps: int, out: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="steps per variant (the first is a warm-up)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                        help=f"variants to run, in order (default: {' '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("overrides", nargs="*", help="config overrides for every variant (key=value)")
     args = parser.parse_args()
     if args.steps < 2:
@@ -69,17 +87,19 @@ def main() -> None:
             metrics = run_variant([*args.overrides, *VARIANTS[name]], args.steps, Path(tmp) / name)[1:]
             samples = np.mean([m["actor/sequences"] for m in metrics])
             results[name] = {p: np.mean([m.get(f"timing_s/{p}", np.nan) for m in metrics]) for p in PHASES}
-            results[name]["samples/s"] = samples / results[name]["step"]
+            results[name]["wall/step"] = np.mean([m["wall"] for m in metrics])
+            results[name]["samples/s"] = samples / results[name]["wall/step"]
             results[name]["reward"] = np.mean([m["reward/total"] for m in metrics])
+            results[name]["staleness"] = np.mean([m.get("staleness/mean", 0.0) for m in metrics])
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()), flush=True)
-    print(f"\nsynchronous tiny default step, mean of steps 2..{args.steps} (seconds; old and ref overlap the judge)")
-    print(f"{'phase':<12}" + "".join(f"{name:>15}" for name in args.variants) + f"{'speed-up':>10}")
-    for key in (*PHASES, "samples/s", "reward"):
+    base = "synchronous" if "synchronous" in results else args.variants[0]
+    print(f"\ntiny default, mean of steps 2..{args.steps} (seconds; phases overlap, wall/step is what a step costs)")
+    print(f"{'':<12}" + "".join(f"{name:>20}" for name in args.variants))
+    for key in (*PHASES, "wall/step", "samples/s", "reward", "staleness"):
         values = [results[name][key] for name in args.variants]
-        cells = "".join(f"{'--':>15}" if np.isnan(v) else f"{v:>15.3f}" for v in values)
-        # first variant vs last: time per step falls, samples/s rises
-        ratio = {"step": values[0] / values[-1], "samples/s": values[-1] / values[0]}.get(key)
-        print(f"{key:<12}{cells}" + (f"{ratio:>9.2f}x" if ratio else ""))
+        print(f"{key:<12}" + "".join(f"{'--':>20}" if np.isnan(v) else f"{v:>20.3f}" for v in values))
+    ratios = [results[name]["samples/s"] / results[base]["samples/s"] for name in args.variants]
+    print(f"{'vs ' + base[:9]:<12}" + "".join(f"{r:>19.2f}x" for r in ratios))
 
 
 if __name__ == "__main__":

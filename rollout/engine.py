@@ -97,6 +97,7 @@ class Sample:
     text: str
     finish_reason: FinishReason
     logprobs: list[float] | None  # one per token of `token_ids`, or None when not asked
+    weights_version: int = 0  # the engine's weights version when it sampled this (stamped by the rollout worker)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.run_start import open_run
 from audio_thinker.app.step_metrics import console_line, step_metrics
+from audio_thinker.app.step_rollout import StepRollout, drop_stale, phase_seconds, timed_call
 from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
@@ -141,7 +142,10 @@ class Driver:
         )
         self.sampling = SamplingConfig.from_rollout(c.rollout)
         self.sync = WeightSync(trainer, rollout, c.trainer.sync_backend)
-        self.version = 0
+        self.version = 0  # the weights version of the trainer (and, once synced, of every worker)
+        self.producer: ThreadPoolExecutor | None = None  # produces steps ahead with run.max_staleness > 0
+        self.ahead: dict[int, Future] = {}
+        self.next_produced = 1
         self.owns_ray = False
         self.placement: RunPlacement | None = None
         self.loggers: list = []
@@ -206,8 +210,8 @@ class Driver:
         instruction = build_instruction(q.question, q.choices, c.prompt.mode, self.template, c.prompt.letter_choices)
         return render_chat(c.model.family, instruction)
 
-    def generate(self, step: int) -> tuple[list[RolloutRecord], PolicyBatch]:
-        """The step's G samples per question, parsed into records, and the trainer's batch of the same samples."""
+    def requests(self, step: int) -> tuple[list[AudioQuestion], list[EncodedPrompt], list[GenerationRequest]]:
+        """The step's questions, their prompts as the trainer encodes them, and the rollout requests (seeded)."""
         c = self.config
         idx = step_questions(self.train_set, c.run.seed, step, c.run.questions_per_step)
         items = [self.train_set[i] for i in idx]
@@ -218,57 +222,129 @@ class Driver:
             GenerationRequest(p, a, seed=request_seed(c.run.seed, step, k))
             for k, (p, a) in enumerate(zip(prompts, audios))
         ]
-        samples = self.rollout.generate(requests, self.sampling, min_version=self.version)
+        return items, encoded, requests
+
+    def parse_group(self, step: int, q: AudioQuestion, enc: EncodedPrompt, group: list[Sample]) -> list[RolloutRecord]:
+        """A question's samples as records (mode, answer, correctness); the prompt ids must be the trainer's."""
+        letters = self.config.prompt.letter_choices
         records = []
-        for q, enc, group in zip(items, encoded, samples):
-            for j, s in enumerate(group):
-                if list(s.prompt_token_ids) != enc.input_ids:
-                    raise TrainingError(
-                        f"step {step}: the rollout engine tokenized question {q.id} differently from "
-                        "the trainer's prompt encoder (audio placeholder expansion mismatch)"
-                    )
-                parsed = parse_response(s.text)
-                correct = parsed.mode != "invalid" and is_correct(parsed, q.choices, q.answer, c.prompt.letter_choices)
-                records.append(RolloutRecord.of(step, q, j, s, parsed, correct, c.prompt.letter_choices))
-        return records, policy_batch(encoded, samples)
+        for j, s in enumerate(group):
+            if list(s.prompt_token_ids) != enc.input_ids:
+                raise TrainingError(
+                    f"step {step}: the rollout engine tokenized question {q.id} differently from "
+                    "the trainer's prompt encoder (audio placeholder expansion mismatch)"
+                )
+            parsed = parse_response(s.text)
+            correct = parsed.mode != "invalid" and is_correct(parsed, q.choices, q.answer, letters)
+            records.append(RolloutRecord.of(step, q, j, s, parsed, correct, letters))
+        return records
+
+    def produce(self, step: int, min_version: int) -> StepRollout:
+        """Everything of a step that does not need the trainer: the samples, their records and verdicts, the
+        reference log-probs (and, when the trainer is idle, i.e. synchronous, the old ones).
+
+        Batch mode: the whole step is generated, then the judge and the reference run side by side. Streaming
+        (`run.stream_groups`): one generation call per question, and each group goes to the judge and the
+        reference as soon as it returns; the results are put back in question order, so the order in which
+        groups arrive changes nothing.
+        """
+        c = self.config
+        timeline = self.run_dir.timeline
+        streaming = c.run.stream_groups
+        items, encoded, requests = self.requests(step)
+        temperature = c.rollout.temperature
+
+        def judge(recs: list[RolloutRecord]) -> int:
+            return call_judge(self.judge, c.judge, recs, self.needed) if self.needed else 0
+
+        groups: dict[int, list[Sample]] = {}
+        records: dict[int, list[RolloutRecord]] = {}
+        timing: dict[str, float] = {}
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            ref_f: dict[int | None, Future] = {}
+            judge_f: dict[int | None, Future] = {}
+            t0 = time.time()
+            for k, group in self.rollout.stream(requests, self.sampling, min_version, 1 if streaming else None):
+                groups[k], records[k] = group, self.parse_group(step, items[k], encoded[k], group)
+                if streaming:
+                    part = policy_batch([encoded[k]], [group])
+                    ref_f[k] = pool.submit(timed_call, timeline, "ref log-probs", "reference", step,
+                                           lambda part=part: self.reference.compute_logprobs(part, temperature))
+                    judge_f[k] = pool.submit(timed_call, timeline, "judge", "judge", step,
+                                             lambda recs=records[k]: judge(recs))
+            t_gen = time.time()
+            timeline.span("generate", "driver", t0, t_gen, step)
+            timing["timing_s/gen"] = t_gen - t0
+            for w, spans in enumerate(self.rollout.generation_spans()):
+                for span in spans:
+                    timeline.span("generate", f"rollout worker {w}", *span, step)
+            order = range(len(requests))
+            if streaming:  # back in question order, whatever order the groups arrived in
+                ref_f, judge_f = {k: ref_f[k] for k in order}, {k: judge_f[k] for k in order}
+            batch = policy_batch(encoded, [groups[k] for k in order])
+            flat = [r for k in order for r in records[k]]
+            old_f = None
+            if c.trainer.separate_old_pass and c.run.max_staleness == 0:  # the trainer holds the weights that sampled
+                old_f = pool.submit(timed_call, timeline, "old log-probs", "trainer", step,
+                                    lambda: self.trainer.compute_logprobs(batch, temperature))
+            if not streaming:
+                ref_f = {None: pool.submit(timed_call, timeline, "ref log-probs", "reference", step,
+                                           lambda: self.reference.compute_logprobs(batch, temperature))}
+                judge_f = {None: pool.submit(timed_call, timeline, "judge", "judge", step, lambda: judge(flat))}
+            judged = sum(f.result()[0] for f in judge_f.values())
+            timing["timing_s/judge"] = phase_seconds(judge_f)
+            batch.ref_logprobs = [lp for f in ref_f.values() for lp in f.result()[0]]  # question order
+            timing["timing_s/ref"] = phase_seconds(ref_f)
+            if old_f is not None:
+                batch.old_logprobs = old_f.result()[0]
+                timing["timing_s/old_logprob"] = phase_seconds({0: old_f})
+        return StepRollout(step, flat, batch, timing, judged)
+
+    def rollout_of(self, step: int) -> StepRollout:
+        """The step's rollout: produced ahead by the producer thread (`run.max_staleness` > 0) or here and now;
+        then the steps up to `step + max_staleness` are started on the current weights."""
+        k = self.config.run.max_staleness
+        if k == 0:
+            return self.produce(step, self.version)
+        self.schedule(step)
+        produced = self.ahead.pop(step).result()
+        self.schedule(step + k)
+        return produced
+
+    def schedule(self, last: int) -> None:
+        """Start the production of every step up to `last` (and T) that has not been started."""
+        if self.producer is None:
+            self.producer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
+        for step in range(self.next_produced, min(last, self.config.run.total_steps) + 1):
+            self.ahead[step] = self.producer.submit(self.produce, step, self.version)
+            self.next_produced = step + 1
 
     def step(self, step: int) -> dict:
         c = self.config
         t_step = time.perf_counter()
-        timed = self.run_dir.timeline.timed
-        (records, batch), t_gen = timed("generate", "driver", step, lambda: self.generate(step))
-        for k, span in enumerate(self.rollout.generation_spans()):
-            if span is not None:
-                self.run_dir.timeline.span("generate", f"rollout worker {k}", *span, step)
-        timing = {"timing_s/gen": t_gen}
-
-        # The old and reference log-probs do not depend on the rewards: compute them while the judge works. With
-        # one update per rollout batch the old policy is the current one: the loss pass's log-probs, detached, are
-        # the old ones (old = None), and the separate forward is skipped (docs/trainer.md).
-        temperature = c.rollout.temperature
-        old = None
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            if c.trainer.separate_old_pass:
-                old_f = pool.submit(
-                    timed, "old log-probs", "trainer", step, lambda: self.trainer.compute_logprobs(batch, temperature)
-                )
-            ref_f = pool.submit(
-                timed, "ref log-probs", "reference", step, lambda: self.reference.compute_logprobs(batch, temperature)
+        produced = self.rollout_of(step)
+        records, batch, timing = produced.records, produced.batch, dict(produced.timing)
+        records, batch, staleness = drop_stale(records, batch, self.version, c.run.max_staleness)
+        if batch.old_logprobs is None and c.trainer.separate_old_pass:  # proximal policy: the trainer's weights now
+            batch.old_logprobs, timing["timing_s/old_logprob"] = self.run_dir.timeline.timed(
+                "old log-probs", "trainer", step, lambda: self.trainer.compute_logprobs(batch, c.rollout.temperature)
             )
-            judge = (lambda: call_judge(self.judge, c.judge, records, self.needed)) if self.needed else (lambda: 0)
-            judged, timing["timing_s/judge"] = timed("judge", "judge", step, judge)
-            if c.trainer.separate_old_pass:
-                old, timing["timing_s/old_logprob"] = old_f.result()
-            ref, timing["timing_s/ref"] = ref_f.result()
 
         rewards = self.reward_fn(records, step)
         for record, reward in zip(records, rewards.samples, strict=True):
             record.set_reward(reward)
         batch.advantages = [r.advantage for r in records]
-        batch.old_logprobs, batch.ref_logprobs = old, ref
         train, sync = self.update(step, batch, records)
 
-        metrics = {"step": step, **step_metrics(records, rewards), **train, **timing, **sync, "judge/items": judged}
+        metrics = {
+            "step": step,
+            **step_metrics(records, rewards),
+            **train,
+            **timing,
+            **sync,
+            **staleness,
+            "judge/items": produced.judged,
+        }
         metrics["timing_s/step"] = time.perf_counter() - t_step
         self.run_dir.write_rollouts(step, [r.to_json() for r in records])
         every = c.run.log_completions_every
@@ -312,6 +388,7 @@ class Driver:
         if start:  # the workers get the resumed weights (checksum checked) before they generate
             self.sync.push(start)
             self.version = start
+        self.next_produced = start + 1
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         log.info("run directory: %s (steps %d..%d)", self.run_dir.path, start + 1, c.run.total_steps)
@@ -404,7 +481,10 @@ class Driver:
         return result
 
     def close(self) -> None:
-        """End every part (each even when another fails to close), then Ray if this driver started it."""
+        """End every part (each even when another fails to close), then Ray if this driver started it. Steps
+        produced ahead are abandoned: their calls fail once the actors are gone, and the producer thread ends."""
+        if self.producer is not None:
+            self.producer.shutdown(wait=False, cancel_futures=True)
         parts = (*self.loggers, self.sync, self.rollout, self.trainer, self.reference, self.judge, self.placement)
         for part in parts:
             if part is not None:

@@ -422,6 +422,19 @@ class RunConfig(Section):
         gt=0,
         description="Deadline for Ray to reserve the run's placement groups before the run fails, naming them.",
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="Asynchronous steps: generate (and judge) steps s+1..s+k on the weights of step s-1 while the "
+        "trainer trains step s; a group sampled more than k weight versions before the trainer's is left out and "
+        "counted. 0: synchronous, every step sampled from the latest weights (the paper). docs/pipeline.md.",
+    )
+    stream_groups: bool = Field(
+        False,
+        description="Stream each step: one generation call per question, and the judge and the reference start on "
+        "each question's group as soon as it returns (false: the whole step is generated first, one engine batch "
+        "per worker). docs/pipeline.md.",
+    )
     drop_zero_std_groups: bool = Field(
         False,
         description="DAPO's dynamic-sampling filter: leave out of the update the groups whose rewards are all "

@@ -33,6 +33,7 @@ class RolloutRecord:
     think: str | None
     answer_text: str | None
     correct: bool
+    weights_version: int = 0  # the policy weights version that sampled it (the optimizer step; 0: the initial one)
     # judge verdicts (None: not asked)
     consistency: int | None = None
     consistency_prob: float | None = None
@@ -54,7 +55,7 @@ class RolloutRecord:
             difficulty=q.difficulty, category=q.task, question=q.question, choices=q.choices, answer=q.answer,
             letters=letters, response=sample.text, num_tokens=len(sample.token_ids),
             finish_reason=sample.finish_reason, mode=parsed.mode, think=parsed.think, answer_text=parsed.answer,
-            correct=correct,
+            correct=correct, weights_version=sample.weights_version,
         )  # fmt: skip
 
     def verdict(self) -> SampleVerdict:

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from audio_thinker.app.driver import Driver, paper_reward, step_questions
-from audio_thinker.app.errors import Preempted
+from audio_thinker.app.step_rollout import drop_stale
+from audio_thinker.app.errors import Preempted, TrainingError
 from audio_thinker.app.judging import Judge, call_judge, judge_items
 from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir
@@ -27,6 +28,7 @@ from audio_thinker.core.rewards import SampleVerdict, compute_rewards, rewards_f
 from reward_server.client import JudgeUnavailableError
 from rollout.engine import Sample
 from trainer.checkpoint import checkpoint_dir
+from trainer.logprobs import PolicyBatch
 
 
 @pytest.fixture(scope="module")
@@ -140,21 +142,29 @@ class StubRollout:
     """G samples per question, cycling through RESPONSES (no_think, think, invalid, no_think)."""
 
     def __init__(self, g):
-        self.g, self.calls, self.weights = g, [], []
+        self.g, self.calls, self.weights, self.arrival, self.rotate, self.version = g, [], [], None, False, 0
 
     def generate(self, requests, sampling, min_version):
         self.calls.append((len(requests), sampling.n, min_version))
         out = []
-        for _ in requests:
-            texts = [RESPONSES[j % len(RESPONSES)] for j in range(self.g)]
-            out.append([Sample(PROMPT_IDS, [1] * (j + 1), t, "stop", [-0.5] * (j + 1)) for j, t in enumerate(texts)])
+        for r in requests:
+            shift = r.seed % len(RESPONSES) if self.rotate else 0  # questions tell apart (arrival-order tests)
+            texts = [RESPONSES[(j + shift) % len(RESPONSES)] for j in range(self.g)]
+            out.append([Sample(PROMPT_IDS, [1] * (j + 1), t, "stop", [-0.5] * (j + 1), weights_version=self.version)
+                        for j, t in enumerate(texts)])
         return out
 
+    def stream(self, requests, sampling, min_version, per_call=None):
+        groups = self.generate(requests, sampling, min_version)
+        for k in self.arrival or range(len(groups)):
+            yield k, groups[k]
+
     def generation_spans(self):
-        return [(100.0, 100.5)]
+        return [[(100.0, 100.5)]]
 
     def set_weights(self, handle, version, expected_checksum=None):
         self.weights.append((version, expected_checksum))
+        self.version = version
         return {"seconds": 0.0}
 
 
@@ -287,3 +297,113 @@ def test_a_sigterm_stops_the_run_after_the_step_in_flight_with_its_checkpoint(st
     assert driver.run_dir.logged_steps() == [1]  # the step in flight was finished and logged, no later one began
     status = json.loads(driver.run_dir.status_path.read_text())
     assert status["state"] == "preempted" and "--resume" in status["message"]
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+
+
+def zero_reward(records, step):
+    return rewards_from_totals([r.verdict() for r in records], [float(r.mode == "think") for r in records])
+
+
+def run_steps(driver, steps):
+    driver.reward_fn = zero_reward
+    driver.next_produced = 1
+    try:
+        return [driver.step(s) for s in steps]
+    finally:
+        driver.close()
+
+
+def dumped(driver, step):
+    return [json.loads(line) for line in driver.run_dir.rollout_path(step).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arrival", [[0, 1], [1, 0]])
+def test_streamed_groups_give_the_batch_modes_rewards_whatever_order_they_arrive_in(dataset, tmp_path, arrival):
+    results = {}
+    for mode in ("batch", "stream"):
+        config = load_config(None, [*STUB_OVERRIDES, f"run.stream_groups={mode == 'stream'}"])
+        rollout = StubRollout(4)
+        rollout.rotate, rollout.arrival = True, arrival if mode == "stream" else None
+        run_dir = RunDir(tmp_path / mode).create(config)
+        driver = Driver(config, rollout, StubTrainer(), StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+        run_steps(driver, [1])
+        batch = driver.trainer.batches[0]
+        results[mode] = (dumped(driver, 1), batch.advantages, [len(x) for x in batch.ref_logprobs])
+        calls = driver.reference.logprob_calls
+        assert calls == (2 if mode == "stream" else 1)  # per group as it arrives, or once for the whole step
+    rows = results["batch"][0]
+    assert [d["mode"] for d in rows[:4]] != [d["mode"] for d in rows[4:]]  # the two groups tell apart
+    assert results["stream"] == results["batch"]
+
+
+def test_max_staleness_generates_ahead_on_older_weights_and_counts_the_lag(dataset, tmp_path):
+    config = load_config(None, [*STUB_OVERRIDES, "run.max_staleness=1"])
+    rollout = StubRollout(4)
+    run_dir = RunDir(tmp_path / "run").create(config)
+    driver = Driver(config, rollout, StubTrainer(), StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+    metrics = run_steps(driver, [1, 2, 3, 4])
+    # Step s+1 is asked for before step s trains: on the weights the trainer had then (version s-1).
+    assert [c[2] for c in rollout.calls] == [0, 0, 1, 2]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and [w for w, _ in rollout.weights] == [1, 2, 3, 4]
+    for m in metrics:
+        assert 0 <= m["staleness/mean"] <= m["staleness/max"] <= 1 and m["count/stale_dropped"] == 0
+    assert metrics[0]["staleness/max"] == 0  # nothing was trained before step 1
+    for step in (1, 2, 3, 4):  # every sample records the version that sampled it
+        versions = {d["weights_version"] for d in dumped(driver, step)}
+        assert versions <= {step - 2, step - 1} and min(versions) >= 0
+
+
+def test_stale_groups_are_left_out_and_counted():
+    records = [row("think", True, group=g, step=5, weights_version=v) for g, v in [("a", 4), ("a", 4), ("b", 2),
+                                                                                      ("b", 3), ("c", 3)]]
+    batch = PolicyBatch([EncodedPrompt([1], None, None)], [0] * 5, [[1], [2], [3], [4], [5]])
+    kept, sub, m = drop_stale(records, batch, version=4, max_staleness=1)
+    assert [r.group for r in kept] == ["a", "a", "c"] and sub.completion_ids == [[1], [2], [5]]
+    assert m == {"staleness/mean": pytest.approx((0 + 0 + 2 + 1 + 1) / 5), "staleness/max": 2.0,
+                 "count/stale_dropped": 2.0}  # group b goes whole: its oldest sample is 2 versions behind
+    same, _, m0 = drop_stale(records, batch, version=4, max_staleness=2)
+    assert same is records and m0["count/stale_dropped"] == 0
+    with pytest.raises(RuntimeError, match="step 5: every group .* run.max_staleness=0"):
+        drop_stale(records, batch, version=5, max_staleness=0)
+
+
+def test_a_failure_in_a_step_produced_ahead_stops_the_run_naming_that_step(dataset, tmp_path):
+    config = load_config(None, [*STUB_OVERRIDES, "run.max_staleness=1"])
+
+    class FailingAtStep3(StubRollout):
+        def generate(self, requests, sampling, min_version):
+            if len(self.calls) == 2:
+                raise ConnectionError("worker lost")
+            return super().generate(requests, sampling, min_version)
+
+    run_dir = RunDir(tmp_path / "run").create(config)
+    driver = Driver(config, FailingAtStep3(4), StubTrainer(), StubReference(), None, run_dir, dataset,
+                    encoder=StubEncoder())
+    driver.reward_fn = zero_reward
+    with pytest.raises(TrainingError, match=r"step 3 failed: ConnectionError: worker lost"):
+        driver.train()
+    driver.close()
+    assert run_dir.logged_steps() == [1, 2]  # steps 1 and 2 trained and logged; step 3 named, nothing after it
+    assert json.loads(run_dir.status_path.read_text())["state"] == "failed"
+
+
+def test_a_resumed_asynchronous_run_continues_the_data_order(dataset, tmp_path):
+    """Resumed at step 2, steps 3 and 4 get the questions (and seeds) the uninterrupted run gave them."""
+    config = load_config(None, [*STUB_OVERRIDES, "run.max_staleness=2"])
+    seen = {}
+    for name in ("whole", "resumed"):
+        rollout = StubRollout(4)
+        run_dir = RunDir(tmp_path / name).create(config)
+        driver = Driver(config, rollout, StubTrainer(), StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+        steps = [1, 2, 3, 4] if name == "whole" else [3, 4]
+        driver.next_produced = steps[0]
+        driver.reward_fn = zero_reward
+        try:
+            for s in steps:
+                driver.step(s)
+        finally:
+            driver.close()
+        seen[name] = {s: [d["question_id"] for d in dumped(driver, s)] for s in steps}
+    assert seen["resumed"] == {3: seen["whole"][3], 4: seen["whole"][4]}
