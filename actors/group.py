@@ -10,6 +10,7 @@ raised inside an actor keeps its own type (the driver tells them apart) with a n
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,7 +84,15 @@ class ActorGroup:
         or `owners` names each (calls that await two groups together, like a weight broadcast)."""
         timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return ray.get(refs, timeout=timeout)
+            # One at a time as they finish, so that a failed call raises at once: its peers may be blocked in a
+            # collective with the dead actor and would otherwise hold the get until the deadline.
+            deadline, pending = time.monotonic() + timeout, list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise GetTimeoutError
+                ray.get(ready[0])
+            return ray.get(refs)
         except GetTimeoutError:
             key = timeout_key or self.timeout_key
             raise TimeoutError(

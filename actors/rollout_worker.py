@@ -88,25 +88,28 @@ class RolloutWorker:
         spans, self.spans = self.spans, []
         return spans
 
-    def set_weights(self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int) -> dict:
+    def set_weights(
+        self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int, rewind: bool = False
+    ) -> dict:
         """Load a full checkpoint-layout state (tensors, or a handle to the buckets the trainer published in the
-        object store); returns {checksum, seconds, version, num_tensors}."""
+        object store); returns {checksum, seconds, version, num_tensors}. `rewind`: an older version may replace
+        a newer one (the trainer went back to a checkpoint)."""
         if isinstance(weights, ray.ObjectRef):  # Ray resolves it in an actor call, not in a direct one
             weights = ray.get(weights)
         if isinstance(weights, WeightsHandle):
             weights = receive_published(weights, self.engine.device)
-        return self._load(weights, version)
+        return self._load(weights, version, rewind)
 
     def open_sync(self, endpoint: SyncEndpoint, rank: int, timeout_s: float) -> None:
         """Join the trainer's broadcast group as receiver `rank` (blocks until every member has joined)."""
         self.receiver = WeightReceiver(endpoint, rank, self.engine.device, timeout_s)
 
-    def receive_weights(self, version: int) -> dict:
+    def receive_weights(self, version: int, rewind: bool = False) -> dict:
         """Load the weights that rank 0 of the broadcast group is sending now, bucket by bucket."""
-        return self._load(self.receiver.receive(), version)
+        return self._load(self.receiver.receive(), version, rewind)
 
-    def _load(self, named_tensors, version: int) -> dict:
-        report = self.engine.load_weights(named_tensors, version)
+    def _load(self, named_tensors, version: int, rewind: bool = False) -> dict:
+        report = self.engine.load_weights(named_tensors, version, rewind)
         log.info(
             "rollout worker pid %d: weights version %d loaded in %.2fs (%s...)",
             os.getpid(),
@@ -226,11 +229,15 @@ class RolloutPool:
         return self.group.call("take_generate_spans", what="ask the rollout workers their generation times")
 
     def set_weights(
-        self, weights: NamedTensors | ray.ObjectRef | WeightsHandle, version: int, expected_checksum: str | None = None
+        self,
+        weights: NamedTensors | ray.ObjectRef | WeightsHandle,
+        version: int,
+        expected_checksum: str | None = None,
+        rewind: bool = False,
     ) -> dict:
         """Load new weights into every worker: {checksum, seconds (slowest worker), version, workers}."""
         ref = weights if isinstance(weights, (ray.ObjectRef, WeightsHandle)) else ray.put(weights)
-        reports = self.group.call("set_weights", ref, version, what=f"load weights version {version}")
+        reports = self.group.call("set_weights", ref, version, rewind, what=f"load weights version {version}")
         return self.check_reports(reports, version, expected_checksum)
 
     def open_sync(self, endpoint: SyncEndpoint) -> list:
@@ -241,9 +248,9 @@ class RolloutPool:
             "open_sync", [(endpoint, rank, timeout) for rank in range(1, len(self.group) + 1)]
         )
 
-    def receive_weights(self, version: int) -> list:
+    def receive_weights(self, version: int, rewind: bool = False) -> list:
         """Start every worker's receive of the next broadcast; `PolicyTrainerGroup.broadcast_weights` awaits them."""
-        return self.group.submit("receive_weights", version)
+        return self.group.submit("receive_weights", version, rewind)
 
     def check_reports(self, reports: list[dict], version: int, expected_checksum: str | None = None) -> dict:
         """All workers must have loaded the same weights, and the trainer's when its checksum is given."""

@@ -156,8 +156,15 @@ class PolicyTrainerGroup:
     ):
         self.cfg = cfg
         self.family = family
-        n = cfg.num_ranks
-        self.ranks = ActorGroup(
+        self.setup_args = (str(model_path), family, cfg, total_steps, dtype)
+        self.placement = placement
+        self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
+        self.ranks = self._start()
+
+    def _start(self) -> ActorGroup:
+        """The rank actors, in the run's trainer bundles, each with the initial policy and a fresh optimizer."""
+        cfg, n = self.cfg, self.cfg.num_ranks
+        ranks = ActorGroup(
             "trainer rank",
             PolicyTrainerRank,
             n,
@@ -166,11 +173,35 @@ class PolicyTrainerGroup:
             num_gpus=cfg.num_gpus_per_rank,
             timeout_s=cfg.timeout_s,
             timeout_key="trainer.timeout_s",
-            placement=placement,
+            placement=self.placement,
         )
-        addr, port = self.ranks.call_rank0("rendezvous")
-        self.ranks.call("setup", addr, port, str(model_path), family, cfg, total_steps, dtype, what="load the policy")
-        self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
+        try:
+            addr, port = ranks.call_rank0("rendezvous")
+            ranks.call("setup", addr, port, *self.setup_args, what="load the policy")
+        except BaseException:
+            ranks.shutdown()
+            raise
+        return ranks
+
+    def restart(self) -> None:
+        """End every rank (a dead one leaves the others stuck in their collectives) and start the group anew in
+        the same bundles; the caller loads a checkpoint into it."""
+        self.ranks.shutdown()
+        self.ranks = self._start()
+
+    def dead_ranks(self) -> list[int]:
+        """The ranks whose actor is gone (asked with a short deadline; a rank stuck in a collective is alive)."""
+        refs = [actor.__ray_ready__.remote() for actor in self.ranks.actors]
+        ray.wait(refs, num_returns=len(refs), timeout=5.0)
+        dead = []
+        for rank, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+            except ray.exceptions.GetTimeoutError:
+                pass
+        return dead
 
     def _sharded(self, batch: PolicyBatch) -> tuple[list[PolicyBatch], int]:
         shards, num_micro = shard_plan(len(batch), len(self.ranks), self.cfg.micro_batch_size)

@@ -15,23 +15,28 @@ class WeightSync:
         self.trainer, self.pool, self.backend = trainer, pool, backend
         self.open = False
 
-    def push(self, version: int) -> dict[str, float]:
-        """Send the current weights as `version`; returns `timing_s/sync`, `sync/bytes`, `sync/load_s`."""
+    def push(self, version: int, rewind: bool = False) -> dict[str, float]:
+        """Send the current weights as `version` (`rewind`: after a trainer restart, an older version than the
+        workers hold); returns `timing_s/sync`, `sync/bytes`, `sync/load_s`."""
         t = time.perf_counter()
         expected = self.trainer.weights_checksum()
         if self.backend == "object_store":
             handle = self.trainer.publish_weights(version)
-            report = self.pool.set_weights(handle, version, expected_checksum=expected)
+            report = self.pool.set_weights(handle, version, expected_checksum=expected, rewind=rewind)
             nbytes = handle.num_bytes
         else:
             if not self.open:
                 endpoint = self.trainer.sync_endpoint(len(self.pool.workers))
                 self.trainer.open_sync(endpoint, self.pool.open_sync(endpoint))
                 self.open = True
-            sent, reports = self.trainer.broadcast_weights(version, self.pool.receive_weights(version))
+            sent, reports = self.trainer.broadcast_weights(version, self.pool.receive_weights(version, rewind))
             report = self.pool.check_reports(reports, version, expected)
             nbytes = sent["bytes"]
         return {"timing_s/sync": time.perf_counter() - t, "sync/bytes": float(nbytes), "sync/load_s": report["seconds"]}
+
+    def reset(self) -> None:
+        """The trainer group was started anew: its broadcast group is gone, the next push forms a new one."""
+        self.open = False
 
     def close(self) -> None:
         if self.open:

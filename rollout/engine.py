@@ -180,9 +180,10 @@ class GenerationEngine(ABC):
     def _load(self, named: Sequence[tuple[str, torch.Tensor]]) -> None:
         """Copy the checked tensors into the running model and drop state computed with the old weights."""
 
-    def load_weights(self, named_tensors: NamedTensors, version: int) -> LoadReport:
-        """Check, load and checksum a full weight message; refuse to go back to an older version."""
-        if version < self.version:
+    def load_weights(self, named_tensors: NamedTensors, version: int, rewind: bool = False) -> LoadReport:
+        """Check, load and checksum a full weight message; refuse to go back to an older version unless
+        `rewind` (a trainer restarted from an earlier checkpoint: its weights are the current ones again)."""
+        if version < self.version and not rewind:
             raise StaleWeightsError(
                 f"refusing weights of version {version}: version {self.version} is already loaded"
             )

@@ -17,7 +17,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, 
 from audio_thinker.app.loggers import check_loggers, open_loggers
 from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir, default_output_dir
-from audio_thinker.app.run_start import open_run
+from audio_thinker.app.run_start import open_run, resume_step
 from audio_thinker.app.step_metrics import console_line, step_metrics
 from audio_thinker.app.step_rollout import StepRollout, drop_stale, phase_seconds, timed_call
 from audio_thinker.core.config import Config, RewardConfig
@@ -392,9 +392,11 @@ class Driver:
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         log.info("run directory: %s (steps %d..%d)", self.run_dir.path, start + 1, c.run.total_steps)
-        steps = range(start + 1, c.run.total_steps + 1)
         saved = start  # the step of the newest checkpoint
-        for step in progress(steps, desc="training", total=len(steps), unit="step"):
+        restarts = 0
+        bar = progress(None, desc="training", total=c.run.total_steps - start, unit="step")
+        step = start + 1
+        while step <= c.run.total_steps:
             self.stop_if_preempted(step - 1, saved)
             try:
                 metrics = self.step(step)
@@ -414,18 +416,58 @@ class Driver:
                     )
                     saved = step
             except Exception as exc:
+                dead = self.trainer.dead_ranks() if restarts < c.run.max_restarts else []
+                if dead:
+                    restarts += 1
+                    saved = self.restart_trainer(step, dead, exc, restarts)
+                    bar.n = saved - start
+                    bar.refresh()
+                    step = saved + 1
+                    continue
                 message = self.failure_message(step, exc)
                 self.run_dir.write_status("failed", message)
                 raise TrainingError(message) from exc
+            if restarts:
+                metrics["recovery/trainer_restarts"] = restarts
             self.run_dir.log_metrics(metrics)
             self.run_dir.timeline.flush()
             for logger in self.loggers:
                 logger.log_metrics(step, metrics)
             steps_log.info(console_line(step, c.run.total_steps, metrics))
+            bar.update(1)
+            step += 1
+        bar.close()
         self.trainer.export(self.run_dir.final)
         self.run_dir.write_status("finished")
         log.info("exported the trained policy to %s", self.run_dir.final)
         return self.run_dir.path
+
+    def restart_trainer(self, step: int, dead: list[int], exc: Exception, restarts: int) -> int:
+        """A trainer rank died during `step`: start the group anew, load the newest checkpoint, cut what was logged
+        after it, rewind the workers to its weights and go on from there with the same data order (a resume
+        within the job). Steps produced ahead on newer weights are waited for and thrown away. Returns the
+        checkpoint's step."""
+        c = self.config
+        for future in self.ahead.values():  # their calls end on their own deadlines; their samples are not used
+            future.exception(timeout=c.rollout.call_timeout_s + c.judge.timeout_s)
+        self.ahead.clear()
+        self.run_dir.timeline.flush()
+        self.trainer.restart()
+        self.sync.reset()
+        start = resume_step(self.run_dir, self.trainer.load_checkpoint)
+        self.sync.push(start, rewind=True)
+        self.version = start
+        self.next_produced = start + 1
+        for logger in self.loggers:
+            _close_quietly(logger)
+        self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
+        cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning(
+            "trainer rank %s died during step %d (%s); restart %d of run.max_restarts=%d: the trainer group is "
+            "back at step %d, steps %d..%d are lost and done again",
+            ", ".join(map(str, dead)), step, cause, restarts, c.run.max_restarts, start, start + 1, step,
+        )  # fmt: skip
+        return start
 
     def stop_if_preempted(self, last: int, saved: int) -> None:
         """After a SIGTERM (app/preemption.py): a checkpoint of the last complete step, status `preempted`, and
@@ -482,13 +524,16 @@ class Driver:
 
     def close(self) -> None:
         """End every part (each even when another fails to close), then Ray if this driver started it. Steps
-        produced ahead are abandoned: their calls fail once the actors are gone, and the producer thread ends."""
+        produced ahead are abandoned: their calls fail once the actors are gone, and the producer thread ends
+        (waited for a little, so that it does not call into a Ray that is shut down)."""
         if self.producer is not None:
             self.producer.shutdown(wait=False, cancel_futures=True)
         parts = (*self.loggers, self.sync, self.rollout, self.trainer, self.reference, self.judge, self.placement)
         for part in parts:
             if part is not None:
                 _close_quietly(part)
+        wait(list(self.ahead.values()), timeout=30.0)
+        self.ahead.clear()
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
 

@@ -422,6 +422,13 @@ class RunConfig(Section):
         gt=0,
         description="Deadline for Ray to reserve the run's placement groups before the run fails, naming them.",
     )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Trainer-group restarts within a run: a dead trainer rank makes the driver start the group "
+        "anew, load the last checkpoint and redo the steps since (same data order); past this count the run "
+        "stops. 0: the first death stops the run. docs/fault-tolerance.md.",
+    )
     max_staleness: int = Field(
         0,
         ge=0,

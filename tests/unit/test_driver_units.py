@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actors.group import ActorDiedError
 from audio_thinker.app.driver import Driver, paper_reward, step_questions
 from audio_thinker.app.step_rollout import drop_stale
 from audio_thinker.app.errors import Preempted, TrainingError
@@ -162,7 +163,8 @@ class StubRollout:
     def generation_spans(self):
         return [[(100.0, 100.5)]]
 
-    def set_weights(self, handle, version, expected_checksum=None):
+    def set_weights(self, handle, version, expected_checksum=None, rewind=False):
+        assert rewind or version >= self.version, "an older version needs rewind"
         self.weights.append((version, expected_checksum))
         self.version = version
         return {"seconds": 0.0}
@@ -182,6 +184,9 @@ class StubTrainer:
 
     def weights_checksum(self):
         return "sum"
+
+    def dead_ranks(self):
+        return []
 
     def save_checkpoint(self, folder, extra, keep):
         self.saved = [*getattr(self, "saved", []), extra["step"]]
@@ -407,3 +412,80 @@ def test_a_resumed_asynchronous_run_continues_the_data_order(dataset, tmp_path):
             driver.close()
         seen[name] = {s: [d["question_id"] for d in dumped(driver, s)] for s in steps}
     assert seen["resumed"] == {3: seen["whole"][3], 4: seen["whole"][4]}
+
+
+class RestartableTrainer(StubTrainer):
+    """Rank 1 dies during the `die_at`-th train step (once); the restarted group loads the stand-in checkpoints."""
+
+    def __init__(self, die_at):
+        super().__init__()
+        self.die_at, self.calls, self.dead, self.restarts, self.loaded = die_at, 0, [], 0, []
+
+    def train_step(self, batch, temperature=1.0):
+        self.calls += 1
+        if self.calls == self.die_at:
+            self.dead = [1]
+            raise ActorDiedError("trainer rank 1 died during train_step (killed)")
+        return super().train_step(batch, temperature)
+
+    def save_checkpoint(self, folder, extra, keep):
+        super().save_checkpoint(folder, extra, keep)
+        ckpt = checkpoint_dir(folder, extra["step"])
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text(json.dumps({"extra": extra}))
+
+    def dead_ranks(self):
+        return self.dead
+
+    def restart(self):
+        self.restarts, self.dead = self.restarts + 1, []
+
+    def load_checkpoint(self, folder):
+        self.loaded.append(Path(folder).name)
+        return json.loads((Path(folder) / "trainer_state.json").read_text())
+
+
+class SeedRecordingRollout(StubRollout):
+    def __init__(self, g):
+        super().__init__(g)
+        self.seeds = []
+
+    def generate(self, requests, sampling, min_version):
+        self.seeds.append(tuple(r.seed for r in requests))
+        return super().generate(requests, sampling, min_version)
+
+
+@pytest.mark.parametrize("max_staleness", [0, 1])
+def test_a_dead_trainer_rank_restarts_the_group_from_the_checkpoint_with_the_same_data(
+    dataset, tmp_path, max_staleness
+):
+    config = load_config(None, [*STUB_OVERRIDES, "run.checkpoint_every=2", f"run.max_staleness={max_staleness}"])
+    rollout, trainer = SeedRecordingRollout(4), RestartableTrainer(die_at=4)
+    run_dir = RunDir(tmp_path / "run").create(config)
+    driver = Driver(config, rollout, trainer, StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+    driver.reward_fn = zero_reward
+    try:
+        driver.train()
+    finally:
+        driver.close()
+    assert trainer.restarts == 1 and trainer.loaded == [checkpoint_dir(run_dir.checkpoints, 2).name]
+    assert run_dir.logged_steps() == [1, 2, 3, 4]  # step 3, logged before the death, was cut and done again once
+    metrics = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
+    assert [m.get("recovery/trainer_restarts", 0) for m in metrics] == [0, 0, 1, 1]
+    # The workers were rewound to the checkpoint's weights (version 2), then went on; the redone steps 3 and 4
+    # got the questions and seeds they had the first time.
+    assert [v for v, _ in rollout.weights] == [1, 2, 3, 2, 3, 4]
+    first = rollout.seeds[:4]
+    assert len(set(first)) == 4 and rollout.seeds[4:] == first[2:]
+    assert json.loads(run_dir.status_path.read_text())["state"] == "finished"
+
+
+def test_past_run_max_restarts_a_dead_trainer_stops_the_run(dataset, tmp_path):
+    config = load_config(None, [*STUB_OVERRIDES, "run.max_restarts=0"])
+    trainer = RestartableTrainer(die_at=2)
+    run_dir = RunDir(tmp_path / "run").create(config)
+    driver = Driver(config, StubRollout(4), trainer, StubReference(), None, run_dir, dataset, encoder=StubEncoder())
+    driver.reward_fn = zero_reward
+    with pytest.raises(TrainingError, match="step 2 failed: trainer rank 1 died during train_step"):
+        driver.train()
+    assert trainer.restarts == 0
