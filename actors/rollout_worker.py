@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from typing import NoReturn
 
 import ray
 
@@ -182,6 +183,13 @@ def lost_call(worker: int, exc: Exception) -> ActorDiedError:
     return ActorDiedError(f"rollout worker {worker} died between calls and Ray restarted it")
 
 
+def raise_lost(worker: int, exc: Exception) -> NoReturn:
+    """A call that was lost once too often: its ActorDiedError, or one naming the restarted worker."""
+    if isinstance(exc, ActorDiedError):
+        raise exc
+    raise lost_call(worker, exc) from exc
+
+
 def worker_env() -> dict[str, str]:
     """Environment of the worker processes: the driver's VLLM_* settings, vLLM's engine core in-process."""
     env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
@@ -289,7 +297,7 @@ class RolloutPool:
             except (ActorDiedError, WorkerRestartedError) as exc:
                 tries[a, b] += 1
                 if tries[a, b] > self.group.max_restarts:
-                    raise
+                    raise_lost(worker, exc)
                 self.recover(worker, lost_call(worker, exc), seen)
                 self.wait_ready(worker)
                 submit(worker, a, b)  # the same requests and seeds: the samples the lost call would have given
@@ -378,7 +386,7 @@ class RolloutPool:
                     break
                 except (ActorDiedError, WorkerRestartedError) as exc:
                     if attempt == self.group.max_restarts:
-                        raise
+                        raise_lost(i, exc)
                     self.recover(i, lost_call(i, exc), seen[i])
                     seen[i] = self.group.processes[i]
                     ref = getattr(self.workers[i], method).remote(*args)
