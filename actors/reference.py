@@ -6,7 +6,8 @@ GPU (`trainer.reference_placement=colocate`) or have its own (`separate`).
 
 A reference actor that dies is restarted by Ray (up to `trainer.reference_max_restarts`): the new process loads
 the model folder again, which is what the reference must hold, so its weights checksum must equal the one taken
-before the death; the lost call is then made again (docs/fault-tolerance.md).
+before the death; the lost call is then made again. A restarted process refuses log-prob calls until that check
+is done, so a death between two calls is caught too (docs/fault-tolerance.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actors.group import ActorDiedError, ActorGroup
+from actors.group import ActorDiedError, ActorGroup, restarted_actor
 from actors.placement import Placed
 from audio_thinker.core.config import TrainerConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
@@ -52,9 +53,14 @@ class ReferenceModel:
         self.module.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.encode_audio_once = encode_audio_once
+        self.restarted = restarted_actor()  # its weights are checked by the driver before it is used again
         log.info("reference pid %d: %s (%s) on %s", os.getpid(), model_path, family, self.device)
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+        if self.restarted:
+            raise ReferenceRestartedError(
+                f"reference pid {os.getpid()} was restarted: the driver checks its weights before it is used"
+            )
         log.info("reference pid %d: log-probs of %d completions", os.getpid(), len(batch.completion_ids))
         return compute_logprobs(
             self.module,
@@ -67,6 +73,15 @@ class ReferenceModel:
 
     def weights_checksum(self) -> str:
         return state_checksum(checkpoint_state(self.module.policy, self.family))
+
+    def resume(self) -> str:
+        """After a restart: the checksum of the weights it loaded; it answers log-prob calls again."""
+        self.restarted = False
+        return self.weights_checksum()
+
+
+class ReferenceRestartedError(RuntimeError):
+    """A restarted reference actor was asked for log-probs before the driver checked its weights."""
 
 
 class ReferenceChangedError(RuntimeError):
@@ -118,10 +133,15 @@ class Reference:
                 if self.group.max_restarts and self.checksum is None:
                     self._baseline()
                 return self.group.call_rank0("compute_logprobs", batch, temperature, what="reference log-probs")
-            except ActorDiedError as exc:
+            except (ActorDiedError, ReferenceRestartedError) as exc:
+                failure = exc
+                if isinstance(exc, ReferenceRestartedError):
+                    failure = ActorDiedError("reference model 0 died between calls and Ray restarted it")
                 if attempt == self.group.max_restarts:
-                    raise
-                self.group.recover(0, exc, seen, refresh=self._check_reloaded)
+                    if failure is exc:
+                        raise
+                    raise failure from exc
+                self.group.recover(0, failure, seen, refresh=self._check_reloaded)
                 with self.lock:
                     self.retries += 1
         raise AssertionError("unreachable")
@@ -134,7 +154,7 @@ class Reference:
                 self.checksum = self.weights_checksum()
 
     def _check_reloaded(self, index: int) -> None:
-        checksum = self.weights_checksum()
+        checksum = self.group.call_rank0("resume", what="check the restarted reference's weights")
         with self.lock:
             before, self.checksum = self.checksum, self.checksum or checksum
         if before is not None and checksum != before:

@@ -7,8 +7,9 @@ phase where that actor works (generate, judge, ref log-probs, train), a seeded f
 undisturbed duration after it began. `--separate` gives each fault a run of its own, so that every row's last
 column is about that fault alone.
 
-Per fault it prints: when it struck (step and phase; "idle" when the phase had ended first), whether the run
-recovered from it (the run finished and the part's restart was counted), the time it cost (that step's wall
+Per fault it prints: when it struck (step and phase; "after" when the phase had ended first), whether the run
+recovered from it (the run finished and the part's restart was counted; "not needed" when it struck an idle
+actor that was not asked again), the time it cost (that step's wall
 time, attempts included, minus the undisturbed step's), the steps lost (done again after a trainer restart), the
 samples generated again, and whether the run's metrics (every step's rewards, accuracy, think rate, lengths,
 loss, KL and the final evaluation) equal the undisturbed run's. Not a test; numbers go to the README and
@@ -226,10 +227,18 @@ def rows_of(result: dict, undisturbed: dict, faults: list[str]) -> list[list[str
         lost = sorted({s for t, s in again if at is not None and at < t < until})  # steps done again after it
         regenerated = {"worker": total["recovery/regenerated_requests"] * cfg.rollout.samples_per_question,
                        "trainer": len(lost) * per_step}.get(fault, 0)  # fmt: skip
-        recovered = result["error"] is None and counted[fault] > 0
+        where = chaos.landed(fault, result["judge_ends"])
+        if result["error"] is None and counted[fault] > 0:
+            recovered = "yes"
+        elif result["error"] is None and not where.startswith("step"):
+            recovered = "--"
+        elif result["error"] is None and " after " in where:  # struck an idle actor that was not asked again
+            recovered = "not needed"
+        else:
+            recovered = "no"
         cost = (chaos.step_wall(step) - undisturbed["chaos"].step_wall(step)) if result["error"] is None else math.nan
         rows.append([
-            fault, chaos.landed(fault, result["judge_ends"]), "yes" if recovered else "no",
+            fault, where, recovered,
             f"{cost:.1f}s" if not math.isnan(cost) else "--", str(len(lost)), str(regenerated),
             "yes" if not diff else "no",
         ])  # fmt: skip
@@ -249,7 +258,7 @@ def main() -> None:
         parser.error(f"--steps must be at least {len(args.faults)}: each fault strikes in a step of its own")
     rng = np.random.default_rng(args.seed)
     steps = rng.choice(np.arange(1, args.steps + 1), size=len(args.faults), replace=False)
-    plan = {f: (int(s), float(rng.uniform(0.2, 0.7))) for f, s in zip(args.faults, steps)}
+    plan = {f: (int(s), float(rng.uniform(0.1, 0.5))) for f, s in zip(args.faults, steps)}
     print("plan: " + ", ".join(f"{f} at step {s}, {x:.0%} into {FAULTS[f][0]}" for f, (s, x) in plan.items()),
           flush=True)  # fmt: skip
     overrides = [*args.overrides, f"run.total_steps={args.steps}"]

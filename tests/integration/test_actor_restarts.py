@@ -4,8 +4,10 @@ ActorGroup: the restart is waited for, counted once however many callers saw the
 refreshed before anyone uses it, and past the group's bound (or when Ray cannot restart an actor) the error names
 the actor, the restarts used and the config key. A rollout pool (transformers engine: cheap to restart) whose
 worker died between two calls: the restarted worker refuses to generate until the pool has given it its
-weights, then answers as before; past `rollout.max_restarts` the run's error names the worker. The vLLM worker
-killed mid-generation is in test_rollout_workers.py, a whole run in test_run_recovery.py.
+weights, then answers as before; past `rollout.max_restarts` the run's error names the worker. The same for the
+reference (`trainer.reference_max_restarts`): a restarted one is checked (same weights checksum) before it
+answers, with the same log-probs. The vLLM worker killed mid-generation is in test_rollout_workers.py, the
+reference killed mid-compute and a whole run in test_run_recovery.py.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import pytest
 import ray
 
 from actors.group import ActorDiedError, ActorGroup, process_id, restarted_actor
+from actors.reference import Reference
 from actors.rollout_worker import RolloutPool
-from audio_thinker.core.config import RolloutConfig
+from audio_thinker.core.config import RolloutConfig, TrainerConfig
+from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
+from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from rollout.engine import GenerationRequest, SamplingConfig
+from trainer.logprobs import PolicyBatch
 
 
 class Napper:
@@ -59,6 +65,18 @@ def nappers(count: int, max_restarts: int, fail_on_restart: bool = False) -> Act
     )  # fmt: skip
     group.track("start the nappers")
     return group
+
+
+def wait_restarted(actor, before: str | None) -> None:
+    """Until Ray has restarted `actor` in a new process (its handle's caller has noticed nothing)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if ray.get(actor.__ray_call__.remote(process_id), timeout=5) != before:
+                return
+        except ray.exceptions.RayActorError:
+            time.sleep(0.2)
+    raise AssertionError("the actor was not restarted within 120 s")
 
 
 def killed_mid_call(group: ActorGroup, index: int) -> ActorDiedError:
@@ -131,13 +149,7 @@ def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(r
         before = pool.generate(requests, sampling, min_version=0)
         (worker,) = pool.worker_infos()
         os.kill(worker["pid"], signal.SIGKILL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until Ray has restarted it: the pool has not noticed anything yet
-            try:
-                if ray.get(pool.workers[0].__ray_call__.remote(process_id), timeout=5) != pool.group.processes[0]:
-                    break
-            except ray.exceptions.RayActorError:
-                time.sleep(0.2)
+        wait_restarted(pool.workers[0], pool.group.processes[0])
         after = pool.generate(requests, sampling, min_version=0)  # refused by the new process, then sent again
         assert [[s.token_ids for s in g] for g in after] == [[s.token_ids for s in g] for g in before]
         assert pool.take_recovery() == {"recovery/rollout_restarts": 1, "recovery/regenerated_requests": 3}
@@ -149,3 +161,33 @@ def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(r
             pool.generate(requests, sampling, min_version=0)
     finally:
         pool.group.shutdown()  # no graceful close: the worker is gone
+
+
+def test_a_reference_restarted_between_calls_is_checked_then_gives_the_same_logprobs(ray_session, tiny_models):
+    path = tiny_models["qwen2_audio"]
+    cfg = TrainerConfig(reference_num_cpus=0.25, reference_max_restarts=1, timeout_s=120)
+    reference = Reference(path, "qwen2_audio", cfg)
+    try:
+        encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
+        clip = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
+        prompt = encoder.encode(render_chat("qwen2_audio", "How many beeps?"), clip)
+        batch = PolicyBatch(prompts=[prompt], prompt_index=[0, 0], completion_ids=[[40, 41, 42], [43, 44]])
+        before = reference.compute_logprobs(batch)
+        checksum = reference.checksum
+        assert checksum is not None  # taken on first use: what a restart is checked against
+        pid = ray.get(reference.group.actors[0].__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGKILL)
+        wait_restarted(reference.group.actors[0], reference.group.processes[0])
+        after = reference.compute_logprobs(batch)  # refused by the new process, checked, then asked again
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert reference.checksum == checksum == reference.weights_checksum()
+        assert reference.take_recovery() == {"recovery/reference_restarts": 1, "recovery/reference_retries": 1}
+
+        pid = ray.get(reference.group.actors[0].__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(ActorDiedError, match=r"reference model 0 died .*; not restarted again: the reference "
+                           r"models were restarted 1 time\(s\), the most trainer.reference_max_restarts=1 allows"):
+            reference.compute_logprobs(batch)
+    finally:
+        reference.close()
