@@ -374,15 +374,18 @@ class RolloutPool:
         return {"recovery/rollout_restarts": restarts, "recovery/regenerated_requests": regenerated}
 
     def _each(self, method: str, args: Sequence, what: str) -> list:
-        """`method(*args)` on every worker, in parallel; a worker that dies on the way is recovered and asked
-        again (a call that loads weights brings it up to date itself)."""
+        """`method(*args)` on every worker, in parallel, within one `rollout.call_timeout_s`; a worker that dies on
+        the way is recovered and asked again, with the deadline started again (a call that loads weights brings
+        it up to date itself)."""
         seen = list(self.group.processes)
         refs = [getattr(actor, method).remote(*args) for actor in self.workers]
         results = []
+        deadline = time.monotonic() + self.rollout.call_timeout_s
         for i, ref in enumerate(refs):
             for attempt in range(self.group.max_restarts + 1):
                 try:
-                    results.append(self.group.get([ref], what, owners=[f"rollout worker {i}"])[0])
+                    left = max(0.0, deadline - time.monotonic())
+                    results.append(self.group.get([ref], what, timeout_s=left, owners=[f"rollout worker {i}"])[0])
                     break
                 except (ActorDiedError, WorkerRestartedError) as exc:
                     if attempt == self.group.max_restarts:
@@ -390,6 +393,7 @@ class RolloutPool:
                     self.recover(i, lost_call(i, exc), seen[i])
                     seen[i] = self.group.processes[i]
                     ref = getattr(self.workers[i], method).remote(*args)
+                    deadline = time.monotonic() + self.rollout.call_timeout_s
         return results
 
     def generation_spans(self) -> list[list[tuple[float, float]]]:
