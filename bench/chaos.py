@@ -15,7 +15,7 @@ samples generated again, and whether the run's metrics (every step's rewards, ac
 loss, KL and the final evaluation) equal the undisturbed run's. Not a test; numbers go to the README and
 docs/fault-tolerance.md.
 
-    python bench/chaos.py [--steps 6] [--seed 0] [--faults worker judge reference trainer] [--separate] [key=value ...]
+    python bench/chaos.py [key=value ...] [--steps 6] [--seed 0] [--separate] [--faults worker judge reference trainer]
 """
 
 from __future__ import annotations
