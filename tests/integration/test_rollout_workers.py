@@ -200,3 +200,18 @@ def test_split_evenly():
     assert split_evenly(5, 2) == [(0, 3), (3, 5)]
     assert split_evenly(16, 3) == [(0, 6), (6, 11), (11, 16)]
     assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_streamed_calls_return_every_group_once_with_the_batch_samples(vllm_pool, clips):
+    """The driver's streaming step: one call per question, groups back as they finish; the same samples as one
+    batch (per-request seeds), each stamped with the weights version that sampled it."""
+    requests = [GenerationRequest(r.prompt, r.audio, seed=40 + i) for i, r in enumerate(make_requests(FAMILY, clips))]
+    sampling = SamplingConfig(n=4, max_new_tokens=3)
+    batch = vllm_pool.generate(requests, sampling, min_version=0)
+    streamed = list(vllm_pool.stream(requests, sampling, min_version=0, per_call=1))
+    assert sorted(k for k, _ in streamed) == list(range(len(requests)))
+    for k, group in streamed:
+        assert [s.token_ids for s in group] == [s.token_ids for s in batch[k]]
+        assert {s.weights_version for s in group} == {vllm_pool.versions()[0]}
+    spans = vllm_pool.generation_spans()
+    assert len(spans) == 1 and len(spans[0]) >= len(requests)  # one span per call since the last ask
