@@ -10,6 +10,7 @@ question, the same questions per step, token budget, sampling, optimizer and GRP
 - trl: `AudioGRPOTrainer`, on CPU: `use_cpu=True`, no bf16, no vLLM (Hugging Face generate), no gradient
   checkpointing (TRL turns it on by default; ours is off), the same micro-batch with gradient accumulation over
   the step, the dataset in our order (`shuffle_dataset=False`), reward: accuracy + format computed locally;
+  `--trl-threads` torch threads (default 1, what each of our actors gets on 2 cores);
 - ours: `run_training` as `audio-thinker train` runs it: vLLM rollout worker, DeepSpeed trainer, reference actor,
   the judge over HTTP, the paper's reward (`reward.variant`, default atar_cr_tr);
 - ours-local: the same with the judge off and TRL's local reward through the reward hook (like for like).
@@ -17,7 +18,8 @@ question, the same questions per step, token budget, sampling, optimizer and GRP
 The reward of trl and ours-local: 1 for a correct answer plus 1 for a well-formed response (R1-AQA's accuracy and
 format rewards, with our parser and answer matching). Each system's first step warms up (vLLM, DeepSpeed and
 first-call costs) and is left out of the means; checkpoints, evaluation and start-up are outside the step times.
-Needs the `bench` extra (TRL); not a test. Numbers go to docs/benchmarks.md.
+Each system's line gives its phases (ours: judge and reference overlap; trl: "train" is the loss passes and the
+update). Needs the `bench` extra (TRL); not a test. Numbers go to the README's performance section.
 
     make bench-vs-trl                                        # installs the extra, then runs this
     python bench/vs_trl.py [--steps 4] [--systems trl,ours,ours-local] [key=value ...]   # any config override
@@ -65,13 +67,14 @@ from audio_thinker.app.launch import prepare_data, prepare_models
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.config import Config
 from audio_thinker.core.families import AUDIO_TOKEN, render_chat
-from audio_thinker.core.log import quiet_console
+from audio_thinker.core.log import quiet_console, setup_logging
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.protocol import build_instruction, is_correct, load_template, parse_response
 from audio_thinker.core.records import RolloutRecord
 from audio_thinker.core.rewards import RewardBatch, rewards_from_totals
 
 SYSTEMS = ("trl", "ours", "ours-local")
+OUR_PHASES = ("gen", "judge", "old_logprob", "ref", "train", "sync")  # timing_s/* of metrics.jsonl
 
 
 # ------------------------------------------------------------------------------------------- the local reward
@@ -107,7 +110,18 @@ class AudioGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer with Qwen2-Audio clips, the R1-AQA way: the processor turns each prompt row (TRL repeats
     a question's row G times) and its clip into token ids and Whisper features; the features go to `generate`, to
     the reference pass and to the loss pass, sliced like the rows they belong to. TRL 1.16 carries image fields
-    only; these four overrides carry the audio ones."""
+    only; these overrides carry the audio ones. `phase_s` sums the seconds of generation (processor included) and
+    of the reference pass; the callback reads and resets it every step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.phase_s = {"gen": 0.0, "ref": 0.0}
+
+    def _generate(self, prompts):
+        start = time.perf_counter()
+        out = super()._generate(prompts)
+        self.phase_s["gen"] += time.perf_counter() - start
+        return out
 
     def _generate_and_score_completions(self, inputs):
         self._clips = [np.asarray(x["audio"], dtype=np.float32) for x in inputs]
@@ -138,11 +152,12 @@ class AudioGRPOTrainer(GRPOTrainer):
         logits_to_keep,
         batch_size=None,
         compute_entropy=False,
-        compute_aux_loss=False,
+        compute_aux_loss=False,  # MoE only; Qwen2-Audio has no router
         **_image_fields,
     ):
         """Completion-token log-probs (and entropies) of the rows, in chunks of `batch_size`, with each row's clip
         encoded again (once per sample) through TRL's fused LM head."""
+        begin = time.perf_counter()
         features, feature_mask = self._audio
         step = batch_size or input_ids.size(0)
         logps, entropies = [], []
@@ -163,15 +178,19 @@ class AudioGRPOTrainer(GRPOTrainer):
             logps.append(out.log_probs[:, -logits_to_keep:])
             if compute_entropy:
                 entropies.append(out.entropy[:, -logits_to_keep:])
+        if model is self.ref_model:
+            self.phase_s["ref"] += time.perf_counter() - begin
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
 
 class StepTimes(TrainerCallback):
     """Seconds of each optimizer step (from the end of the previous one: generation, rewards, reference, loss
-    passes, update) and the step's logged reward and completion length; one progress line per step."""
+    passes, update), its generation and reference seconds (`phases`: the trainer's `phase_s`), the step's logged
+    reward and completion length; one progress line per step."""
 
     def __init__(self, steps: int):
-        self.steps, self.times, self.logs, self.last = steps, [], [], 0.0
+        self.steps, self.times, self.phases, self.logs, self.last = steps, [], [], [], 0.0
+        self.phase_s: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.last = time.perf_counter()
@@ -179,13 +198,17 @@ class StepTimes(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         self.times.append(now - self.last)
+        self.phases.append(dict(self.phase_s))
+        self.phase_s.update(dict.fromkeys(self.phase_s, 0.0))
         self.last = now
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "reward" in logs:
             self.logs.append(logs)
+            gen, ref = self.phases[-1]["gen"], self.phases[-1]["ref"]
             print(
-                f"trl step {len(self.logs)}/{self.steps}: {self.times[-1]:.2f} s, reward {logs['reward']:.3f}, "
+                f"trl step {len(self.logs)}/{self.steps}: {self.times[-1]:.2f} s (gen {gen:.2f}, ref {ref:.2f}, "
+                f"loss passes and update {self.times[-1] - gen - ref:.2f}), reward {logs['reward']:.3f}, "
                 f"length {logs['completions/mean_length']:.1f}, kl {logs['kl']:.4f}",
                 flush=True,
             )
@@ -263,6 +286,7 @@ def run_trl(config: Config, steps: int, out: Path, threads: int) -> dict:
         processing_class=processor,
         callbacks=[timer],
     )
+    timer.phase_s = trainer.phase_s
     trainer.remove_callback(PrinterCallback)  # StepTimes prints one line per step instead of the log dicts
     trainer.train()
     return {
@@ -270,6 +294,7 @@ def run_trl(config: Config, steps: int, out: Path, threads: int) -> dict:
         "sequences": [sequences] * len(timer.times),
         "reward": [log["reward"] for log in timer.logs],
         "length": [log["completions/mean_length"] for log in timer.logs],
+        "phases": [{**p, "train": t - p["gen"] - p["ref"]} for p, t in zip(timer.phases, timer.times, strict=True)],
     }
 
 
@@ -296,6 +321,7 @@ def run_ours(config_overrides: list[str], steps: int, out: Path, local_reward: b
         "sequences": [m["actor/sequences"] for m in metrics],
         "reward": [m["reward/total"] for m in metrics],
         "length": [m["response_length/mean"] for m in metrics],
+        "phases": [{p: m[f"timing_s/{p}"] for p in OUR_PHASES if f"timing_s/{p}" in m} for m in metrics],
     }
 
 
@@ -311,6 +337,7 @@ def summarize(result: dict) -> dict:
         "reward": float(np.mean(result["reward"][1:])),
         "tokens/sample": float(np.mean(result["length"][1:])),
         "warm-up s": float(result["seconds"][0]),
+        "phases": {p: float(np.mean([step[p] for step in result["phases"][1:]])) for p in result["phases"][0]},
     }
 
 
@@ -368,6 +395,7 @@ def main() -> None:
     )
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as tmp:
+        setup_logging("INFO")
         quiet_console(Path(tmp) / "driver.log")  # our step lines and warnings on the console, the rest to the file
         for name in args.systems:
             print(f"--- {name}", flush=True)
@@ -376,7 +404,9 @@ def main() -> None:
             else:
                 raw = run_ours(args.overrides, args.steps, Path(tmp) / name, local_reward=name == "ours-local")
             results[name] = summarize(raw)
-            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[name].items()), flush=True)
+            r = results[name]
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["phases"].items())
+            print(f"{name}: {r['s/step']:.2f} s per step ({phases}), {r['samples/s']:.1f} samples/s", flush=True)
     print(f"\nmean of steps 2..{args.steps} of {args.steps} (step 1 warms up: left out, its time in the last column)")
     print(table(results))
     print("reward: trl and ours-local accuracy + format (0..2); ours the paper's reward (reward.variant)")
