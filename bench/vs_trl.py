@@ -316,9 +316,10 @@ def run_ours(config_overrides: list[str], steps: int, out: Path, local_reward: b
     # as `audio-thinker train` runs it: actor output to the run's logs/, step lines and warnings on the console
     run = run_training(config, reward_fn=local_reward_fn if local_reward else None, actor_logs=out / "logs")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    generated = config.run.questions_per_step * config.rollout.samples_per_question  # as TRL's: all, trained or not
     return {
         "seconds": [m["timing_s/step"] for m in metrics],
-        "sequences": [m["actor/sequences"] for m in metrics],
+        "sequences": [generated] * len(metrics),
         "reward": [m["reward/total"] for m in metrics],
         "length": [m["response_length/mean"] for m in metrics],
         "phases": [{p: m[f"timing_s/{p}"] for p in OUR_PHASES if f"timing_s/{p}" in m} for m in metrics],
@@ -377,7 +378,7 @@ def main() -> None:
         type=int,
         default=1,
         help="torch CPU threads of the TRL process (default 1, as each of our actors gets on 2 cores: on the shared "
-        "machine 2 OpenMP threads ran the tiny model 3-5x slower; try 2 on an idle one)",
+        "machine 2 OpenMP threads ran the tiny model's passes 1.3-6x slower; try 2 on an idle one)",
     )
     parser.add_argument("overrides", nargs="*", help="config overrides for every system (key=value), e.g. run.seed=1")
     args = parser.parse_args()
