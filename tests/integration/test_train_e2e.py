@@ -190,7 +190,7 @@ def ray_cluster(tmp_path_factory):
     """A two-node Ray cluster on loopback: `ray start --head --block` (2 CPUs) and a second node (2 CPUs and the
     custom resource `node_b` that tells it apart; tests/integration/ray_node.py), each in its own process group,
     both ended afterwards. Yields the dashboard address and the environment of the `ray` commands."""
-    dash, gcs = free_port(), free_port()
+    dash, gcs, agent = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     env = {
         **os.environ,
@@ -214,6 +214,9 @@ def ray_cluster(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Ray's default agent port (52365) is taken by any other Ray instance on the machine: the head's job
+            # agent would not start and every submission would fail with "No available agent".
+            f"--dashboard-agent-listen-port={agent}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
@@ -233,7 +236,7 @@ def ray_cluster(tmp_path_factory):
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(1)
         node_b = [sys.executable, str(Path(__file__).with_name("ray_node.py")), f"127.0.0.1:{gcs}",
-                  json.dumps({"CPU": 2, "node_b": 1}), temp_dir]  # fmt: skip
+                  json.dumps({"CPU": 2, "node_b": 1}), temp_dir, str(free_port())]  # fmt: skip
         procs.append(subprocess.Popen(node_b, **quiet))
         wait_for(lambda: len(alive_nodes(address)) == 2, 120, "the second Ray node")
         yield address, env
