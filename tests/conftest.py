@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ os.environ.setdefault("AUDIO_THINKER_NO_PROGRESS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray otherwise resolves 127.0.0.1 to the machine's network address: keep every test's traffic on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +50,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     from audio_thinker.app.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def judge_path(tiny_models) -> str:
+    """The tiny Qwen3 judge's folder, as the judge servers and backends take it."""
+    return str(tiny_models["qwen3_judge"])
 
 
 @pytest.fixture(scope="session")

@@ -72,11 +72,6 @@ def wait_for(predicate, timeout_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
-
-
-@pytest.fixture(scope="module")
 def ray_local(ray_session):
     """The session's Ray instance (tests/conftest.py) for the module's Serve deployments; Serve ends with the
     module."""

@@ -68,11 +68,6 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
-
-
-@pytest.fixture(scope="module")
 def ref(judge_path) -> TransformersBackend:
     return TransformersBackend(judge_path, device="cpu")
 

@@ -18,7 +18,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from ray.util.state import list_actors, list_nodes
 from audio_thinker.app.rescore import rescore_records
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
-from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS
+from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -169,12 +168,6 @@ def check_timeline(out: Path, steps: int) -> None:
             expected = sorted([*expected, ("eval", "driver")])
         assert phases == expected, step
     assert all(e["dur"] >= 0 and e["ts"] > 1.6e15 for e in events if e["ph"] == "X")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def end_group(proc: subprocess.Popen) -> None:
