@@ -38,13 +38,6 @@ FAMILY = "qwen2_audio"  # vLLM's Qwen2.5-Omni processor needs torchvision, which
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> list[np.ndarray]:
     return write_clips(tmp_path_factory.mktemp("clips"))
 

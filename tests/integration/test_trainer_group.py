@@ -68,13 +68,6 @@ def make_batch(policy_path, seed: int, questions: int = 2, samples: int = 3) -> 
     return PolicyBatch(prompts, [i // samples for i in range(n)], completions, advantages=advantages)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 SMALL = ["trainer.num_ranks=2", "trainer.num_cpus_per_rank=0.05", "rollout.num_cpus_per_worker=0.05"]
 
 
