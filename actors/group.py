@@ -6,22 +6,44 @@ server are thin layers over it, so deadlines and error messages behave the same 
 A failure names the actor: a call past its deadline is a `TimeoutError` naming the group, the call and the
 config key that sets the deadline; an actor that died is an `ActorDiedError` naming its index; an exception
 raised inside an actor keeps its own type (the driver tells them apart) with a note naming the actor.
+
+Restarts (docs/fault-tolerance.md): with `max_restarts` > 0 Ray restarts a dead actor in a new process (never
+re-running a lost call: `max_task_retries` stays 0, so the caller decides what is sent again). `recover` waits
+for the new process within its deadline, counts the restart against the group's bound (all actors together),
+lets the caller bring the new process up to date and returns; past the bound, or when Ray did not restart
+the actor, it raises an `ActorDiedError` naming the actor, the restarts used and the config key.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 
 from actors.placement import Placed
+from audio_thinker.core.log import get_logger
+
+log = get_logger(__name__)
 
 
 class ActorDiedError(RuntimeError):
     """An actor of a group is gone (killed, out of memory, node lost); the message names it and the call."""
+
+
+def process_id(_actor: object = None) -> str:
+    """The Ray worker id of the process running this code: a restarted actor runs in a new process, with a new id
+    (`ActorGroup` asks its actors through `__ray_call__`, so no actor class needs a method for it)."""
+    return ray.get_runtime_context().get_worker_id()
+
+
+def restarted_actor() -> bool:
+    """Whether this code runs in an actor that Ray restarted after its process died (False outside an actor)."""
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    return bool(context and context.get_actor_id() and context.was_current_actor_reconstructed)
 
 
 class ActorGroup:
@@ -41,13 +63,28 @@ class ActorGroup:
         runtime_env: dict | None = None,
         placement: Sequence[Placed] | None = None,
         max_restarts: int = 0,
+        restart_key: str | None = None,
+        restart_timeout_s: float | None = None,
+        restart_timeout_key: str | None = None,
     ) -> None:
+        """`max_restarts`: how often Ray may restart the group's actors, all together, through `recover`
+        (`restart_key` names its config key; a restart must be done within `restart_timeout_s`, default
+        `timeout_s`, whose key is `restart_timeout_key`)."""
         self.name = name
         self.timeout_s = timeout_s
         self.timeout_key = timeout_key
+        self.max_restarts = max_restarts
+        self.restart_key = restart_key or "max_restarts"
+        self.restart_timeout_s = timeout_s if restart_timeout_s is None else restart_timeout_s
+        self.restart_timeout_key = restart_timeout_key or timeout_key
+        self.restarts = 0  # counted by `recover`, all actors together
+        self.processes: list[str | None] = [None] * count  # which process serves each actor, once `track`ed
+        self._actor_locks = [threading.Lock() for _ in range(count)]
+        self._count_lock = threading.Lock()
         remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
         options: dict[str, Any] = {} if placement else {"num_cpus": num_cpus, "num_gpus": num_gpus}
         options["max_restarts"] = max_restarts
+        options["max_task_retries"] = 0  # a call lost with its process is not re-run by Ray: `recover`'s caller decides
         if runtime_env:
             options["runtime_env"] = runtime_env
         if placement is not None and len(placement) != count:
@@ -119,6 +156,73 @@ class ActorGroup:
     def call_rank0(self, method: str, *args: Any, what: str | None = None, **kwargs: Any) -> Any:
         """Only actor 0 (the one that answers for a collective group, or holds the single model)."""
         return self.get([getattr(self.actors[0], method).remote(*args, **kwargs)], what or method)[0]
+
+    # -------------------------------------------------------------------------------- restarts
+
+    def track(self, what: str, timeout_s: float | None = None, timeout_key: str | None = None) -> None:
+        """Note which process serves each actor (waiting for their start-up): what `recover` compares with."""
+        refs = [actor.__ray_call__.remote(process_id) for actor in self.actors]
+        self.processes = list(self.get(refs, what, timeout_s, timeout_key))
+
+    def recover(
+        self, index: int, failure: Exception, seen: str | None, refresh: Callable[[int], None] | None = None
+    ) -> None:
+        """A call that actor `index` took while process `seen` served it failed with `failure` (the process died,
+        or was replaced since). Wait until Ray has restarted the actor, count the restart, let `refresh(index)`
+        bring the new process up to date (other callers of `recover` for this actor wait meanwhile), and return:
+        the caller sends what was lost again. Returns at once when another caller has done all that since `seen`,
+        or when the same process answers (the call was lost, the actor was not).
+
+        Raises `failure` itself when the group has no restarts; an ActorDiedError naming the actor, the restarts
+        used and the config key past the bound, or when Ray does not restart the actor; a TimeoutError naming
+        `restart_timeout_key` when the new process is not up in time."""
+        if self.max_restarts == 0:
+            raise failure
+        with self._actor_locks[index]:
+            if self.processes[index] != seen:
+                return
+            with self._count_lock:
+                used = self.restarts
+            if used >= self.max_restarts:
+                raise ActorDiedError(
+                    f"{failure}; not restarted again: the {self.name}s were restarted {used} time(s), the most "
+                    f"{self.restart_key}={self.max_restarts} allows"
+                ) from failure
+            process = self._restarted_process(index, failure)
+            if process == seen:
+                return
+            with self._count_lock:
+                self.restarts += 1
+                used = self.restarts
+            log.warning(
+                "%s %d is back in a new process after: %s (restart %d of %s=%d)",
+                self.name, index, str(failure).splitlines()[0], used, self.restart_key, self.max_restarts,
+            )  # fmt: skip
+            if refresh is not None:
+                refresh(index)
+            self.processes[index] = process
+
+    def _restarted_process(self, index: int, failure: Exception) -> str:
+        """The process serving actor `index` once it answers again (calls fail as 'unavailable' while Ray
+        restarts it), within `restart_timeout_s`."""
+        deadline = time.monotonic() + self.restart_timeout_s
+        while True:
+            ref = self.actors[index].__ray_call__.remote(process_id)
+            try:
+                return ray.get(ref, timeout=max(0.1, deadline - time.monotonic()))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            except GetTimeoutError:
+                break
+            except RayActorError as exc:
+                cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ActorDiedError(f"{failure}; Ray did not restart it ({cause})") from exc
+        raise TimeoutError(
+            f"{self.name} {index}: not back within {self.restart_timeout_s:.0f}s of its restart (raise "
+            f"{self.restart_timeout_key} if that is too short); it had failed: {failure}"
+        )
 
     def _failed_index(self, refs: list) -> int | None:
         """Which of `refs` failed (refs are in actor order when they come from submit/submit_each)."""

@@ -3,24 +3,33 @@
 Plain transformers, no DeepSpeed and no optimizer state, in a one-actor `ActorGroup`. Its resources are
 fractional (`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share trainer rank 0's bundle and
 GPU (`trainer.reference_placement=colocate`) or have its own (`separate`).
+
+A reference actor that dies is restarted by Ray (up to `trainer.reference_max_restarts`): the new process loads
+the model folder again, which is what the reference must hold, so its weights checksum must equal the one taken
+before the death; the lost call is then made again. A restarted process refuses log-prob calls until that check
+is done, so a death between two calls is caught too (docs/fault-tolerance.md).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from actors.group import ActorGroup
+from actors.group import ActorDiedError, ActorGroup, restarted_actor
 from actors.placement import Placed
 from audio_thinker.core.config import TrainerConfig
-from audio_thinker.core.log import redirect_actor_output
-from audio_thinker.core.threads import use_cpu_share
+from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.models import checkpoint_state, load_policy
+from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
+
+log = get_logger(__name__)
 
 
 class ReferenceModel:
@@ -36,6 +45,7 @@ class ReferenceModel:
         num_cpus: float = 1.0,
     ):
         redirect_actor_output("reference")
+        setup_logging()
         use_cpu_share(num_cpus)
         self.family = family
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -43,8 +53,15 @@ class ReferenceModel:
         self.module.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.encode_audio_once = encode_audio_once
+        self.restarted = restarted_actor()  # its weights are checked by the driver before it is used again
+        log.info("reference pid %d: %s (%s) on %s", os.getpid(), model_path, family, self.device)
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+        if self.restarted:
+            raise ReferenceRestartedError(
+                f"reference pid {os.getpid()} was restarted: the driver checks its weights before it is used"
+            )
+        log.info("reference pid %d: log-probs of %d completions", os.getpid(), len(batch.completion_ids))
         return compute_logprobs(
             self.module,
             batch,
@@ -56,6 +73,19 @@ class ReferenceModel:
 
     def weights_checksum(self) -> str:
         return state_checksum(checkpoint_state(self.module.policy, self.family))
+
+    def resume(self) -> str:
+        """After a restart: the checksum of the weights it loaded; it answers log-prob calls again."""
+        self.restarted = False
+        return self.weights_checksum()
+
+
+class ReferenceRestartedError(RuntimeError):
+    """A restarted reference actor was asked for log-probs before the driver checked its weights."""
+
+
+class ReferenceChangedError(RuntimeError):
+    """The restarted reference does not hold the weights it held before (the model folder changed mid-run)."""
 
 
 class Reference:
@@ -69,12 +99,13 @@ class Reference:
         dtype: str = "float32",
         placement: Sequence[Placed] | None = None,
     ):
+        self.model_path = str(model_path)
         self.group = ActorGroup(
             "reference model",
             ReferenceModel,
             1,
             lambda _: (
-                str(model_path),
+                self.model_path,
                 family,
                 dtype,
                 cfg.micro_batch_size,
@@ -86,10 +117,59 @@ class Reference:
             timeout_s=cfg.timeout_s,
             timeout_key="trainer.timeout_s",
             placement=placement,
+            max_restarts=cfg.reference_max_restarts,
+            restart_key="trainer.reference_max_restarts",
         )
+        self.checksum: str | None = None  # of the weights it holds, taken on first use (restartable only)
+        self.lock = threading.Lock()
+        self.retries = self.restarts_taken = 0
 
     def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
-        return self.group.call_rank0("compute_logprobs", batch, temperature, what="reference log-probs")
+        """The reference log-probs of every completion; a call lost with a dead actor is made again once Ray has
+        restarted it (ActorDiedError naming it past `trainer.reference_max_restarts`)."""
+        for attempt in range(self.group.max_restarts + 1):
+            seen = self.group.processes[0]
+            try:
+                if self.group.max_restarts and self.checksum is None:
+                    self._baseline()
+                return self.group.call_rank0("compute_logprobs", batch, temperature, what="reference log-probs")
+            except (ActorDiedError, ReferenceRestartedError) as exc:
+                failure = exc
+                if isinstance(exc, ReferenceRestartedError):
+                    failure = ActorDiedError("reference model 0 died between calls and Ray restarted it")
+                if attempt == self.group.max_restarts:
+                    if failure is exc:
+                        raise
+                    raise failure from exc
+                self.group.recover(0, failure, seen, refresh=self._check_reloaded)
+                with self.lock:
+                    self.retries += 1
+        raise AssertionError("unreachable")
+
+    def _baseline(self) -> None:
+        """Which process serves the reference and the checksum of its weights: what a restart is checked against."""
+        with self.lock:
+            if self.checksum is None:
+                self.group.track("start the reference model")
+                self.checksum = self.weights_checksum()
+
+    def _check_reloaded(self, index: int) -> None:
+        checksum = self.group.call_rank0("resume", what="check the restarted reference's weights")
+        with self.lock:
+            before, self.checksum = self.checksum, self.checksum or checksum
+        if before is not None and checksum != before:
+            raise ReferenceChangedError(
+                f"the restarted reference model holds weights with checksum {checksum[:16]}..., before it died "
+                f"{before[:16]}...: {self.model_path} changed during the run"
+            )
+        log.info("the reference model is back with the same weights (%s...)", checksum[:12])
+
+    def take_recovery(self) -> dict[str, int]:
+        """Reference restarts and log-prob calls made again since the last ask (a step's metrics)."""
+        with self.lock:
+            restarts, self.restarts_taken = self.group.restarts - self.restarts_taken, self.group.restarts
+            retries, self.retries = self.retries, 0
+        return {"recovery/reference_restarts": restarts, "recovery/reference_retries": retries}
 
     def weights_checksum(self) -> str:
         return self.group.call_rank0("weights_checksum")

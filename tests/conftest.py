@@ -32,14 +32,25 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def actor_logs(tmp_path_factory) -> Path:
+    """Where the session's Ray actors write their output (`<name>-<pid>.log`, as in a local run): the restart
+    tests watch these files to kill an actor inside a call (tests/integration/faults.py)."""
+    return tmp_path_factory.mktemp("actor-logs")
+
+
+@pytest.fixture(scope="session")
+def ray_session(actor_logs):
     """One local Ray instance (2 CPUs, loopback, no dashboard) for every in-process Ray test of the session,
     started when first asked for: a start and a stop of Ray per module cost seconds each. Whatever a test starts
     in it (actors, placement groups, Serve) it ends, so that the next module finds all 2 CPUs free; a run of the
-    driver in this process (`run_training`, `main(["sft", ...])`) joins it and leaves it running."""
+    driver in this process (`run_training`, `main(["sft", ...])`) joins it and leaves it running. Its actors
+    write their output to `actor_logs`."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from audio_thinker.core.log import LOG_DIR_ENV
+
+    env = {LOG_DIR_ENV: str(actor_logs)}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 

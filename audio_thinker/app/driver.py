@@ -344,6 +344,8 @@ class Driver:
             **sync,
             **staleness,
             "judge/items": produced.judged,
+            **self.rollout.take_recovery(),  # worker and reference restarts, requests and calls made again
+            **self.reference.take_recovery(),
         }
         metrics["timing_s/step"] = time.perf_counter() - t_step
         self.run_dir.write_rollouts(step, [r.to_json() for r in records])

@@ -114,6 +114,15 @@ class RolloutConfig(Section):
     call_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of one rollout-worker call (generate or set_weights) before the step fails."
     )
+    max_restarts: int = Field(
+        3,
+        ge=0,
+        description="Restarts of dead rollout workers within a run, all workers together: Ray restarts a dead "
+        "worker (within rollout.startup_timeout_s), it gets the weights version the others hold (checksum "
+        "checked) and the requests it lost are generated again with the same seeds, so the step goes on with the "
+        "same samples; past this count the run stops naming the worker. 0: the first death stops the run. "
+        "docs/fault-tolerance.md.",
+    )
 
     @model_validator(mode="after")
     def _gpus_for_tensor_parallelism(self) -> RolloutConfig:
@@ -344,6 +353,14 @@ class TrainerConfig(Section):
     )
     reference_num_gpus: float = Field(
         0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
+    )
+    reference_max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Restarts of a dead reference-model actor within a run: Ray restarts it (within "
+        "trainer.timeout_s) from the model folder, its weights checksum must equal the one it had before, and "
+        "the lost log-prob call is made again; past this count the run stops naming it. 0: the first death "
+        "stops the run. docs/fault-tolerance.md.",
     )
     timeout_s: float = Field(
         1800.0,

@@ -169,6 +169,9 @@ class StubRollout:
         self.version = version
         return {"seconds": 0.0}
 
+    def take_recovery(self):
+        return {"recovery/rollout_restarts": 0, "recovery/regenerated_requests": 0}
+
 
 class StubTrainer:
     def __init__(self):
@@ -202,7 +205,8 @@ class StubTrainer:
 
 
 class StubReference(StubTrainer):
-    pass
+    def take_recovery(self):
+        return {"recovery/reference_restarts": 0, "recovery/reference_retries": 0}
 
 
 STUB_OVERRIDES = ["run.total_steps=4", "run.questions_per_step=2", "rollout.samples_per_question=4"]
