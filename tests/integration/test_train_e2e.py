@@ -156,12 +156,12 @@ def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_p
 
 
 def check_timeline(out: Path, steps: int) -> None:
-    """Every step's phases once in timeline.json (valid JSON), on their lanes; no separate old pass by default."""
+    """Every step's phases in timeline.json (valid JSON), on their lanes; no separate old pass by default."""
     events = json.loads((out / "timeline.json").read_text())
     lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
     spans = [(e["args"]["step"], e["name"], lanes[e["tid"]]) for e in events if e["ph"] == "X"]
     for step in range(1, steps + 1):
-        phases = sorted((name, lane) for s, name, lane in spans if s == step)
+        phases = sorted({(name, lane) for s, name, lane in spans if s == step})  # a streamed step: a span per group
         expected = [("checkpoint", "trainer"), ("generate", "driver"), ("generate", "rollout worker 0"),
                     ("judge", "judge"), ("ref log-probs", "reference"), ("sync", "trainer"), ("train", "trainer")]
         if step == steps:
@@ -306,11 +306,13 @@ def preempted(ray_cluster, tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def resumed(ray_cluster, preempted) -> str:
     """The second submission, naming only the run directory: the saved config (T, seed, variant, paths, placement)
-    is the run. Its submission id, once it has ended."""
+    is the run; it streams its steps (`run.stream_groups`), which must not change a number. Its submission id,
+    once it has ended."""
     address, env = ray_cluster
     out = preempted[0]
     second = f"audio-thinker-{os.getpid()}-second"
-    submit(address, env, second, "--resume", f"run.output_dir={out}")
+    # Streamed (a harmless key on a resume): each group judged and scored as it returns, the same numbers.
+    submit(address, env, second, "--resume", f"run.output_dir={out}", "run.stream_groups=true")
     wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
     return second
 
