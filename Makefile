@@ -15,7 +15,7 @@ export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser demo test test-fast lint bench clean
+.PHONY: install browser demo test test-fast lint bench bench-vs-trl clean
 
 install: $(STAMP)
 
@@ -53,8 +53,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# bench/vs_trl.py needs the `bench` extra (TRL): `make bench-vs-trl` installs it and runs that one.
 bench: $(STAMP)
-	for b in $(filter-out bench/gpu_check.py,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/gpu_check.py bench/vs_trl.py,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
+
+BENCH_STAMP := $(VENV)/.bench
+
+$(BENCH_STAMP): $(STAMP)
+ifeq ($(HAS_GPU),1)
+	$(PIP) install -q -e ".[bench]"
+else
+	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[bench]"
+endif
+	touch $(BENCH_STAMP)
+
+bench-vs-trl: $(BENCH_STAMP)
+	$(BIN)/python bench/vs_trl.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

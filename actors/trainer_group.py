@@ -25,13 +25,15 @@ import ray
 from actors.group import ActorGroup
 from actors.placement import Placed
 from audio_thinker.core.config import TrainerConfig
-from audio_thinker.core.log import redirect_actor_output
+from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
 from trainer.engine import PolicyEngine, merge_rank_metrics, merge_update_metrics
 from trainer.logprobs import PolicyBatch
+
+log = get_logger(__name__)
 
 
 def shard_plan(num_sequences: int, num_ranks: int, micro_batch_size: int) -> tuple[list[list[int]], int]:
@@ -55,6 +57,7 @@ class PolicyTrainerRank:
 
     def __init__(self, rank: int, world_size: int):
         redirect_actor_output(f"trainer-rank-{rank}")
+        setup_logging()
         self.rank = rank
         self.world_size = world_size
         self.engine = None
@@ -86,6 +89,7 @@ class PolicyTrainerRank:
         self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
 
     def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:
+        log.info("rank %d: train step on %d of %d sequences", self.rank, len(shard), num_sequences)
         return self.engine.train_step(shard, num_sequences, num_micro_batches, temperature)
 
     def compute_logprobs(self, shard: PolicyBatch, num_micro_batches: int, temperature: float) -> list[np.ndarray]:

@@ -1,9 +1,12 @@
-"""Shared fixtures: the environment every test runs in, tiny models built once per session."""
+"""Shared fixtures: the environment every test runs in, tiny models built once per session, one local Ray instance
+for the session's in-process Ray tests (`ray_session`: a test module that called `ray.init` itself would find it
+running, so modules take this fixture instead)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,12 +24,49 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def actor_logs(tmp_path_factory) -> Path:
+    """Where the session's Ray actors write their output (`<name>-<pid>.log`, as in a local run): the restart
+    tests watch these files to kill an actor inside a call (tests/integration/faults.py)."""
+    return tmp_path_factory.mktemp("actor-logs")
+
+
+@pytest.fixture(scope="session")
+def ray_session(actor_logs):
+    """One local Ray instance (2 CPUs, loopback, no dashboard) for every in-process Ray test of the session,
+    started when first asked for: a start and a stop of Ray per module cost seconds each. Whatever a test starts
+    in it (actors, placement groups, Serve) it ends, so that the next module finds all 2 CPUs free; a run of the
+    driver in this process (`run_training`, `main(["sft", ...])`) joins it and leaves it running. Its actors
+    write their output to `actor_logs`."""
+    import ray
+
+    from audio_thinker.core.log import LOG_DIR_ENV
+
+    env = {LOG_DIR_ENV: str(actor_logs)}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """All three tiny models (Qwen2-Audio, Qwen2.5-Omni thinker, Qwen3 judge), built once per test session."""
     from audio_thinker.app.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def judge_path(tiny_models) -> str:
+    """The tiny Qwen3 judge's folder, as the judge servers and backends take it."""
+    return str(tiny_models["qwen3_judge"])
 
 
 @pytest.fixture(scope="session")
@@ -76,20 +116,32 @@ def tiny_run(tiny_models, warm_policy, synthetic):
 
 
 CLI_RUN_STEPS = 4
+# Two trainer ranks of 0.5 CPU fill a node of 1 CPU; the rollout worker (0.5), the judge and the reference (0.25
+# each) fill another. Locally that is the 2 CPUs of a 2-core machine; the job tests run the same config on a
+# two-node cluster of 1 CPU per node, where it can only land one way (test_train_e2e.py), and resume it to
+# `cli_run`'s numbers.
+CLI_RUN_PLACEMENT = [
+    "trainer.num_ranks=2",
+    "trainer.num_cpus_per_rank=0.5",
+    "rollout.num_cpus_per_worker=0.5",
+    "judge.num_cpus=0.25",
+    "trainer.reference_num_cpus=0.25",
+]
 
 
 @pytest.fixture(scope="session")
 def cli_run(tiny_run, tmp_path_factory):
-    """One `audio-thinker train` of CLI_RUN_STEPS tiny steps as a subprocess (own process group, ended by pgid),
-    started once per session: the dashboard tests watch it while it writes, the end-to-end tests check what it
-    wrote and resume a killed copy of it. Yields (run directory, process, console log)."""
+    """One `audio-thinker train` of CLI_RUN_STEPS tiny steps with two trainer ranks (CLI_RUN_PLACEMENT) as a
+    subprocess (own process group, ended by pgid), started once per session: the dashboard tests watch it while it
+    writes, the end-to-end tests check what it wrote and resume a preempted copy of it. Yields (run directory,
+    process, console log)."""
     work = tmp_path_factory.mktemp("cli-run")
     run, log = work / "runs" / "live", work / "train.log"
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(bin_dir / "audio-thinker"), "train", *tiny_run(run, CLI_RUN_STEPS)],
+            [str(bin_dir / "audio-thinker"), "train", *tiny_run(run, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT],
             cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:

@@ -27,8 +27,9 @@ from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
 from trainer.grpo import grpo_loss, loss_denominator, merge_stats
-from trainer.sft_loss import sft_loss
 from trainer.lora import adapters_disabled, apply_lora, merged_entries, meta_policy
+from trainer.off_policy import merge_mismatch, mismatch_metrics, mismatch_sums
+from trainer.sft_loss import sft_loss
 from trainer.logprobs import (
     CompletionLogprobs,
     PolicyBatch,
@@ -188,12 +189,20 @@ class PolicyEngine:
         ranks (ZeRO reduces gradients in every backward, so ranks must run equally many): a rank with fewer
         sequences runs repeats with an empty mask, which add exactly zero. Without `old_logprobs` the step is
         on-policy (old = the current log-probs, detached: ratio 1), which is exact for one update per batch.
+        `engine_logprobs` are the behaviour policy of `trainer.is_correction` (required unless `none`) and of the
+        mismatch metrics (whenever given), against the old log-probs as the proximal policy.
         Returns this rank's partial sums; `merge_rank_metrics` combines the ranks'.
         """
+        cfg = self.cfg
         if batch.advantages is None:
             raise ValueError("train_step needs batch.advantages")
-        if batch.ref_logprobs is None and self.cfg.beta != 0:
-            raise ValueError(f"train_step needs batch.ref_logprobs when trainer.beta = {self.cfg.beta} != 0")
+        if batch.ref_logprobs is None and cfg.beta != 0:
+            raise ValueError(f"train_step needs batch.ref_logprobs when trainer.beta = {cfg.beta} != 0")
+        if batch.engine_logprobs is None and cfg.is_correction != "none":
+            raise ValueError(
+                f"trainer.is_correction={cfg.is_correction} needs the rollout engine's log-probs "
+                "(batch.engine_logprobs: sample with logprobs on)"
+            )
         chunks = micro_batches(len(batch), self.cfg.micro_batch_size)
         if not chunks or len(chunks) > num_micro_batches:
             raise ValueError(
@@ -202,8 +211,7 @@ class PolicyEngine:
         self.engine.train()
         lr = self.lr
         denominator = self._loss_denominator(batch, len(chunks), num_sequences)
-        loss_sum, parts = 0.0, []
-        mismatch = {"abs_sum": 0.0, "tokens": 0.0, "max": 0.0}
+        loss_sum, parts, mismatch = 0.0, [], []
         for k in range(num_micro_batches):
             real = k < len(chunks)
             idx = chunks[k] if real else chunks[0]
@@ -213,6 +221,7 @@ class PolicyEngine:
             width = logp.shape[1]
             old = logp.detach() if batch.old_logprobs is None else self._rows(batch.old_logprobs, idx, width)
             ref = None if batch.ref_logprobs is None else self._rows(batch.ref_logprobs, idx, width)
+            behav = None if batch.engine_logprobs is None else self._rows(batch.engine_logprobs, idx, width)
             adv = torch.tensor([batch.advantages[i] for i in idx], dtype=torch.float32, device=self.device)
             loss, stats = grpo_loss(
                 logp,
@@ -220,28 +229,28 @@ class PolicyEngine:
                 ref,
                 adv,
                 mask,
-                clip_eps_low=self.cfg.clip_eps_low,
-                clip_eps_high=self.cfg.clip_eps_high,
-                beta=self.cfg.beta,
-                loss_type=self.cfg.loss_type,
-                ratio_level=self.cfg.ratio_level,
+                clip_eps_low=cfg.clip_eps_low,
+                clip_eps_high=cfg.clip_eps_high,
+                beta=cfg.beta,
+                loss_type=cfg.loss_type,
+                ratio_level=cfg.ratio_level,
                 denominator=denominator,
+                behav_logprobs=behav,
+                is_correction=cfg.is_correction,
+                is_cap=cfg.is_cap,
             )
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if real:
                 loss_sum += float(loss.detach())
                 parts.append(stats)
-                if batch.engine_logprobs is not None:
-                    diff = (old - self._rows(batch.engine_logprobs, idx, width)).abs()[mask.bool()]
-                    mismatch["abs_sum"] += float(diff.sum())
-                    mismatch["tokens"] += float(diff.numel())
-                    mismatch["max"] = max(mismatch["max"], float(diff.max()) if diff.numel() else 0.0)
+                if behav is not None:
+                    mismatch.append(mismatch_sums(old, behav, mask, cfg.is_correction, cfg.is_cap))
         self.engine.step()
         grad_norm = self.engine.get_global_grad_norm()
         return {
             "loss": loss_sum,
             "stats": merge_stats(parts),
-            "mismatch": mismatch,
+            "mismatch": merge_mismatch(mismatch) if mismatch else None,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "step": self.step,
@@ -368,10 +377,11 @@ class PolicyEngine:
         return client_state or {}
 
 
-def merge_rank_metrics(parts: list[dict]) -> dict[str, float]:
-    """The step's metrics from the ranks' `train_step` results (sums and exact merges, verl-style names)."""
+def merge_rank_metrics(parts: list[dict]) -> dict:
+    """One update's metrics from the ranks' `train_step` results (sums and exact merges, verl-style names), plus,
+    when the batch had engine log-probs, the merged mismatch sums under "mismatch" for `merge_update_metrics`, which
+    turns them into the `mismatch/*` metrics (call it on every update list, one update included)."""
     stats = merge_stats([p["stats"] for p in parts])
-    tokens = sum(p["mismatch"]["tokens"] for p in parts)
     out = {
         "actor/loss": sum(p["loss"] for p in parts),
         "actor/clip_frac": stats["clip_frac"],
@@ -385,26 +395,31 @@ def merge_rank_metrics(parts: list[dict]) -> dict[str, float]:
         "actor/sequences": stats["sequences"],
         "actor/step": parts[0]["step"],
     }
-    if tokens:
-        out["actor/logprob_mismatch_mean"] = sum(p["mismatch"]["abs_sum"] for p in parts) / tokens
-        out["actor/logprob_mismatch_max"] = max(p["mismatch"]["max"] for p in parts)
+    mismatch = [p["mismatch"] for p in parts if p["mismatch"] is not None]
+    if mismatch:
+        out["mismatch"] = merge_mismatch(mismatch)
     return out
 
 
-def merge_update_metrics(updates: list[dict[str, float]], epochs: int = 1) -> dict[str, float]:
+def merge_update_metrics(updates: list[dict], epochs: int = 1) -> dict[str, float]:
     """The metrics of a rollout batch's optimizer updates (`merge_rank_metrics` of each): one update's as they
-    are; over several, means of loss, kl, clip share, ratio mean, grad norm and mismatch, the extreme ratios,
-    the last lr and step, and the tokens and sequences of the batch (one epoch's)."""
+    are; over several, means of loss, kl, clip share, ratio mean and grad norm, the extreme ratios, the last lr and
+    step, and the tokens and sequences of the batch (one epoch's). The mismatch metrics (`trainer/off_policy.py`)
+    are those of all the updates' tokens together: every epoch covers the batch once against the same old
+    log-probs, so they are the batch's."""
+    sums = [u["mismatch"] for u in updates if "mismatch" in u]
+    updates = [{k: v for k, v in u.items() if k != "mismatch"} for u in updates]
     if len(updates) == 1:
-        return dict(updates[0])
-    out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
-    out["actor/ratio_min"] = min(u["actor/ratio_min"] for u in updates)
-    out["actor/ratio_max"] = max(u["actor/ratio_max"] for u in updates)
-    if "actor/logprob_mismatch_max" in out:
-        out["actor/logprob_mismatch_max"] = max(u["actor/logprob_mismatch_max"] for u in updates)
-    for key in ("actor/lr", "actor/step"):
-        out[key] = updates[-1][key]
-    for key in ("actor/tokens", "actor/sequences"):
-        out[key] = sum(u[key] for u in updates) / epochs
-    out["actor/updates"] = float(len(updates))
+        out = dict(updates[0])
+    else:
+        out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
+        out["actor/ratio_min"] = min(u["actor/ratio_min"] for u in updates)
+        out["actor/ratio_max"] = max(u["actor/ratio_max"] for u in updates)
+        for key in ("actor/lr", "actor/step"):
+            out[key] = updates[-1][key]
+        for key in ("actor/tokens", "actor/sequences"):
+            out[key] = sum(u[key] for u in updates) / epochs
+        out["actor/updates"] = float(len(updates))
+    if sums:
+        out.update(mismatch_metrics(merge_mismatch(sums)))
     return out

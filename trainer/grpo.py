@@ -13,13 +13,18 @@ Asymmetric clipping is DAPO's clip-higher (Yu et al. 2025, arXiv 2503.14476, eq.
 - dapo: token sum / tokens of the whole step (DAPO's token-level loss, eq. 8; TRL: the global batch).
 Each micro-batch contributes its own part divided by the step's `denominator` (`loss_denominator`), so the
 losses (and gradients) of micro-batches and data-parallel ranks add up to the loss of the whole step.
+
+`is_correction` (trainer/off_policy.py) multiplies each token's clipped term by a constant importance weight between
+the rollout engine's policy (behaviour) and `old_logprobs` (proximal): min(r * A, clip(r) * A) * w - beta * k3; `none`
+leaves the expression untouched.
 """
 
 from __future__ import annotations
 
 import torch
 
-from audio_thinker.core.vocab import LOSS_TYPES, RATIO_LEVELS
+from audio_thinker.core.vocab import IS_CORRECTIONS, LOSS_TYPES, RATIO_LEVELS
+from trainer.off_policy import importance_weights
 
 
 def loss_denominator(
@@ -52,6 +57,9 @@ def grpo_loss(
     loss_type: str = "grpo",
     ratio_level: str = "token",
     denominator: float | None = None,
+    behav_logprobs: torch.Tensor | None = None,
+    is_correction: str = "none",
+    is_cap: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative objective of a batch of completions and its statistics.
 
@@ -60,7 +68,9 @@ def grpo_loss(
     mask: [B, T], 1 on completion tokens. The per-token terms (module docstring) are aggregated by `loss_type`
     and divided by `denominator`, the step's normaliser from `loss_denominator`; None: this batch is the whole
     step (dr_grpo then takes the padded width T as max_completion_length). A sequence without tokens
-    contributes 0. ref_logprobs may be None only when beta == 0.
+    contributes 0. ref_logprobs may be None only when beta == 0. behav_logprobs: [B, T] the rollout engine's log-probs
+    of the same tokens, needed by `is_correction` token_tis / seq_tis / decoupled (weights capped at `is_cap`,
+    with old_logprobs as the proximal policy); ignored with `none`.
 
     Stats (python floats): clip_frac (share of tokens whose clipped term binds, i.e. get no gradient), kl (the
     k3 estimate averaged per sequence, then over sequences), ratio_mean/min/max over tokens, and the counts
@@ -68,7 +78,12 @@ def grpo_loss(
     """
     if logprobs.ndim != 2:
         raise ValueError(f"logprobs must be [B, T], got shape {tuple(logprobs.shape)}")
-    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("mask", mask)):
+    for name, t in (
+        ("old_logprobs", old_logprobs),
+        ("ref_logprobs", ref_logprobs),
+        ("behav_logprobs", behav_logprobs),
+        ("mask", mask),
+    ):
         if t is not None and t.shape != logprobs.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, logprobs has {tuple(logprobs.shape)}")
     if advantages.shape != logprobs.shape[:1]:
@@ -79,6 +94,10 @@ def grpo_loss(
         raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
     if ratio_level not in RATIO_LEVELS:
         raise ValueError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}, got {ratio_level!r}")
+    if is_correction not in IS_CORRECTIONS:
+        raise ValueError(f"is_correction must be one of {', '.join(IS_CORRECTIONS)}, got {is_correction!r}")
+    if is_correction != "none" and behav_logprobs is None:
+        raise ValueError(f"is_correction={is_correction} needs behav_logprobs (the rollout engine's log-probs)")
 
     keep = mask.bool()
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
@@ -96,6 +115,8 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - clip_eps_low, 1 + clip_eps_high) * adv
     per_token = torch.minimum(unclipped, clipped)
+    if is_correction != "none":
+        per_token = per_token * importance_weights(old_logprobs, behav_logprobs, keep, is_correction, is_cap)
     if ref_logprobs is not None:
         delta = torch.where(keep, ref_logprobs.detach(), zero) - logprobs
         kl = torch.exp(delta) - delta - 1

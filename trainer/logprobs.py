@@ -88,7 +88,7 @@ def pad_ragged(values: Sequence[Sequence[float]], width: int, device: torch.devi
     """[B, width] float32 tensor of ragged rows, zero-padded on the right."""
     out = torch.zeros(len(values), width, dtype=torch.float32)
     for i, v in enumerate(values):
-        out[i, : len(v)] = torch.as_tensor(np.asarray(v, dtype=np.float32))
+        out[i, : len(v)] = torch.from_numpy(np.array(v, dtype=np.float32))  # a copy: Ray hands out read-only arrays
     return out.to(device)
 
 

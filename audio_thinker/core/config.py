@@ -17,6 +17,7 @@ from audio_thinker.core.vocab import (
     Dtype,
     EngineName,
     InvalidAccuracy,
+    IsCorrection,
     JudgeBackendName,
     LoggerName,
     LossType,
@@ -306,6 +307,23 @@ class TrainerConfig(Section):
         description="Run the separate old-log-prob forward even with one update per rollout batch, where it "
         "equals the loss pass's detached log-probs (ratio 1) and is skipped by default; for benchmarks and checks.",
     )
+    is_correction: IsCorrection = Field(
+        "none",
+        description="Off-policy correction between the rollout engine's policy (behaviour: the log-probs it reports) "
+        "and the trainer's before the update (proximal: the old log-probs): none; token_tis = each token's policy "
+        "gradient times min(pi_prox / pi_behav, is_cap) (verl's TIS); seq_tis = every token of a sequence times "
+        "min(prod_t pi_prox / pi_behav, is_cap); decoupled = AReaL's decoupled PPO, the ratio clipped against the "
+        "proximal policy and weighted by pi_prox / pi_behav, tokens above is_cap left out (docs/trainer.md).",
+    )
+    is_cap: float = Field(
+        2.0,
+        gt=1,
+        allow_inf_nan=False,
+        description="Cap C of the importance weights: where token_tis / seq_tis truncate, above which decoupled "
+        "drops a token, and what mismatch/is_clip_frac counts. Above 1 (as AReaL requires): on-policy weights are 1 "
+        "plus numerical noise, and a cap of 1 would truncate (decoupled: drop) about half of those tokens; finite, "
+        "as untruncated weights have unbounded variance.",
+    )
     encode_audio_once: bool = Field(
         True,
         description="Run the audio encoder once per distinct clip of a micro-batch and share its output over the "
@@ -510,6 +528,12 @@ class Config(Section):
             raise ValueError(
                 f"trainer.max_completion_length={t.max_completion_length} < rollout.max_new_tokens="
                 f"{r.max_new_tokens}: Dr. GRPO's normaliser must cover the longest completion"
+            )
+        if t.is_correction != "none" and r.temperature != 1:
+            raise ValueError(
+                f"trainer.is_correction={t.is_correction} needs the behaviour policy's log-probs, but the rollout "
+                "engines report those of the untempered logits (vLLM's raw_logprobs), the sampling distribution only "
+                f"at rollout.temperature=1 (got {r.temperature}), while the trainer's are tempered"
             )
         sequences = self.run.questions_per_step * r.samples_per_question
         if self.trainer.num_ranks > sequences:

@@ -21,6 +21,7 @@ ScoreMode = Literal["expected", "argmax"]
 AnswerExtraction = Literal["strict", "lenient"]
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RatioLevel = Literal["token", "sequence"]
+IsCorrection = Literal["none", "token_tis", "seq_tis", "decoupled"]
 SftTarget = Literal["answer", "cot"]
 ReferencePlacement = Literal["colocate", "separate"]
 
@@ -37,6 +38,7 @@ SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 ANSWER_EXTRACTIONS: tuple[str, ...] = get_args(AnswerExtraction)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
+IS_CORRECTIONS: tuple[str, ...] = get_args(IsCorrection)
 SFT_TARGETS: tuple[str, ...] = get_args(SftTarget)
 REFERENCE_PLACEMENTS: tuple[str, ...] = get_args(ReferencePlacement)
 

@@ -26,12 +26,15 @@ def logged(folder: Path, name: str, pattern: str) -> dict[int, int]:
 
 
 class KillOnLogLine(threading.Thread):
-    """SIGKILL the `name` process whose log shows the `nth` line matching `pattern` (counted over every process
-    of that name, restarted ones included), within `timeout_s`. `killed` is (pid, time.monotonic()) once done."""
+    """SIGKILL the `name` process whose log shows the `nth` line matching `pattern` written after this watcher
+    was made (counted over every process of that name, restarted ones included; the folder is the session's, so
+    lines of earlier tests' processes are the baseline), within `timeout_s`. `killed` is (pid, time.monotonic())
+    once done."""
 
     def __init__(self, folder: Path, name: str, pattern: str, nth: int = 1, timeout_s: float = 600.0):
         super().__init__(daemon=True)
         self.folder, self.name, self.pattern, self.nth, self.timeout_s = folder, name, pattern, nth, timeout_s
+        self.baseline = logged(folder, name, pattern)
         self.killed: tuple[int, float] | None = None
         self.stopped = threading.Event()
 
@@ -39,8 +42,9 @@ class KillOnLogLine(threading.Thread):
         deadline = time.monotonic() + self.timeout_s
         while not self.stopped.is_set() and time.monotonic() < deadline:
             counts = logged(self.folder, self.name, self.pattern)
-            if sum(counts.values()) >= self.nth:
-                pid = max((p for p in counts if counts[p]), key=lambda p: self._mtime(p))
+            new = {p: n - self.baseline.get(p, 0) for p, n in counts.items() if n > self.baseline.get(p, 0)}
+            if sum(new.values()) >= self.nth:
+                pid = max(new, key=lambda p: self._mtime(p))
                 os.kill(pid, signal.SIGKILL)
                 self.killed = (pid, time.monotonic())
                 return

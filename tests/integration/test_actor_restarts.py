@@ -50,11 +50,10 @@ class Napper:
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor class travels with its calls
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_session(ray_session):
+    """The session's Ray; the actor class of this module travels with its calls (by value)."""
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray_session
 
 
 def nappers(count: int, max_restarts: int, fail_on_restart: bool = False) -> ActorGroup:

@@ -11,7 +11,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import uvicorn
 from playwright import sync_api
 
 from audio_thinker.app.dashboard.server import create_app
-from conftest import CLI_RUN_STEPS
+from conftest import CLI_RUN_STEPS, free_port
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.slow
@@ -34,12 +33,6 @@ STEPS = CLI_RUN_STEPS
 GROUP = 8
 TERMS = ("format", "accuracy", "consistency_reward", "think_reward", "total", "advantage")
 SHOTS = os.environ.get("AUDIO_THINKER_SCREENSHOTS")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from reward_server.client import JudgeClient, JudgeUnavailableError
 from reward_server.prompts import PROMPTS, render
 from reward_server.schemas import JudgeItem
 from reward_server.scoring import BackendError, score_items
+from conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITEMS = [
@@ -87,11 +87,6 @@ def completions_app(model_path: str) -> FastAPI:
         return {"id": "cmpl-test", "object": "text_completion", "model": body["model"], "choices": choices}
 
     return app
-
-
-@pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
 
 
 @pytest.fixture(scope="module")
@@ -185,15 +180,9 @@ def test_openai_backend_failures_are_errors_and_the_server_answers_502(remote, j
         thread.stop(30)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_vllm_backend_served_by_the_cli_equals_transformers(ref, judge_path, tmp_path):
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve-judge.log"
     cmd = [
         sys.executable,

@@ -35,11 +35,6 @@ def counters(url: str) -> dict[tuple[str, frozenset], float]:
 
 
 @pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
-
-
-@pytest.fixture(scope="module")
 def server(judge_path):
     settings = ServerSettings(
         api_keys=frozenset({KEY}),

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
@@ -73,16 +72,11 @@ def wait_for(predicate, timeout_s: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_local(ray_session):
+    """The session's Ray instance (tests/conftest.py) for the module's Serve deployments; Serve ends with the
+    module."""
     yield
     judge_serve.shutdown()
-    ray.shutdown()
 
 
 def think_record(i: int) -> RolloutRecord:

@@ -18,7 +18,6 @@ import time
 
 import httpx
 import pytest
-import ray
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,11 +68,6 @@ def wait_for(predicate, timeout_s: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def judge_path(tiny_models) -> str:
-    return str(tiny_models["qwen3_judge"])
-
-
-@pytest.fixture(scope="module")
 def ref(judge_path) -> TransformersBackend:
     return TransformersBackend(judge_path, device="cpu")
 
@@ -92,12 +86,11 @@ def serve(judge_path: str, **settings):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray instance for the module's Ray Serve deployments, ended with Serve at the module's end."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def ray_local(ray_session):
+    """The session's Ray instance (tests/conftest.py) for the module's Serve deployments; Serve ends with the
+    module."""
     yield
     judge_serve.shutdown()
-    ray.shutdown()
 
 
 def serve_on_ray(judge_path: str, **settings) -> judge_serve.JudgeDeployment:

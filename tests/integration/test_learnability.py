@@ -33,7 +33,7 @@ def toy_reward(records: list[RolloutRecord], step: int) -> RewardBatch:
     return rewards_from_totals([r.verdict() for r in records], [float(r.mode == "no_think") for r in records])
 
 
-def test_grpo_raises_the_toy_reward(warm_policy, tiny_models, tmp_path):
+def test_grpo_raises_the_toy_reward(ray_session, warm_policy, tiny_models, tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(data, n=16, seed=0)
     config = load_config(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -51,9 +50,8 @@ def published(group) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def groups(tiny_models):
+def groups(ray_session, tiny_models):
     """A ZeRO-2 and a ZeRO-3 LoRA group after the same two steps, and the weights the ZeRO-2 one sent after each."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     path = tiny_models[FAMILY]
     zero2 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=2), total_steps=4)
     zero3 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=3), total_steps=4)
@@ -66,7 +64,6 @@ def groups(tiny_models):
     yield path, zero2, zero3, sent
     zero2.shutdown()
     zero3.shutdown()
-    ray.shutdown()
 
 
 def test_sent_weights_are_merged_full_weights_under_the_original_names(groups):

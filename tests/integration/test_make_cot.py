@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -23,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from audio_thinker.app.cli import main
 from audio_thinker.core.data import load_dataset
+from conftest import free_port
 
 MARKERS = ["", "[bold]", "[wrong]", "[flaky]", "[garbage]", "[tagged]"]  # one question each, in this order
 
@@ -76,12 +76,6 @@ def rationale_app(requests: Counter) -> FastAPI:
         return completion(body, text)
 
     return app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

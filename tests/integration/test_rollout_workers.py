@@ -9,13 +9,12 @@ the call returns the samples an undisturbed one gives.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import ray
 import torch
-from faults import KillOnLogLine, logged
+from faults import KillOnLogLine
 from test_rollout_engines import (
     LOGPROB_ATOL,
     make_requests,
@@ -31,7 +30,6 @@ from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
-from audio_thinker.core.log import LOG_DIR_ENV
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import publish
@@ -44,20 +42,6 @@ from rollout.engine import (
 )
 
 FAMILY = "qwen2_audio"  # vLLM's Qwen2.5-Omni processor needs torchvision, which this machine cannot have
-
-
-@pytest.fixture(scope="module")
-def actor_logs(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("actor-logs")
-
-
-@pytest.fixture(scope="module")
-def ray_session(actor_logs):
-    """Local Ray whose actors write their output to `actor_logs` (`<name>-<pid>.log`, as in a run)."""
-    env = {LOG_DIR_ENV: str(actor_logs)}
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +185,7 @@ def test_vllm_worker_killed_mid_generation_is_restarted_on_the_current_weights(
     vllm_pool.take_recovery()
 
     (before,) = vllm_pool.worker_infos()
-    calls = sum(logged(actor_logs, "rollout-worker", "generating").values())
-    killer = KillOnLogLine(actor_logs, "rollout-worker", "generating", nth=calls + 1)
+    killer = KillOnLogLine(actor_logs, "rollout-worker", "generating", nth=1)
     killer.start()  # kills the worker once its next generate call has begun
     try:
         disturbed = vllm_pool.generate(requests, sampling, min_version=version)
@@ -271,3 +254,18 @@ def test_split_evenly():
     assert split_evenly(5, 2) == [(0, 3), (3, 5)]
     assert split_evenly(16, 3) == [(0, 6), (6, 11), (11, 16)]
     assert split_evenly(1, 3) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_streamed_calls_return_every_group_once_with_the_batch_samples(vllm_pool, clips):
+    """The driver's streaming step: one call per question, groups back as they finish; the same samples as one
+    batch (per-request seeds), each stamped with the weights version that sampled it."""
+    requests = [GenerationRequest(r.prompt, r.audio, seed=40 + i) for i, r in enumerate(make_requests(FAMILY, clips))]
+    sampling = SamplingConfig(n=4, max_new_tokens=3)
+    batch = vllm_pool.generate(requests, sampling, min_version=0)
+    streamed = list(vllm_pool.stream(requests, sampling, min_version=0, per_call=1))
+    assert sorted(k for k, _ in streamed) == list(range(len(requests)))
+    for k, group in streamed:
+        assert [s.token_ids for s in group] == [s.token_ids for s in batch[k]]
+        assert {s.weights_version for s in group} == {vllm_pool.versions()[0]}
+    spans = vllm_pool.generation_spans()
+    assert len(spans) == 1 and len(spans[0]) >= len(requests)  # one span per call since the last ask

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -39,14 +38,6 @@ def cot_manifest(synthetic, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cot") / "train_cot.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    """One Ray instance for both runs (`run_sft` joins it instead of starting its own)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def overrides(policy: Path, manifest: Path, synthetic: Path, out: Path) -> list[str]:

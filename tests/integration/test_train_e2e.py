@@ -1,13 +1,14 @@
 """End-to-end tiny training on CPU through every real component: Ray actors, vLLM rollout workers (CPU build),
 the DeepSpeed trainer group, the reference actor and the HTTP judge actor.
 
-The suite's `audio-thinker train` run of 4 steps (the `cli_run` fixture, which the dashboard tests watch while
-it writes) is checked step by step against `audio-thinker rewards` and exported again; then, on a two-node Ray
-cluster on loopback (`ray start --head` and a second node with a custom resource), a one-step job with two trainer
-ranks lands where its placement groups say (the ranks on one node, the other actors on the other), and a
-`ray job submit` run of the same config as `cli_run` is stopped mid-run (`ray job
-stop`: SIGTERM, a preemption; it keeps the checkpoint of the step in flight and exits) and resumed by a second
-submission that names only the run directory: its steps equal the uninterrupted run's.
+The suite's `audio-thinker train` run of 4 steps with two trainer ranks (the `cli_run` fixture, which the dashboard
+tests watch while it writes) is checked step by step against `audio-thinker rewards` and exported again. Then the
+same config goes to a two-node Ray cluster on loopback (`ray start --head` and a second node with a custom
+resource, 1 CPU each) as a `ray job submit` run: it lands where its placement groups say (the two ranks on one
+node, the other actors on the other), is stopped mid-run (`ray job stop`: SIGTERM, a preemption; it keeps the
+checkpoint of the step in flight and exits) and is resumed by a second submission that names only the run
+directory: its steps equal the uninterrupted run's. (One job run checks both the placement and the preemption:
+each run of the tiny config costs a minute of actor start-up.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,7 @@ from ray.util.state import list_actors, list_nodes
 from audio_thinker.app.rescore import rescore_records
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
-from conftest import CLI_RUN_STEPS
+from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -156,24 +156,18 @@ def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_p
 
 
 def check_timeline(out: Path, steps: int) -> None:
-    """Every step's phases once in timeline.json (valid JSON), on their lanes; no separate old pass by default."""
+    """Every step's phases in timeline.json (valid JSON), on their lanes; no separate old pass by default."""
     events = json.loads((out / "timeline.json").read_text())
     lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
     spans = [(e["args"]["step"], e["name"], lanes[e["tid"]]) for e in events if e["ph"] == "X"]
     for step in range(1, steps + 1):
-        phases = sorted((name, lane) for s, name, lane in spans if s == step)
+        phases = sorted({(name, lane) for s, name, lane in spans if s == step})  # a streamed step: a span per group
         expected = [("checkpoint", "trainer"), ("generate", "driver"), ("generate", "rollout worker 0"),
                     ("judge", "judge"), ("ref log-probs", "reference"), ("sync", "trainer"), ("train", "trainer")]
         if step == steps:
             expected = sorted([*expected, ("eval", "driver")])
         assert phases == expected, step
     assert all(e["dur"] >= 0 and e["ts"] > 1.6e15 for e in events if e["ph"] == "X")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def end_group(proc: subprocess.Popen) -> None:
@@ -187,10 +181,10 @@ def end_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A two-node Ray cluster on loopback: `ray start --head --block` (2 CPUs) and a second node (2 CPUs and the
+    """A two-node Ray cluster on loopback: `ray start --head --block` (1 CPU) and a second node (1 CPU and the
     custom resource `node_b` that tells it apart; tests/integration/ray_node.py), each in its own process group,
     both ended afterwards. Yields the dashboard address and the environment of the `ray` commands."""
-    dash, gcs = free_port(), free_port()
+    dash, gcs, agent = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     env = {
         **os.environ,
@@ -210,10 +204,13 @@ def ray_cluster(tmp_path_factory):
             "--block",
             "--node-ip-address=127.0.0.1",
             f"--port={gcs}",
-            "--num-cpus=2",
+            "--num-cpus=1",
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Ray's default agent port (52365) is taken by any other Ray instance on the machine: the head's job
+            # agent would not start and every submission would fail with "No available agent".
+            f"--dashboard-agent-listen-port={agent}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],
@@ -233,7 +230,7 @@ def ray_cluster(tmp_path_factory):
             assert time.monotonic() < deadline, "the Ray dashboard did not come up"
             time.sleep(1)
         node_b = [sys.executable, str(Path(__file__).with_name("ray_node.py")), f"127.0.0.1:{gcs}",
-                  json.dumps({"CPU": 2, "node_b": 1}), temp_dir]  # fmt: skip
+                  json.dumps({"CPU": 1, "node_b": 1}), temp_dir, str(free_port())]  # fmt: skip
         procs.append(subprocess.Popen(node_b, **quiet))
         wait_for(lambda: len(alive_nodes(address)) == 2, 120, "the second Ray node")
         yield address, env
@@ -277,58 +274,19 @@ def status(address: str, job_id: str) -> str:
     return str(JobSubmissionClient(address).get_job_status(job_id).value)
 
 
-@pytest.mark.timeout(900)
-def test_ray_job_on_two_nodes_places_the_actors_where_the_placement_groups_say(ray_cluster, tiny_run, tmp_path):
-    """Two trainer ranks of 1 CPU fill one node (their placement group packs them); the rollout worker (1 CPU),
-    the judge and the reference (0.25 each), reserved next, can then only go to the other node."""
+def submit(address: str, env: dict, submission_id: str, *train_args: str) -> None:
+    job(address, env, "submit", "--no-wait", "--submission-id", submission_id, "--working-dir", ".", "--",
+        "audio-thinker", "train", *train_args)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def preempted(ray_cluster, tiny_run, tmp_path_factory):
+    """`cli_run`'s config submitted as a job, stopped with `ray job stop` (SIGTERM, as a preemption) once step 1 is
+    written: (run directory, submission id, its last step, its status.json), read before anything resumes it."""
     address, env = ray_cluster
-    out = tmp_path / "two-nodes"
-    spread = ["trainer.num_ranks=2", "trainer.num_cpus_per_rank=1", "rollout.num_cpus_per_worker=1"]
-    args = [*tiny_run(out, 1), *spread, "rollout.max_new_tokens=8", "run.eval_limit=1"]
-    sub = f"audio-thinker-{os.getpid()}-two-nodes"
-    job(address, env, "submit", "--no-wait", "--submission-id", sub, "--working-dir", ".", "--",
-        "audio-thinker", "train", *args)  # fmt: skip
-    wait_for(lambda: status(address, sub) in ("SUCCEEDED", "FAILED", "STOPPED"), 800, "the two-node job")
-    assert status(address, sub) == "SUCCEEDED", job(address, env, "logs", sub)
-    assert [m["step"] for m in read_metrics(out)] == [1]
-
-    job_id = JobSubmissionClient(address).get_job_info(sub).job_id
-    where: dict[str, list[str]] = {}
-    for actor in list_actors(address=address, filters=[("job_id", "=", job_id)], detail=True, limit=1000):
-        where.setdefault(actor["class_name"], []).append(actor["node_id"])
-    nodes = {n["node_id"]: n["resources_total"] for n in alive_nodes(address)}
-    assert len(where["PolicyTrainerRank"]) == 2
-    (trainer_node,) = set(where["PolicyTrainerRank"])
-    others = where["RolloutWorker"] + where["JudgeServer"] + where["ReferenceModel"]
-    (other_node,) = set(others)
-    assert len(others) == 3 and {trainer_node, other_node} == set(nodes)  # two and three actors, a node each
-    assert any("node_b" in resources for resources in nodes.values())
-
-
-@pytest.mark.timeout(1800)
-def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, tiny_run, uninterrupted, tmp_path):
-    """`ray job stop` (SIGTERM, as a preemption) after step 2: the step in flight ends, its checkpoint is kept and
-    the job exits naming the resume command. The resumed job names only the run directory: the saved config
-    (T, seed, variant, paths) is the run."""
-    address, env = ray_cluster
-    out = tmp_path / "run"
-    args = tiny_run(out, STEPS)
-
+    out = tmp_path_factory.mktemp("job") / "run"
     first = f"audio-thinker-{os.getpid()}-first"
-    job(
-        address,
-        env,
-        "submit",
-        "--no-wait",
-        "--submission-id",
-        first,
-        "--working-dir",
-        ".",
-        "--",
-        "audio-thinker",
-        "train",
-        *args,
-    )
+    submit(address, env, first, *tiny_run(out, STEPS), *CLI_RUN_PLACEMENT)
     wait_for(
         lambda: (
             ((out / "metrics.jsonl").is_file() and len(read_metrics(out)) >= 1)
@@ -342,40 +300,71 @@ def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, tiny_ru
     # SIGTERM to the driver mid-run, like a preempted node (over REST: a CLI start would let steps go by).
     JobSubmissionClient(address).stop_job(first)
     wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 300, "the first job to stop")
-    last = max(m["step"] for m in read_metrics(out))
+    return out, first, max(m["step"] for m in read_metrics(out)), json.loads((out / "status.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def resumed(ray_cluster, preempted) -> str:
+    """The second submission, naming only the run directory: the saved config (T, seed, variant, paths, placement)
+    is the run; it streams its steps (`run.stream_groups`), which must not change a number. Its submission id,
+    once it has ended."""
+    address, env = ray_cluster
+    out = preempted[0]
+    second = f"audio-thinker-{os.getpid()}-second"
+    # Streamed (a harmless key on a resume): each group judged and scored as it returns, the same numbers.
+    submit(address, env, second, "--resume", f"run.output_dir={out}", "run.stream_groups=true")
+    wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
+    return second
+
+
+def actor_nodes(address: str, submission_id: str) -> dict[str, list[str]]:
+    """Actor class -> the node of each of its actors, in the job's run."""
+    job_id = JobSubmissionClient(address).get_job_info(submission_id).job_id
+    where: dict[str, list[str]] = {}
+    for actor in list_actors(address=address, filters=[("job_id", "=", job_id)], detail=True, limit=1000):
+        where.setdefault(actor["class_name"], []).append(actor["node_id"])
+    return where
+
+
+@pytest.mark.timeout(900)
+def test_ray_job_on_two_nodes_places_the_actors_where_the_placement_groups_say(ray_cluster, preempted, resumed):
+    """Two trainer ranks of 0.5 CPU fill one node (their placement group packs them); the rollout worker (0.5 CPU),
+    the judge and the reference (0.25 each), reserved next, can then only go to the other node. So in both jobs."""
+    address, _ = ray_cluster
+    nodes = {n["node_id"]: n["resources_total"] for n in alive_nodes(address)}
+    assert any("node_b" in resources for resources in nodes.values())
+    for submission_id in (preempted[1], resumed):
+        where = actor_nodes(address, submission_id)
+        assert len(where["PolicyTrainerRank"]) == 2
+        (trainer_node,) = set(where["PolicyTrainerRank"])
+        others = where["RolloutWorker"] + where["JudgeServer"] + where["ReferenceModel"]
+        (other_node,) = set(others)
+        assert len(others) == 3 and {trainer_node, other_node} == set(nodes)  # two and three actors, a node each
+
+
+@pytest.mark.timeout(1800)
+def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, preempted, resumed, uninterrupted):
+    """`ray job stop` (SIGTERM, as a preemption) after step 1: the step in flight ends, its checkpoint is kept and
+    the job exits naming the resume command. The resumed job's steps equal the uninterrupted run's."""
+    address, env = ray_cluster
+    out, first, last, preempted_status = preempted
     assert 1 <= last < STEPS  # the step in flight was finished; no later one began
-    preempted = json.loads((out / "status.json").read_text())
-    assert preempted["state"] == "preempted", preempted
-    assert f"after step {last} of {STEPS}" in preempted["message"]
+    assert preempted_status["state"] == "preempted", preempted_status
+    assert f"after step {last} of {STEPS}" in preempted_status["message"]
     assert f"resume with: audio-thinker train --resume run.output_dir={out}" in job(address, env, "logs", first)
     assert checkpoint_dir(out / "checkpoints", last).is_dir()
 
-    second = f"audio-thinker-{os.getpid()}-second"
-    job(
-        address,
-        env,
-        "submit",
-        "--no-wait",
-        "--submission-id",
-        second,
-        "--working-dir",
-        ".",
-        "--",
-        "audio-thinker",
-        "train",
-        "--resume",
-        f"run.output_dir={out}",
-    )
-    wait_for(lambda: status(address, second) in ("SUCCEEDED", "FAILED", "STOPPED"), 900, "the resumed job")
-    assert status(address, second) == "SUCCEEDED", job(address, env, "logs", second)
-    assert "resumed from" in job(address, env, "logs", second)
-
+    assert status(address, resumed) == "SUCCEEDED", job(address, env, "logs", resumed)
+    assert "resumed from" in job(address, env, "logs", resumed)
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # every step once
     check_timeline(out, STEPS)  # the killed job's steps after its checkpoint were dropped, not repeated
     for m in metrics:
         check_step_dump(out, m["step"], STEPS, m, rows_per_step=2 * 8)  # ATAR continues at 3/4 and 4/4 (saved T)
     assert metrics[-1]["gamma_think"] == 1.0 and metrics[-1]["gamma_no_think"] == 1.0
-    for resumed, reference in zip(metrics, read_metrics(uninterrupted), strict=True):
+    for resumed_step, reference in zip(metrics, read_metrics(uninterrupted), strict=True):
         for key in COMPARED:
-            assert math.isclose(resumed[key], reference[key], rel_tol=1e-5, abs_tol=1e-6), (resumed["step"], key)
+            assert math.isclose(resumed_step[key], reference[key], rel_tol=1e-5, abs_tol=1e-6), (
+                resumed_step["step"],
+                key,
+            )

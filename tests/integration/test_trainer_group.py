@@ -4,6 +4,7 @@ and ZeRO-3), reference model, checkpoint/resume, export, and both weight-sync pa
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -65,13 +66,6 @@ def make_batch(policy_path, seed: int, questions: int = 2, samples: int = 3) -> 
     completions = [rng.integers(20, 600, size=int(rng.integers(2, 9))).tolist() for _ in range(n)]
     advantages = rng.standard_normal(n).tolist()
     return PolicyBatch(prompts, [i // samples for i in range(n)], completions, advantages=advantages)
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 SMALL = ["trainer.num_ranks=2", "trainer.num_cpus_per_rank=0.05", "rollout.num_cpus_per_worker=0.05"]
@@ -196,7 +190,7 @@ def test_reference_equals_initial_policy(reference, one_rank, two_ranks_zero3, b
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_two_ranks_take_the_same_step_as_one(first_step, one_rank, two_ranks, two_ranks_zero3):
+def test_two_ranks_take_the_same_step_as_one(first_step, one_rank, two_ranks, two_ranks_zero3, batches):
     initial, metrics = first_step
     one, two, zero3 = published(one_rank), published(two_ranks), published(two_ranks_zero3)
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
@@ -224,6 +218,16 @@ def test_two_ranks_take_the_same_step_as_one(first_step, one_rank, two_ranks, tw
         1.0, abs=1e-5
     )
     assert m1["actor/logprob_mismatch_mean"] == pytest.approx(0.01, abs=1e-6)
+    # engine = old + 0.01 on every token: weight e^-0.01 each, k3 = e^-0.01 + 0.01 - 1, sequence weights
+    # e^(-0.01 |o_i|) for the ESS; the same over 1 rank, 2 ranks and ZeRO-3.
+    w = [math.exp(-0.01 * len(c)) for c in batches[0].completion_ids]
+    assert all(
+        m["mismatch/is_mean"] == pytest.approx(math.exp(-0.01), abs=1e-6)
+        and m["mismatch/kl"] == pytest.approx(math.exp(-0.01) + 0.01 - 1, abs=1e-7)
+        and m["mismatch/is_clip_frac"] == 0.0
+        and m["mismatch/ess"] == pytest.approx(sum(w) ** 2 / (len(w) * sum(x * x for x in w)), abs=1e-6)
+        for m in metrics.values()
+    )
     assert m1["actor/lr"] == pytest.approx(0.5e-3)  # warm-up step 1 of 2
     assert m1["actor/step"] == 1
 

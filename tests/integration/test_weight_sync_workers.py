@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import ray
 
 from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig, TrainerConfig
@@ -20,11 +19,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def actors(tiny_models):
+def actors(ray_session, tiny_models):
     from actors.rollout_worker import RolloutPool
     from actors.trainer_group import PolicyTrainerGroup
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
     path = str(tiny_models["qwen2_audio"])
     rollout = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=0.25, max_model_len=1024)
     trainer_cfg = TrainerConfig(num_ranks=1, num_cpus_per_rank=0.25, lr=1e-3, micro_batch_size=8, beta=0.0)
@@ -34,7 +32,6 @@ def actors(tiny_models):
     yield pool, trainer, encoder, path
     pool.close()
     trainer.shutdown()
-    ray.shutdown()
 
 
 def sample(pool, encoder, version: int):

@@ -239,8 +239,9 @@ def test_sequence_ratio_by_hand():
     assert loss == pytest.approx(-(math.exp(0.1) + 1.25) / 2) and g == pytest.approx([-math.exp(0.1) / 2, 0.0])
 
 
-def reference_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, ratio_level, max_len):
-    """The loss as loops over sequences and tokens, one scalar op at a time (autograd-able)."""
+def reference_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, ratio_level, max_len, weights=None):
+    """The loss as loops over sequences and tokens, one scalar op at a time (autograd-able); `weights` (floats per
+    token) multiply the clipped terms."""
     terms, n_tokens = [], 0
     for i in range(len(logp)):
         idx = [t for t in range(len(logp[i])) if mask[i][t]]
@@ -250,6 +251,8 @@ def reference_loss(logp, old, ref, adv, mask, eps_low, eps_high, beta, loss_type
         for t in idx:
             ratio = seq_ratio if ratio_level == "sequence" else torch.exp(logp[i][t] - old[i][t])
             surrogate = torch.minimum(ratio * adv[i], torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv[i])
+            if weights is not None:
+                surrogate = surrogate * weights[i][t]
             d = ref[i][t] - logp[i][t]
             row.append(surrogate - beta * (torch.exp(d) - d - 1))
         terms.append(row)
@@ -326,3 +329,66 @@ def test_loss_denominator_and_errors():
         grpo_loss(logp, old, None, adv, mask, beta=0.0, loss_type="ppo")
     with pytest.raises(ValueError, match="ratio_level must be one of token, sequence, got 'group'"):
         grpo_loss(logp, old, None, adv, mask, beta=0.0, ratio_level="group")
+
+
+# ------------------------------------------------------------------------------------------------ off-policy correction
+
+
+def reference_weights(old, behav, mask, mode, cap):
+    """The importance weights of `mode` in plain python floats, from the formulas (docs/trainer.md)."""
+    out = []
+    for i in range(len(old)):
+        idx = [t for t in range(len(old[i])) if mask[i][t]]
+        seq = math.exp(sum(old[i][t] - behav[i][t] for t in idx))
+        row = []
+        for t in range(len(old[i])):
+            w = math.exp(old[i][t] - behav[i][t]) if mask[i][t] else 0.0
+            row.append({"token_tis": min(w, cap), "seq_tis": min(seq, cap), "decoupled": w if w <= cap else 0.0}[mode])
+        out.append(row)
+    return out
+
+
+def behaviour(old, mask, seed):
+    """Engine log-probs around `old`: weights exp(old - behav) on both sides of a cap of 1.5; garbage on padding."""
+    gen = torch.Generator().manual_seed(seed)
+    behav = old - (torch.rand(old.shape, generator=gen, dtype=torch.float64) - 0.4) * 1.5
+    return torch.where(mask.bool(), behav, torch.full_like(old, math.inf))
+
+
+@pytest.mark.parametrize("mode", ["token_tis", "seq_tis", "decoupled"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+def test_corrections_match_reference_value_and_gradient(mode, loss_type, ratio_level):
+    logp, old, ref, adv, mask = random_case(5, 7, 8, spread=0.3)
+    behav = behaviour(old, mask, 9)
+    weights = reference_weights(old.tolist(), behav.tolist(), mask.tolist(), mode, 1.5)
+    flat = [w for row, m in zip(weights, mask.tolist()) for w, k in zip(row, m) if k]
+    assert any(w == 1.5 or w == 0.0 for w in flat) and any(0 < w < 1.5 for w in flat)  # the cap binds somewhere
+    logp_a = logp.clone().requires_grad_(True)
+    args = (old, ref, adv, mask, 0.2, 0.28, 0.04, loss_type, ratio_level)
+    loss, _ = grpo_loss(logp_a, *args, behav_logprobs=behav, is_correction=mode, is_cap=1.5)
+    (grad_a,) = torch.autograd.grad(loss, logp_a)
+    logp_b = logp.clone().requires_grad_(True)
+    rows = [[logp_b[i, j] for j in range(7)] for i in range(5)]
+    plain = (old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, 0.04, loss_type, ratio_level, 7)
+    expected = reference_loss(rows, *plain, weights)
+    (grad_b,) = torch.autograd.grad(expected, logp_b)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(grad_a, grad_b, rtol=1e-10, atol=1e-12)
+    assert (grad_a[~mask.bool()] == 0).all()
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+def test_no_correction_is_todays_loss_bit_for_bit(loss_type, ratio_level):
+    """is_correction=none with engine log-probs given is the uncorrected loss and gradient exactly; so is token_tis
+    on-policy (engine = old: every weight exp(0) = 1)."""
+    logp, old, ref, adv, mask = random_case(4, 6, 12)
+    results = []
+    for kw in ({}, {"behav_logprobs": behaviour(old, mask, 13)}, {"behav_logprobs": old, "is_correction": "token_tis"}):
+        x = logp.clone().requires_grad_(True)
+        loss, stats = grpo_loss(x, old, ref, adv, mask, loss_type=loss_type, ratio_level=ratio_level, **kw)
+        (g,) = torch.autograd.grad(loss, x)
+        results.append((loss, g, stats))
+    for loss, g, stats in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(g, results[0][1]) and stats == results[0][2]
