@@ -282,8 +282,8 @@ def submit(address: str, env: dict, submission_id: str, *train_args: str) -> Non
 @pytest.fixture(scope="module")
 def preempted(ray_cluster, tiny_run, tmp_path_factory):
     """`cli_run`'s config submitted as a job, stopped with `ray job stop` (SIGTERM, as a preemption) once step 1 is
-    written: (run directory, submission id, its last step, its status.json, its checkpoints), read before anything
-    resumes it (the resumed job removes old checkpoints as it goes)."""
+    written: (run directory, submission id, its last step, its status.json, whether the checkpoint of that step
+    is there), read before the resumed job writes the run directory on (and rotates that checkpoint out)."""
     address, env = ray_cluster
     out = tmp_path_factory.mktemp("job") / "run"
     first = f"audio-thinker-{os.getpid()}-first"
@@ -302,7 +302,7 @@ def preempted(ray_cluster, tiny_run, tmp_path_factory):
     JobSubmissionClient(address).stop_job(first)
     wait_for(lambda: status(address, first) in ("STOPPED", "FAILED"), 300, "the first job to stop")
     last = max(m["step"] for m in read_metrics(out))
-    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    kept = checkpoint_dir(out / "checkpoints", last).is_dir()
     return out, first, last, json.loads((out / "status.json").read_text()), kept
 
 
@@ -355,10 +355,10 @@ def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, preempt
     assert preempted_status["state"] == "preempted", preempted_status
     assert f"after step {last} of {STEPS}" in preempted_status["message"]
     assert f"resume with: audio-thinker train --resume run.output_dir={out}" in job(address, env, "logs", first)
-    assert checkpoint_dir(out / "checkpoints", last).name in kept
+    assert kept  # the checkpoint of the last finished step
 
     assert status(address, resumed) == "SUCCEEDED", job(address, env, "logs", resumed)
-    assert "resumed from" in job(address, env, "logs", resumed)
+    assert f"resumed from {checkpoint_dir(out / 'checkpoints', last)}" in job(address, env, "logs", resumed)
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]  # every step once
     check_timeline(out, STEPS)  # the killed job's steps after its checkpoint were dropped, not repeated
