@@ -105,18 +105,31 @@ def test_runs_page_shows_the_running_run(live_run, page):
 
 
 def test_a_new_step_appears_without_reload(live_run, page):
+    """A step written while the page is open appears without a reload. The test writes that step itself, into a
+    copy of the live run's first step: the tiny run's steps take seconds, less than a page takes to open and
+    draw, so watching the run itself would race it."""
     run, proc, log = live_run
-    wait_for(lambda: len(metric_lines(run)) >= 1, 600, "step 1", proc, log)
-    page.goto("/runs/live")
-    wait_ready(page)
-    first = int(page.evaluate("document.body.dataset.lastStep"))
-    assert 1 <= first < STEPS, "the run finished before the page opened: nothing left to see live"
-    page.evaluate("window.notReloaded = true")
-    page.wait_for_function(f"Number(document.body.dataset.lastStep) > {first}", timeout=180_000)
-    assert page.evaluate("window.notReloaded") is True
-    step = int(page.evaluate("document.body.dataset.lastStep"))
-    assert page.evaluate("document.getElementById('chart-reward').data[0].x.length") == step
-    assert page.locator("#last-step").inner_text() == str(step)
+    wait_for(lambda: len(metric_lines(run)) >= 2, 900, "step 2", proc, log)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    replay = run.parent / "replay"
+    replay.mkdir()
+    try:
+        shutil.copy(run / "config.yaml", replay / "config.yaml")
+        (replay / "status.json").write_text(json.dumps({"state": "running", "message": None, "time": time.time()}))
+        (replay / "metrics.jsonl").write_text(lines[0] + "\n")
+        page.goto("/runs/replay")
+        wait_ready(page)
+        assert int(page.evaluate("document.body.dataset.lastStep")) == 1
+        page.evaluate("window.notReloaded = true")
+        with (replay / "metrics.jsonl").open("a") as f:
+            f.write(lines[1] + "\n")
+        page.wait_for_function("Number(document.body.dataset.lastStep) > 1", timeout=120_000)
+        assert page.evaluate("window.notReloaded") is True
+        assert int(page.evaluate("document.body.dataset.lastStep")) == 2
+        assert page.evaluate("document.getElementById('chart-reward').data[0].x.length") == 2
+        assert page.locator("#last-step").inner_text() == "2"
+    finally:
+        shutil.rmtree(replay)
 
 
 def test_charts_have_one_point_per_step(live_run, page):
