@@ -55,7 +55,7 @@ lint: $(STAMP)
 
 # bench/vs_trl.py needs the `bench` extra (TRL): `make bench-vs-trl` installs it and runs that one.
 bench: $(STAMP)
-	for b in $(filter-out bench/gpu_check.py bench/vs_trl.py,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/gpu_check.py bench/vs_trl.py bench/_%,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
 
 BENCH_STAMP := $(VENV)/.bench
 

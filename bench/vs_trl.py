@@ -30,21 +30,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only local cluster
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("AUDIO_THINKER_NO_PROGRESS", "1")
+import _run_env  # noqa: F401 (the run's environment, before vLLM, DeepSpeed and Ray are imported)
 warnings.filterwarnings("ignore", message="TRL currently supports vLLM")  # TRL's vLLM path is not used here
 
 if importlib.util.find_spec("trl") is None:

@@ -38,7 +38,7 @@ from audio_thinker.app.preemption import PreemptionGuard
 from audio_thinker.app.run_dir import RunDir, default_output_dir
 from audio_thinker.app.run_start import open_run, resume_step
 from audio_thinker.app.step_metrics import console_line, step_metrics
-from audio_thinker.app.step_rollout import StepRollout, drop_stale, phase_seconds, timed_call
+from audio_thinker.app.step_rollout import StepRollout, drop_stale, phase_seconds
 from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
@@ -268,9 +268,9 @@ class Driver:
                 groups[k], records[k] = group, self.parse_group(step, items[k], encoded[k], group)
                 if streaming:
                     part = policy_batch([encoded[k]], [group])
-                    ref_f[k] = pool.submit(timed_call, timeline, "ref log-probs", "reference", step,
+                    ref_f[k] = pool.submit(timeline.timed_span, "ref log-probs", "reference", step,
                                            lambda part=part: self.reference.compute_logprobs(part, temperature))
-                    judge_f[k] = pool.submit(timed_call, timeline, "judge", "judge", step,
+                    judge_f[k] = pool.submit(timeline.timed_span, "judge", "judge", step,
                                              lambda recs=records[k]: judge(recs))
             t_gen = time.time()
             timeline.span("generate", "driver", t0, t_gen, step)
@@ -285,12 +285,12 @@ class Driver:
             flat = [r for k in order for r in records[k]]
             old_f = None
             if c.trainer.separate_old_pass and c.run.max_staleness == 0:  # the trainer holds the weights that sampled
-                old_f = pool.submit(timed_call, timeline, "old log-probs", "trainer", step,
+                old_f = pool.submit(timeline.timed_span, "old log-probs", "trainer", step,
                                     lambda: self.trainer.compute_logprobs(batch, temperature))
             if not streaming:
-                ref_f = {None: pool.submit(timed_call, timeline, "ref log-probs", "reference", step,
+                ref_f = {None: pool.submit(timeline.timed_span, "ref log-probs", "reference", step,
                                            lambda: self.reference.compute_logprobs(batch, temperature))}
-                judge_f = {None: pool.submit(timed_call, timeline, "judge", "judge", step, lambda: judge(flat))}
+                judge_f = {None: pool.submit(timeline.timed_span, "judge", "judge", step, lambda: judge(flat))}
             judged = sum(f.result()[0] for f in judge_f.values())
             timing["timing_s/judge"] = phase_seconds(judge_f)
             batch.ref_logprobs = [lp for f in ref_f.values() for lp in f.result()[0]]  # question order

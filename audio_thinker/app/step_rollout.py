@@ -9,19 +9,15 @@ left out and counted (`count/stale_dropped`), never silently.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TypeVar
 
-from audio_thinker.app.timeline import Timeline
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.records import RolloutRecord
 from trainer.logprobs import PolicyBatch
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -70,17 +66,6 @@ def drop_stale(
         max_staleness,
     )
     return [records[i] for i in kept], batch.select(kept), metrics
-
-
-def timed_call(
-    timeline: Timeline, name: str, lane: str, step: int, fn: Callable[[], T]
-) -> tuple[T, tuple[float, float]]:
-    """Run `fn` as a phase of the timeline; its result and its wall-clock (start, end)."""
-    start = time.time()
-    result = fn()
-    end = time.time()
-    timeline.span(name, lane, start, end, step)
-    return result, (start, end)
 
 
 def phase_seconds(calls: Mapping[object, Future]) -> float:

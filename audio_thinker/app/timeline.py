@@ -80,11 +80,16 @@ class Timeline:
 
     def timed(self, name: str, lane: str, step: int, fn: Callable[[], T]) -> tuple[T, float]:
         """Run `fn` as a phase; returns its result and its seconds."""
+        result, (start, end) = self.timed_span(name, lane, step, fn)
+        return result, end - start
+
+    def timed_span(self, name: str, lane: str, step: int, fn: Callable[[], T]) -> tuple[T, tuple[float, float]]:
+        """Run `fn` as a phase; returns its result and its wall-clock (start, end) (phases made of several calls)."""
         start = time.time()
         result = fn()
         end = time.time()
         self.span(name, lane, start, end, step)
-        return result, end - start
+        return result, (start, end)
 
     def flush(self) -> None:
         """Append the pending spans (and the names of the lanes they open) to the file, which stays valid JSON."""
