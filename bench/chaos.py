@@ -35,8 +35,8 @@ import _run_env  # noqa: F401 (the run's environment, before vLLM, DeepSpeed and
 import numpy as np
 import ray
 
-from audio_thinker.app.driver import Driver
-from audio_thinker.app.timeline import read_events
+from audio_thinker.app.train.driver import Driver
+from audio_thinker.app.train.timeline import read_events
 from audio_thinker.core.presets import load_config
 
 # fault -> the phase its actor works in and the undisturbed metric that times that phase

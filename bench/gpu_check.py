@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from audio_thinker.app import plan as planner
-from audio_thinker.app.tiny import (
+from audio_thinker.app.data.tiny import (
     QWEN2_AUDIO_CHAT_TEMPLATE,
     _feature_extractor,
     _generation_config,

@@ -36,7 +36,7 @@ import ray
 from judge_throughput import make_items
 
 from actors import judge_serve
-from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.app.data.tiny import ensure_tiny_models
 from audio_thinker.core.log import setup_logging
 from reward_server.app import ServerSettings
 from reward_server.backends import TransformersBackend

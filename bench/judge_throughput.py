@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.app.data.tiny import ensure_tiny_models
 from audio_thinker.core.log import setup_logging
 from reward_server.app import ServerSettings
 from reward_server.backends import TransformersBackend

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import Qwen2AudioConfig
 
-from audio_thinker.app.tiny import make_tiny_models
+from audio_thinker.app.data.tiny import make_tiny_models
 from audio_thinker.core.config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat

@@ -30,7 +30,7 @@ import _run_env  # noqa: F401 (the run's environment, before vLLM, DeepSpeed and
 
 import numpy as np
 
-from audio_thinker.app.driver import Driver
+from audio_thinker.app.train.driver import Driver
 from audio_thinker.core.presets import load_config
 
 VARIANTS = {

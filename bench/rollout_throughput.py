@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.app.data.tiny import ensure_tiny_models
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.protocol import build_instruction

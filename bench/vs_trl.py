@@ -54,8 +54,9 @@ from datasets import Dataset as HFDataset
 from transformers import PrinterCallback, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from audio_thinker.app.driver import run_training, step_questions
-from audio_thinker.app.launch import prepare_data, prepare_models
+from audio_thinker.app.train.driver import run_training, step_questions
+from audio_thinker.app.data.demo import prepare_demo
+from audio_thinker.app.train.launch import prepare_data
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.config import Config
 from audio_thinker.core.families import AUDIO_TOKEN, render_chat
@@ -377,7 +378,7 @@ def main() -> None:
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is a warm-up)")
     config = load_config(None, args.overrides)
-    prepare_models(config)  # the tiny policy and the synthetic set, built once if missing, shared by all
+    prepare_demo(config)  # the tiny policy and the synthetic set, built once if missing, shared by all
     prepare_data(config)
     c = config
     print(

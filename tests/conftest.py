@@ -58,7 +58,7 @@ def ray_session(actor_logs):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """All three tiny models (Qwen2-Audio, Qwen2.5-Omni thinker, Qwen3 judge), built once per test session."""
-    from audio_thinker.app.tiny import make_tiny_models
+    from audio_thinker.app.data.tiny import make_tiny_models
 
     return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
 
@@ -73,7 +73,7 @@ def judge_path(tiny_models) -> str:
 def warm_policy(tmp_path_factory) -> Path:
     """The tiny Qwen2-Audio after the CPU demo's format warm-up (the built-in defaults): it writes valid think
     and no_think responses, so rewards, the judge and GRPO have something to work on."""
-    from audio_thinker.app.tiny import make_tiny_models
+    from audio_thinker.app.data.tiny import make_tiny_models
     from audio_thinker.core.presets import load_config
 
     steps = load_config().model.tiny_warmup_steps
@@ -84,7 +84,7 @@ def warm_policy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> Path:
     """A small synthetic set (24 train, 6 held-out questions) the tiny training runs of the suite share."""
-    from audio_thinker.app.synthetic import write_synthetic_dataset
+    from audio_thinker.app.data.synthetic import write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("data")
     write_synthetic_dataset(out, n=24, seed=0, split="train")

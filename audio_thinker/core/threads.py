@@ -2,7 +2,7 @@
 
 Overlapping actors on a small machine (trainer, reference, rollout worker and judge on 2 cores) must not each
 start one OpenMP thread per core: oversubscribed intra-op threads made the tiny models 6-10x slower (see
-app/tiny_warmup.py). Ray sets OMP_NUM_THREADS from `num_cpus` only for actors it starts with that variable
+app/data/tiny_warmup.py). Ray sets OMP_NUM_THREADS from `num_cpus` only for actors it starts with that variable
 unset; setting torch's thread count here makes the share hold however the actor was started.
 """
 

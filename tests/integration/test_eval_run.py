@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from audio_thinker.app.cli import main
+from audio_thinker.app.cli.main import main
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.eval.options import EvalOptions
 from audio_thinker.app.eval.runner import PartialLog, item_seed, run_eval, run_settings
 from audio_thinker.app.eval.scoring import score_file
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.audio import write_audio
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.protocol import LETTERS, load_template

@@ -187,7 +187,7 @@ def test_vllm_backend_served_by_the_cli_equals_transformers(ref, judge_path, tmp
     cmd = [
         sys.executable,
         "-m",
-        "audio_thinker.app.cli",
+        "audio_thinker.app.cli.main",
         "serve-judge",
         "--model",
         judge_path,

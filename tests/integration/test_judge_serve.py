@@ -29,8 +29,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from actors import judge_serve
 from actors.judge_server import JudgeService
-from audio_thinker.app.judging import Judge, call_judge
-from audio_thinker.app.serve_judge import scaling
+from audio_thinker.app.train.judging import Judge, call_judge
+from audio_thinker.app.cli.serve_judge import scaling
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.records import RolloutRecord
 from reward_server.app import ServerSettings

@@ -22,7 +22,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors import judge_serve
-from audio_thinker.app.cli import main as cli_main
+from audio_thinker.app.cli.main import main as cli_main
 from reward_server.app import ServerSettings, app_from_env, create_app
 from reward_server.auth import API_KEYS_ENV, AuthConfigError, check_auth_setup, load_api_keys
 from reward_server.backends import TransformersBackend

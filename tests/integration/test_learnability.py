@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 
-from audio_thinker.app.driver import run_training
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.train.driver import run_training
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.records import RolloutRecord
 from audio_thinker.core.rewards import RewardBatch, rewards_from_totals

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from audio_thinker.app.cli import main
+from audio_thinker.app.cli.main import main
 from audio_thinker.core.data import load_dataset
 from conftest import free_port
 

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from audio_thinker.app.cli import main
+from audio_thinker.app.cli.main import main
 from audio_thinker.core.audio import load_audio
 from audio_thinker.core.data import load_dataset
 

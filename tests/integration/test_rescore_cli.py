@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.cli import main
-from audio_thinker.app.rescore import RecordError, rescore_records
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.eval.rescore import RecordError, rescore_records
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "tests" / "data" / "worked_example.jsonl"
@@ -115,7 +115,7 @@ def test_cli_variant_and_letters(capsys, tmp_path):
 
 def test_cli_as_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "audio_thinker.app.cli", "rewards", "--input", str(EXAMPLE)]
+    cmd = [sys.executable, "-m", "audio_thinker.app.cli.main", "rewards", "--input", str(EXAMPLE)]
     ok = subprocess.run(
         [*cmd, "--step", "1000", "--total-steps", "1000", "--variant", "atar"],
         capture_output=True,

@@ -18,7 +18,7 @@ import pytest
 from faults import KillOnLogLine
 from test_train_e2e import COMPARED, check_step_dump, read_metrics
 
-from audio_thinker.app.driver import run_training
+from audio_thinker.app.train.driver import run_training
 from audio_thinker.core.presets import load_config
 from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS
 

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from actors.rollout_worker import RolloutPool
-from audio_thinker.app.cli import main
-from audio_thinker.app.run_dir import RunDir
-from audio_thinker.app.sft import SftRun
-from audio_thinker.app.sft_data import load_sft_data
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.train.run_dir import RunDir
+from audio_thinker.app.train.sft import SftRun
+from audio_thinker.app.train.sft_data import load_sft_data
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.models import load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config

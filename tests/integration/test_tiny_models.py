@@ -9,9 +9,9 @@ import safetensors.torch
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
-from audio_thinker.app.cli import main
-from audio_thinker.app.synthetic import write_synthetic_dataset
-from audio_thinker.app.tiny import MODEL_NAMES, TAG_TOKENS
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
+from audio_thinker.app.data.tiny import MODEL_NAMES, TAG_TOKENS
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import checkpoint_key, model_key, render_chat
@@ -116,14 +116,14 @@ WARMUP_STEPS = 150  # what the built-in defaults use
 def warm_models(warm_policy, tmp_path_factory) -> dict[str, Path]:
     """Both policies after the format warm-up of the CPU demo: the session's warm Qwen2-Audio (conftest) and a
     warm Qwen2.5-Omni thinker built here (about 10 s on 2 idle cores)."""
-    from audio_thinker.app.tiny import make_tiny_models
+    from audio_thinker.app.data.tiny import make_tiny_models
 
     omni = make_tiny_models(tmp_path_factory.mktemp("warm"), seed=0, only=["qwen2_5_omni"], warmup_steps=WARMUP_STEPS)
     return {"qwen2_audio": warm_policy, **omni}
 
 
 def test_warmup_targets_are_well_formed_with_random_choices():
-    from audio_thinker.app.tiny_warmup import warmup_target
+    from audio_thinker.app.data.tiny_warmup import warmup_target
     from audio_thinker.core.protocol import parse_response
 
     rng = np.random.default_rng(0)
@@ -139,7 +139,7 @@ def test_warmup_targets_are_well_formed_with_random_choices():
 
 
 def test_warmup_is_deterministic_and_recorded(tmp_path: Path):
-    from audio_thinker.app.tiny import read_provenance
+    from audio_thinker.app.data.tiny import read_provenance
 
     args = ["make-tiny", "--only", "qwen2_audio", "--warmup-steps", "3"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
@@ -163,8 +163,8 @@ def test_negative_warmup_steps_is_refused(tmp_path: Path, capsys):
 
 
 def test_driver_builds_missing_tiny_policies_with_the_configured_warmup(tmp_path: Path, caplog):
-    from audio_thinker.app.driver import prepare_models
-    from audio_thinker.app.tiny import read_provenance
+    from audio_thinker.app.data.demo import prepare_models
+    from audio_thinker.app.data.tiny import read_provenance
     from audio_thinker.core.presets import load_config
 
     paths = [f"model.policy_path={tmp_path / 'qwen2_audio'}", f"model.judge_path={tmp_path / 'qwen3_judge'}"]

@@ -28,7 +28,7 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
-from audio_thinker.app.rescore import rescore_records
+from audio_thinker.app.eval.rescore import rescore_records
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
 from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, free_port
@@ -130,7 +130,7 @@ def uninterrupted(cli_run) -> Path:
 
 
 def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_path):
-    from audio_thinker.app.export import export_run
+    from audio_thinker.app.train.export import export_run
 
     out = uninterrupted
     metrics = read_metrics(out)

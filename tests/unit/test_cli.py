@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.cli import build_parser, main
+from audio_thinker.app.cli.main import build_parser, main
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.core.options import option_name
 from reward_server.options import ServeOptions
@@ -158,7 +158,7 @@ def test_export_calls_export_run_and_prints_the_folder(monkeypatch, capsys, tmp_
         calls.append((run_dir, step, out))
         return run_dir / "final"
 
-    monkeypatch.setitem(sys.modules, "audio_thinker.app.export", types.SimpleNamespace(export_run=export_run))
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.train.export", types.SimpleNamespace(export_run=export_run))
     assert main(["export", "--run", str(tmp_path)]) == 0
     assert main(["export", "--run", str(tmp_path), "--step", "3", "--out", str(tmp_path / "hf")]) == 0
     assert calls == [(tmp_path, None, None), (tmp_path, 3, tmp_path / "hf")]

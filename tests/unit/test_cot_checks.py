@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from audio_thinker.app.chat_client import ChatError, chat_url, completion_text
-from audio_thinker.app.cot import check_rationale, fill
+from audio_thinker.app.data.chat_client import ChatError, chat_url, completion_text
+from audio_thinker.app.data.cot import check_rationale, fill
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from audio_thinker.app.dashboard.rollouts import Filters, group_samples
 from audio_thinker.app.dashboard.runs import AudioRefused, Metrics, Run, RunIndex
 from audio_thinker.app.dashboard.server import create_app
 from audio_thinker.app.dashboard.synthetic_run import write_synthetic_run
-from audio_thinker.app.run_dir import RunDir
-from audio_thinker.app.timeline import Timeline
+from audio_thinker.app.train.run_dir import RunDir
+from audio_thinker.app.train.timeline import Timeline
 
 
 def line(step: int, **extra) -> str:

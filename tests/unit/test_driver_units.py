@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from actors.group import ActorDiedError
-from audio_thinker.app.driver import Driver, paper_reward, step_questions
-from audio_thinker.app.step_rollout import drop_stale
+from audio_thinker.app.train.driver import Driver, paper_reward, step_questions
+from audio_thinker.app.train.step_rollout import drop_stale
 from audio_thinker.app.errors import Preempted, TrainingError
-from audio_thinker.app.judging import Judge, call_judge, judge_items
-from audio_thinker.app.preemption import PreemptionGuard
-from audio_thinker.app.run_dir import RunDir
-from audio_thinker.app.step_metrics import step_metrics
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.train.judging import Judge, call_judge, judge_items
+from audio_thinker.app.train.preemption import PreemptionGuard
+from audio_thinker.app.train.run_dir import RunDir
+from audio_thinker.app.train.step_metrics import step_metrics
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import EncodedPrompt
 from audio_thinker.core.presets import load_config

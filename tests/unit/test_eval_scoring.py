@@ -15,18 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.cli import main
+from audio_thinker.app.cli.main import main
 from audio_thinker.app.eval.predictions import read_predictions
-from audio_thinker.app.eval.scoring import (
-    Scored,
-    aggregate,
-    air_letter,
-    air_status,
-    score_file,
-    score_rows,
-    summarize_for_training,
-    token_match_status,
-)
+from audio_thinker.app.eval.scoring import air_letter, air_status, score_file, score_rows, token_match_status
+from audio_thinker.core.accuracy import Scored, aggregate, summarize_for_training
 from audio_thinker.core.data import AudioQuestion
 from audio_thinker.core.manifests import DataError
 

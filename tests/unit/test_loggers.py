@@ -15,7 +15,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.loggers import TensorBoardLogger, WandbLogger, check_loggers
+from audio_thinker.app.train.loggers import TensorBoardLogger, WandbLogger, check_loggers
 from audio_thinker.core.audio import write_audio
 from audio_thinker.core.log import LOG_DIR_ENV, STEPS, _StepsAndWarnings
 from audio_thinker.core.presets import load_config
@@ -77,8 +77,8 @@ def test_the_quiet_console_passes_step_lines_and_warnings_only():
         return logging.LogRecord(name, level, __file__, 1, "m", None, None)
 
     assert keep.filter(make(STEPS, logging.INFO))
-    assert keep.filter(make("audio_thinker.app.driver", logging.WARNING))
-    assert not keep.filter(make("audio_thinker.app.driver", logging.INFO))
+    assert keep.filter(make("audio_thinker.app.train.driver", logging.WARNING))
+    assert not keep.filter(make("audio_thinker.app.train.driver", logging.INFO))
     assert not keep.filter(make("ray", logging.INFO))
 
 

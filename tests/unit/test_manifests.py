@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from audio_thinker.app.plan import make_plan
+from audio_thinker.app.train.plan import make_plan
 from audio_thinker.core.placement import run_groups, totals
 from audio_thinker.core.presets import load_config
 

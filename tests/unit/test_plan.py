@@ -9,8 +9,8 @@ import torch
 import transformers
 from transformers.initialization import no_init_weights
 
-from audio_thinker.app.cli import main
-from audio_thinker.app.plan import make_plan
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.train.plan import make_plan
 from audio_thinker.core.model_shapes import KNOWN_COUNTS, count_params, known_config, known_shape
 from audio_thinker.core.presets import load_config
 from trainer.memory import deepspeed_model_states, model_states, training_activations

@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
-from audio_thinker.app.preemption import PreemptionGuard
+from audio_thinker.app.train.preemption import PreemptionGuard
 
 SCRIPT = """
 import os, signal, sys, time
-from audio_thinker.app.preemption import PreemptionGuard
+from audio_thinker.app.train.preemption import PreemptionGuard
 before = signal.getsignal(signal.SIGTERM)
 with PreemptionGuard() as guard:
     os.kill(os.getpid(), signal.SIGTERM)

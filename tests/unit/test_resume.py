@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.cli import main
+from audio_thinker.app.cli.main import main
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.resume import CHANGES_FILE, record_changes, resume_config
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.train.resume import CHANGES_FILE, record_changes, resume_config
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.presets import dump_config, load_config
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from audio_thinker.app.sft_data import load_sft_data, sft_target
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.train.sft_data import load_sft_data, sft_target
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.manifests import DataError
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.protocol import parse_response

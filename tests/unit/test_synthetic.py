@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_thinker.app.cli import main
-from audio_thinker.app.synthetic import RHYTHM, write_synthetic_dataset
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.data.synthetic import RHYTHM, write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
 
 SR = 16000

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from audio_thinker.app.timeline import Timeline, lane_id
+from audio_thinker.app.train.timeline import Timeline, lane_id
 
 
 def step_spans(timeline: Timeline, step: int) -> None:

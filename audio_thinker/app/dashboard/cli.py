@@ -1,4 +1,4 @@
-"""`audio-thinker dashboard`: its parser (registered by audio_thinker/app/cli.py) and the command.
+"""`audio-thinker dashboard`: its parser (registered by audio_thinker/app/cli/main.py) and the command.
 
 Loopback by default; any other host needs a token file, else the command refuses to start, because the
 pages show model output and serve the training audio.

@@ -142,7 +142,7 @@ def create_app(runs_dir: str | Path, token: str | None = None, stale_after: floa
 
     @app.get("/runs/{name}/timeline.json")
     def timeline(name: str):
-        """The run's Chrome trace of step phases (app/timeline.py), for Perfetto or chrome://tracing."""
+        """The run's Chrome trace of step phases (app/train/timeline.py), for Perfetto or chrome://tracing."""
         file = run_or_404(name).path / "timeline.json"
         if not file.is_file():
             raise HTTPException(404, f"run {name!r} has no timeline.json (written from its first finished step)")

@@ -31,7 +31,8 @@ from audio_thinker.app.eval.predictions import (
     write_predictions,
 )
 from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think, render_report
-from audio_thinker.app.eval.scoring import aggregate, score_row
+from audio_thinker.app.eval.scoring import score_row
+from audio_thinker.core.accuracy import aggregate
 from audio_thinker.core.data import Dataset, load_dataset
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.log import get_logger

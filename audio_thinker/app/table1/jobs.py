@@ -25,7 +25,7 @@ def run_command(args: list[str]) -> int:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         return _run_job(args, address)
-    command = [sys.executable, "-m", "audio_thinker.app.cli", *args]
+    command = [sys.executable, "-m", "audio_thinker.app.cli.main", *args]
     log.info("running: audio-thinker %s", shlex.join(args))
     return subprocess.run(command, check=False).returncode
 

@@ -30,7 +30,7 @@ import av
 import numpy as np
 import soxr
 
-from audio_thinker.app.data_options import AvqaOptions
+from audio_thinker.app.data.options import AvqaOptions
 from audio_thinker.core.audio import SAMPLE_RATE, write_audio
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.manifests import DataError, read_rows, row_object, video_to_audio

@@ -5,9 +5,9 @@
       metrics.jsonl               one JSON object per step
       rollouts/step_000001.jsonl  every sample of the step with every reward term
       checkpoints/                trainer checkpoints (trainer.checkpoint)
-      tensorboard/                event files (app/loggers.py)
+      tensorboard/                event files (app/train/loggers.py)
       status.json                 {"state": "running" | "finished" | "failed" | "preempted", "message", "time"}
-      timeline.json               each step's phases as a Chrome trace (app/timeline.py; Perfetto, chrome://tracing)
+      timeline.json               each step's phases as a Chrome trace (app/train/timeline.py; Perfetto, chrome://tracing)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from audio_thinker.app.timeline import Timeline
+from audio_thinker.app.train.timeline import Timeline
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import dump_config

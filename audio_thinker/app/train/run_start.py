@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.run_dir import RunDir
+from audio_thinker.app.train.run_dir import RunDir
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import STEPS, get_logger
 from trainer.checkpoint import latest_checkpoint

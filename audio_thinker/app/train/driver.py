@@ -30,15 +30,15 @@ from actors.rollout_worker import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
 from actors.weight_sync import WeightSync
 from audio_thinker.app.errors import Preempted, TrainingError
-from audio_thinker.app.eval.scoring import summarize_for_training
-from audio_thinker.app.judging import Judge, call_judge
-from audio_thinker.app.launch import connect_ray, prepare_data, prepare_models, start_judge, synthetic_splits
-from audio_thinker.app.loggers import check_loggers, open_loggers
-from audio_thinker.app.preemption import PreemptionGuard
-from audio_thinker.app.run_dir import RunDir, default_output_dir
-from audio_thinker.app.run_start import open_run, resume_step
-from audio_thinker.app.step_metrics import console_line, step_metrics
-from audio_thinker.app.step_rollout import StepRollout, drop_stale, phase_seconds
+from audio_thinker.core.accuracy import summarize_for_training
+from audio_thinker.app.train.judging import Judge, call_judge
+from audio_thinker.app.train.launch import check_inputs, connect_ray, prepare_data, start_judge
+from audio_thinker.app.train.loggers import check_loggers, open_loggers
+from audio_thinker.app.train.preemption import PreemptionGuard
+from audio_thinker.app.train.run_dir import RunDir, default_output_dir
+from audio_thinker.app.train.run_start import open_run, resume_step
+from audio_thinker.app.train.step_metrics import console_line, step_metrics
+from audio_thinker.app.train.step_rollout import StepRollout, drop_stale, phase_seconds
 from audio_thinker.core.config import Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
@@ -155,9 +155,8 @@ class Driver:
         """Models and data on disk, Ray, then the actors: judge, rollout pool, trainer group, reference.
         `actor_logs`: the folder a local run's actors write their output to (None: the console)."""
         c = config
-        synthetic_splits(c)  # every manifest path checked before a model is built or a file written
+        check_inputs(c, needs_judge_model=reward_fn is None and needs_judge(c.reward.variant) and not c.judge.url)
         check_loggers(c)
-        prepare_models(c)
         if c.trainer.lora is not None:  # a target that matches nothing fails here, before Ray starts
             try:
                 check_lora(c.model.policy_path, c.model.family, c.trainer.lora)
@@ -472,7 +471,7 @@ class Driver:
         return start
 
     def stop_if_preempted(self, last: int, saved: int) -> None:
-        """After a SIGTERM (app/preemption.py): a checkpoint of the last complete step, status `preempted`, and
+        """After a SIGTERM (app/train/preemption.py): a checkpoint of the last complete step, status `preempted`, and
         Preempted, whose message names the resume command; the caller's `finally` closes the actors."""
         if self.preemption is None or not self.preemption.requested:
             return

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from audio_thinker.app.synthetic import write_synthetic_dataset
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat

@@ -37,7 +37,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from audio_thinker.app.tiny_warmup import format_warmup
+from audio_thinker.app.data.tiny_warmup import format_warmup
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import save_checkpoint_weights
 

@@ -22,15 +22,13 @@ from pathlib import Path
 import ray
 
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.app.driver import step_questions
+from audio_thinker.app.train.driver import step_questions
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.launch import connect_ray, synthetic_splits
-from audio_thinker.app.loggers import open_loggers
-from audio_thinker.app.run_dir import RunDir, default_output_dir
-from audio_thinker.app.run_start import open_run
-from audio_thinker.app.sft_data import load_sft_data, sft_target
-from audio_thinker.app.synthetic import write_synthetic_dataset
-from audio_thinker.app.tiny import ensure_tiny_models
+from audio_thinker.app.train.launch import check_inputs, connect_ray
+from audio_thinker.app.train.loggers import open_loggers
+from audio_thinker.app.train.run_dir import RunDir, default_output_dir
+from audio_thinker.app.train.run_start import open_run
+from audio_thinker.app.train.sft_data import load_sft_data, sft_target
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset
 from audio_thinker.core.encoding import PromptEncoder
@@ -127,14 +125,9 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
         raise TrainingError(
             f"trainer.num_ranks={c.trainer.num_ranks} > sft.batch_size={c.sft.batch_size}: every rank needs a sequence"
         )
-    for split, size in synthetic_splits(config):  # the tiny default: the synthetic set, as `train` writes it
-        if split == "train":
-            write_synthetic_dataset(c.data.audio_root, n=size, seed=c.run.seed, split=split)
-    data, rationales = load_sft_data(config)  # a bad manifest fails before any model is built or loaded
-    if not (Path(m.policy_path) / "config.json").is_file():
-        if not m.make_tiny_if_missing:
-            raise TrainingError(f"model.policy_path={m.policy_path}: no Hugging Face folder there")
-        ensure_tiny_models(Path(m.policy_path).parent, seed=c.run.seed, warmup_steps=m.tiny_warmup_steps)
+    check_inputs(config.model_copy(update={"data": config.data.model_copy(update={"eval_manifest": None})}),
+                 needs_judge_model=False)  # SFT reads no held-out split
+    data, rationales = load_sft_data(config)  # a bad manifest fails before any model is loaded
     if c.run.output_dir is None:
         c.run.output_dir = str(default_output_dir(f"sft-{c.run.name}"))
     run_dir = RunDir(c.run.output_dir)

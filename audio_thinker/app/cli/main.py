@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 from audio_thinker.app.dashboard.cli import DEFAULT_PORT, add_dashboard_parser
-from audio_thinker.app.chat_client import ChatError
-from audio_thinker.app.data_options import AvqaOptions, CotOptions
+from audio_thinker.app.data.chat_client import ChatError
+from audio_thinker.app.data.options import AvqaOptions, CotOptions
 from audio_thinker.app.errors import CotError, EvalError, Preempted, TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
-from audio_thinker.app.preemption import EXIT_PREEMPTED
-from audio_thinker.app.resume import record_changes, resume_config
-from audio_thinker.app.run_dir import default_output_dir
+from audio_thinker.app.train.preemption import EXIT_PREEMPTED
+from audio_thinker.app.train.resume import record_changes, resume_config
+from audio_thinker.app.train.run_dir import default_output_dir
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions, add_table1_parsers
 from audio_thinker.core.audio import AudioError
 from audio_thinker.core.config import Config, RewardConfig
@@ -62,7 +62,7 @@ TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
 def _make_tiny(args: argparse.Namespace) -> int:
     if args.warmup_steps < 0:
         raise OptionError(f"--warmup-steps: must be >= 0, got {args.warmup_steps}")
-    from audio_thinker.app.tiny import make_tiny_models  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.data.tiny import make_tiny_models  # torch/Ray: loaded only when this command runs
 
     paths = make_tiny_models(args.out, seed=args.seed, only=args.only, warmup_steps=args.warmup_steps)
     for name, path in paths.items():
@@ -71,7 +71,7 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
-    from audio_thinker.app.synthetic import write_synthetic_dataset  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.data.synthetic import write_synthetic_dataset  # numpy/soundfile: only when this runs
 
     manifest = write_synthetic_dataset(args.out, n=args.n, seed=args.seed, split=args.split, overwrite=args.overwrite)
     print(f"wrote {args.n} questions: {manifest}")
@@ -79,7 +79,7 @@ def _make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _prepare_avqa(args: argparse.Namespace) -> int:
-    from audio_thinker.app.avqa import prepare_avqa  # PyAV: loaded only when this command runs
+    from audio_thinker.app.data.avqa import prepare_avqa  # PyAV: loaded only when this command runs
 
     report = prepare_avqa(model_from_args(AvqaOptions, args))
     print(
@@ -92,7 +92,7 @@ def _prepare_avqa(args: argparse.Namespace) -> int:
 
 
 def _make_cot(args: argparse.Namespace) -> int:
-    from audio_thinker.app.cot import make_cot  # torch and the engines: loaded only when this command runs
+    from audio_thinker.app.data.cot import make_cot  # torch and the engines: loaded only when this command runs
 
     report = make_cot(model_from_args(CotOptions, args))
     print(
@@ -104,7 +104,7 @@ def _make_cot(args: argparse.Namespace) -> int:
 
 
 def _rewards(args: argparse.Namespace) -> int:
-    from audio_thinker.app.rescore import run_rescore  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.eval.rescore import run_rescore  # torch/Ray: loaded only when this command runs
 
     return run_rescore(args)
 
@@ -112,7 +112,7 @@ def _rewards(args: argparse.Namespace) -> int:
 def _serve_judge(args: argparse.Namespace) -> int:
     options = model_from_args(ServeOptions, args)
     if options.on_ray_serve:
-        from audio_thinker.app.serve_judge import run_on_ray_serve  # Ray Serve: loaded only for --replicas
+        from audio_thinker.app.cli.serve_judge import run_on_ray_serve  # Ray Serve: loaded only for --replicas
 
         return run_on_ray_serve(options)
     from reward_server.cli import run_serve_judge  # uvicorn/FastAPI: loaded only when this command serves
@@ -135,7 +135,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Path, Path | None]:
     """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
-    run's saved config.yaml is the base, app/resume.py), its run directory, and where actor logs go."""
+    run's saved config.yaml is the base, app/train/resume.py), its run directory, and where actor logs go."""
     config = load_config(args.config, args.overrides)
     if args.resume or config.run.resume:
         config, changes = resume_config(args.config, args.overrides, args.allow_config_change)
@@ -154,10 +154,12 @@ def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Pa
 
 def _train(args: argparse.Namespace) -> int:
     config, run_dir, actor_logs = _run_config(args, "{name}")
-    from audio_thinker.app.driver import run_training  # torch/Ray: loaded only when this command runs
-    from audio_thinker.app.plan import check_plan
+    from audio_thinker.app.data.demo import prepare_demo  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.train.driver import run_training
+    from audio_thinker.app.train.plan import check_plan
 
     check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
+    prepare_demo(config)  # the tiny models and synthetic set of the CPU default, where missing
     run_training(config, actor_logs=actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
@@ -184,8 +186,10 @@ def _report(args: argparse.Namespace) -> int:
 
 def _sft(args: argparse.Namespace) -> int:
     config, run_dir, actor_logs = _run_config(args, "sft-{name}")
-    from audio_thinker.app.sft import run_sft  # torch/Ray/DeepSpeed: loaded only when this command runs
+    from audio_thinker.app.data.demo import prepare_demo  # torch/Ray/DeepSpeed: loaded only when this command runs
+    from audio_thinker.app.train.sft import run_sft
 
+    prepare_demo(config, with_eval=False)  # the tiny policy and synthetic training split of the CPU default
     run_sft(config, actor_logs=actor_logs)
     print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     return 0
@@ -193,7 +197,7 @@ def _sft(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from audio_thinker.app.plan import capacity_of, make_plan, render  # torch/DeepSpeed: loaded only when this runs
+    from audio_thinker.app.train.plan import capacity_of, make_plan, render  # torch/DeepSpeed: only when this runs
 
     plan = make_plan(config, capacity_of(config))
     print(render(plan, config))
@@ -206,7 +210,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from audio_thinker.app.export import export_run  # torch/Ray: loaded only when this command runs
+    from audio_thinker.app.train.export import export_run  # torch/Ray: loaded only when this command runs
 
     print(export_run(Path(args.run), args.step, Path(args.out) if args.out else None))
     return 0

@@ -1,4 +1,4 @@
-"""Getting a run's parts ready: models and data on disk, a Ray connection, the judge. `Driver.from_config`
+"""Getting a run's parts ready: its inputs checked and loaded, a Ray connection, the judge. `Driver.from_config`
 uses these; each is usable alone (tests, tools)."""
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from actors.judge_serve import JudgeDeployment, Scaling
 from actors.judge_server import JudgeService
 from actors.placement import Placed, RunPlacement
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.judging import Judge
-from audio_thinker.app.synthetic import write_synthetic_dataset
-from audio_thinker.app.tiny import ensure_tiny_models, read_provenance
+from audio_thinker.app.train.judging import Judge
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset, load_dataset
 from audio_thinker.core.log import LOG_DIR_ENV, get_logger
@@ -29,71 +27,31 @@ from reward_server.client import JudgeClient
 log = get_logger(__name__)
 
 
-def synthetic_splits(config: Config) -> list[tuple[str, int]]:
-    """The synthetic splits (name, size) to write before the run, after checking every manifest path.
-
-    Synthetic data is written only where it belongs (`data.audio_root/<split>.jsonl`) and only when that file is
-    missing; any other missing manifest is an error naming the key and the path, raised before anything is
-    written or loaded (a typo in a path must never overwrite a data set).
-    """
-    d = config.data
-    root = Path(d.audio_root)
-    todo = []
-    for key, manifest, size, split in (
-        ("data.train_manifest", d.train_manifest, d.synthetic_train_size, "train"),
-        ("data.eval_manifest", d.eval_manifest, d.synthetic_eval_size, "eval"),
-    ):
-        if not manifest or Path(manifest).is_file():
-            continue
-        target = root / f"{split}.jsonl"
-        if not d.make_synthetic_if_missing:
-            raise TrainingError(f"{key}={manifest}: no such file (data.make_synthetic_if_missing=false)")
-        if Path(manifest).resolve() != target.resolve():
-            raise TrainingError(
-                f"{key}={manifest}: no such file; synthetic data is only written to {target} "
-                "(data.audio_root/<split>.jsonl), so check the path"
-            )
-        todo.append((split, size))
-    return todo
+def check_inputs(config: Config, needs_judge_model: bool = True) -> None:
+    """Every model folder and manifest the run reads exists, or one error naming the key (before Ray starts).
+    The CLI builds the CPU demo's tiny models and synthetic set first (`app/data/demo.py`)."""
+    m, d = config.model, config.data
+    paths = [("model.policy_path", m.policy_path, "config.json")]
+    if needs_judge_model:
+        paths.append(("model.judge_path", m.judge_path, "config.json"))
+    missing = [f"{key}={path}" for key, path, marker in paths if not (Path(path) / marker).is_file()]
+    if missing:
+        raise TrainingError(
+            f"model folder(s) not found: {', '.join(missing)} (a Hugging Face folder with a config.json; "
+            "`audio-thinker make-tiny --out DIR` builds the tiny ones)"
+        )
+    for key, manifest in (("data.train_manifest", d.train_manifest), ("data.eval_manifest", d.eval_manifest)):
+        if manifest and not Path(manifest).is_file():
+            raise TrainingError(f"{key}={manifest}: no such file")
 
 
 def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
+    """The training set and the held-out split (None without `data.eval_manifest`)."""
     d = config.data
-    root = Path(d.audio_root)
-    for split, size in synthetic_splits(config):
-        log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
-        write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
-    kwargs = dict(audio_root=root, skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
+    kwargs = dict(audio_root=Path(d.audio_root), skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
     train = load_dataset(d.train_manifest, "avqa", **kwargs)
     held_out = load_dataset(d.eval_manifest, d.eval_format, **kwargs) if d.eval_manifest else None
     return train, held_out
-
-
-def prepare_models(config: Config) -> None:
-    """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
-    `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
-    m = config.model
-    missing = [p for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
-    if missing and m.make_tiny_if_missing:
-        for folder in sorted({str(Path(p).parent) for p in missing}):
-            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps)
-        missing = [p for p in missing if not (Path(p) / "config.json").is_file()]
-    if missing:
-        raise TrainingError(
-            f"model folder(s) {missing} not found (tiny models are named "
-            "<folder>/qwen2_audio, qwen2_5_omni, qwen3_judge; real ones must exist)"
-        )
-    built = read_provenance(m.policy_path)
-    if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
-        log.warning(
-            "tiny policy %s was built with %d format warm-up steps, model.tiny_warmup_steps=%d: using it as is "
-            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d)",
-            m.policy_path,
-            built["warmup_steps"],
-            m.tiny_warmup_steps,
-            Path(m.policy_path).parent,
-            m.tiny_warmup_steps,
-        )
 
 
 def connect_ray(actor_logs: Path | None = None) -> bool:

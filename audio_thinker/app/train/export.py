@@ -14,7 +14,7 @@ import ray
 
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.launch import connect_ray
+from audio_thinker.app.train.launch import connect_ray
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import STATE_FILE, checkpoint_dir, list_checkpoints

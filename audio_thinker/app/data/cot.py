@@ -26,8 +26,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from audio_thinker.app.chat_client import ChatClient, ChatError
-from audio_thinker.app.data_options import CotOptions
+from audio_thinker.app.data.chat_client import ChatClient, ChatError
+from audio_thinker.app.data.options import CotOptions
 from audio_thinker.app.errors import CotError
 from audio_thinker.core.audio import wav_bytes
 from audio_thinker.core.data import Dataset, load_dataset

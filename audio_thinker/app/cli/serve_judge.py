@@ -9,7 +9,7 @@ import threading
 import ray
 
 from actors.judge_serve import JudgeDeployment, Scaling, shutdown
-from audio_thinker.app.launch import connect_ray
+from audio_thinker.app.train.launch import connect_ray
 from audio_thinker.core.log import get_logger
 from reward_server.app import ServerSettings
 from reward_server.auth import check_auth_setup, load_api_keys

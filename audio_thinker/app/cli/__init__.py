@@ -1,0 +1,1 @@
+"""The `audio-thinker` command line."""

@@ -1,0 +1,1 @@
+"""Data preparation: synthetic audio QA, AVQA, CoT rationales, and the tiny models of the CPU demo."""

@@ -1,0 +1,77 @@
+"""The CPU demo's inputs: the tiny models and the synthetic set, built when the config asks for them and they
+are missing (`model.make_tiny_if_missing`, `data.make_synthetic_if_missing`: the built-in default run).
+
+An explicit step: `audio-thinker train` and `sft` call `prepare_demo` before the run starts; the training code
+itself (`app/train/`) reads models and data from disk and never builds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audio_thinker.app.data.synthetic import write_synthetic_dataset
+from audio_thinker.app.data.tiny import ensure_tiny_models, read_provenance
+from audio_thinker.app.errors import TrainingError
+from audio_thinker.core.config import Config
+from audio_thinker.core.log import get_logger
+
+log = get_logger(__name__)
+
+
+def synthetic_splits(config: Config, with_eval: bool = True) -> list[tuple[str, int]]:
+    """The synthetic splits (name, size) to write, after checking every manifest path.
+
+    Synthetic data is written only where it belongs (`data.audio_root/<split>.jsonl`) and only when that file is
+    missing; any other missing manifest is an error naming the key and the path, raised before anything is
+    written or loaded (a typo in a path must never overwrite a data set).
+    """
+    d = config.data
+    root = Path(d.audio_root)
+    todo = []
+    manifests = [("data.train_manifest", d.train_manifest, d.synthetic_train_size, "train")]
+    if with_eval:
+        manifests.append(("data.eval_manifest", d.eval_manifest, d.synthetic_eval_size, "eval"))
+    for key, manifest, size, split in manifests:
+        if not manifest or Path(manifest).is_file():
+            continue
+        target = root / f"{split}.jsonl"
+        if not d.make_synthetic_if_missing:
+            raise TrainingError(f"{key}={manifest}: no such file (data.make_synthetic_if_missing=false)")
+        if Path(manifest).resolve() != target.resolve():
+            raise TrainingError(
+                f"{key}={manifest}: no such file; synthetic data is only written to {target} "
+                "(data.audio_root/<split>.jsonl), so check the path"
+            )
+        todo.append((split, size))
+    return todo
+
+
+def prepare_models(config: Config) -> None:
+    """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
+    `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
+    m = config.model
+    missing = [p for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
+    if missing and m.make_tiny_if_missing:
+        for folder in sorted({str(Path(p).parent) for p in missing}):
+            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps)
+    built = read_provenance(m.policy_path)
+    if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
+        log.warning(
+            "tiny policy %s was built with %d format warm-up steps, model.tiny_warmup_steps=%d: using it as is "
+            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d)",
+            m.policy_path,
+            built["warmup_steps"],
+            m.tiny_warmup_steps,
+            Path(m.policy_path).parent,
+            m.tiny_warmup_steps,
+        )
+
+
+def prepare_demo(config: Config, with_eval: bool = True) -> None:
+    """Every manifest path checked, then the missing tiny models and synthetic splits written (SFT: no held-out
+    split, `with_eval=False`)."""
+    splits = synthetic_splits(config, with_eval)
+    prepare_models(config)
+    for split, size in splits:
+        log.info("writing the synthetic %s split (%d questions) to %s", split, size, config.data.audio_root)
+        write_synthetic_dataset(config.data.audio_root, n=size, seed=config.run.seed, split=split)

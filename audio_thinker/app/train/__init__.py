@@ -1,0 +1,1 @@
+"""Training: the GRPO driver and its parts, SFT, the run directory, planning and export."""
