@@ -60,14 +60,15 @@ class JudgeService:
     ):
         self.group = ActorGroup(
             "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host),
-            num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.timeout_s, timeout_key="judge.timeout_s",
+            num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.call_timeout_s,
+            timeout_key="judge.call_timeout_s",
             placement=placement, max_restarts=judge.max_restarts,
         )
         (self.url,) = self.group.get(
             self.group.submit("url"),
             "start the judge server",
-            timeout_s=judge.restart_timeout_s,
-            timeout_key="judge.restart_timeout_s",
+            timeout_s=judge.startup_timeout_s,
+            timeout_key="judge.startup_timeout_s",
         )
 
     def pid(self) -> int:

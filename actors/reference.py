@@ -1,10 +1,10 @@
 """The reference model: the frozen initial policy, asked only for completion log-probs (the KL anchor).
 
 Plain transformers, no DeepSpeed and no optimizer state, in a one-actor `ActorGroup`. Its resources are
-fractional (`trainer.reference_num_cpus` / `reference_num_gpus`) so that it can share trainer rank 0's bundle and
-GPU (`trainer.reference_placement=colocate`) or have its own (`separate`).
+fractional (`reference.num_cpus` / `reference.num_gpus`) so that it can share trainer rank 0's bundle and
+GPU (`reference.placement=colocate`) or have its own (`separate`).
 
-A reference actor that dies is restarted by Ray (up to `trainer.reference_max_restarts`): the new process loads
+A reference actor that dies is restarted by Ray (up to `reference.max_restarts`): the new process loads
 the model folder again, which is what the reference must hold, so its weights checksum must equal the one taken
 before the death; the lost call is then made again. A restarted process refuses log-prob calls until that check
 is done, so a death between two calls is caught too (docs/fault-tolerance.md).
@@ -22,7 +22,7 @@ import torch
 
 from actors.group import ActorDiedError, ActorGroup, restarted_actor
 from actors.placement import Placed
-from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.config import BenchToggles, ReferenceConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.models import checkpoint_state, load_policy
 from audio_thinker.core.threads import use_cpu_share
@@ -39,10 +39,10 @@ class ReferenceModel:
         self,
         model_path: str,
         family: str,
-        dtype: str = "float32",
-        micro_batch_size: int = 8,
-        encode_audio_once: bool = True,
-        num_cpus: float = 1.0,
+        dtype: str,
+        micro_batch_size: int,
+        encode_audio_once: bool,
+        num_cpus: float,
     ):
         redirect_actor_output("reference")
         setup_logging()
@@ -56,7 +56,7 @@ class ReferenceModel:
         self.restarted = restarted_actor()  # its weights are checked by the driver before it is used again
         log.info("reference pid %d: %s (%s) on %s", os.getpid(), model_path, family, self.device)
 
-    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float) -> list[np.ndarray]:
         if self.restarted:
             raise ReferenceRestartedError(
                 f"reference pid {os.getpid()} was restarted: the driver checks its weights before it is used"
@@ -95,11 +95,14 @@ class Reference:
         self,
         model_path: str | Path,
         family: str,
-        cfg: TrainerConfig,
-        dtype: str = "float32",
+        cfg: ReferenceConfig,
+        micro_batch_size: int,
+        dtype: str,
         placement: Sequence[Placed] | None = None,
+        toggles: BenchToggles | None = None,
     ):
         self.model_path = str(model_path)
+        share_clips = (toggles or BenchToggles()).encode_audio_once
         self.group = ActorGroup(
             "reference model",
             ReferenceModel,
@@ -108,25 +111,27 @@ class Reference:
                 self.model_path,
                 family,
                 dtype,
-                cfg.micro_batch_size,
-                cfg.encode_audio_once,
-                cfg.reference_num_cpus,
+                micro_batch_size,
+                share_clips,
+                cfg.num_cpus,
             ),
-            num_cpus=cfg.reference_num_cpus,
-            num_gpus=cfg.reference_num_gpus,
-            timeout_s=cfg.timeout_s,
-            timeout_key="trainer.timeout_s",
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            timeout_s=cfg.call_timeout_s,
+            timeout_key="reference.call_timeout_s",
             placement=placement,
-            max_restarts=cfg.reference_max_restarts,
-            restart_key="trainer.reference_max_restarts",
+            max_restarts=cfg.max_restarts,
+            restart_key="reference.max_restarts",
+            restart_timeout_s=cfg.startup_timeout_s,
+            restart_timeout_key="reference.startup_timeout_s",
         )
         self.checksum: str | None = None  # of the weights it holds, taken on first use (restartable only)
         self.lock = threading.Lock()
         self.retries = self.restarts_taken = 0
 
-    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float) -> list[np.ndarray]:
         """The reference log-probs of every completion; a call lost with a dead actor is made again once Ray has
-        restarted it (ActorDiedError naming it past `trainer.reference_max_restarts`)."""
+        restarted it (ActorDiedError naming it past `reference.max_restarts`)."""
         for attempt in range(self.group.max_restarts + 1):
             seen = self.group.processes[0]
             try:

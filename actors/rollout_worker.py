@@ -55,7 +55,7 @@ class RolloutWorker:
     """Hosts one engine. A plain class: `RolloutPool` runs it as a Ray actor; it also works in-process."""
 
     def __init__(
-        self, rollout: RolloutConfig, model_path: str, family: str, dtype: str = "float32", seed: int = 0
+        self, rollout: RolloutConfig, model_path: str, family: str, dtype: str, seed: int
     ) -> None:
         redirect_actor_output("rollout-worker")
         setup_logging()
@@ -205,8 +205,8 @@ class RolloutPool:
         rollout: RolloutConfig,
         model_path: str,
         family: str,
-        dtype: str = "float32",
-        seed: int = 0,
+        dtype: str,
+        seed: int,
         placement: Sequence[Placed] | None = None,
     ) -> None:
         self.rollout = rollout

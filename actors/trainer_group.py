@@ -4,7 +4,7 @@
 and a free port), sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* in each actor before DeepSpeed starts (else
 DeepSpeed looks for MPI), and splits each step's sequences over the ranks so that N ranks take the same
 optimizer step as one rank would (see trainer/engine.py for the loss scaling). Every remote call is awaited
-with `trainer.timeout_s`: a hung rank fails the step instead of hanging the run.
+with `trainer.call_timeout_s`: a hung rank fails the step instead of hanging the run.
 
 Weight sync, sender side: `publish_weights` (Ray object store) or `open_sync` + `broadcast_weights` (a process
 group of trainer rank 0 and the rollout workers' `WeightReceiver`s, see actors/weight_sync.py).
@@ -24,7 +24,7 @@ import ray
 
 from actors.group import ActorGroup
 from actors.placement import Placed
-from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.config import BenchToggles, TrainerConfig
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
@@ -75,6 +75,7 @@ class PolicyTrainerRank:
         cfg: TrainerConfig,
         total_steps: int,
         dtype: str,
+        toggles: BenchToggles,
     ) -> None:
         # Each actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES), so its local rank is 0.
         os.environ.update(
@@ -86,7 +87,7 @@ class PolicyTrainerRank:
         )
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
         use_cpu_share(cfg.num_cpus_per_rank)
-        self.engine = PolicyEngine(model_path, family, cfg, total_steps=total_steps, dtype=dtype)
+        self.engine = PolicyEngine(model_path, family, cfg, total_steps, dtype, toggles)
 
     def train_step(self, shard: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float) -> dict:
         log.info("rank %d: train step on %d of %d sequences", self.rank, len(shard), num_sequences)
@@ -155,12 +156,13 @@ class PolicyTrainerGroup:
         family: str,
         cfg: TrainerConfig,
         total_steps: int,
-        dtype: str = "float32",
+        dtype: str,
         placement: Sequence[Placed] | None = None,
+        toggles: BenchToggles | None = None,
     ):
         self.cfg = cfg
         self.family = family
-        self.setup_args = (str(model_path), family, cfg, total_steps, dtype)
+        self.setup_args = (str(model_path), family, cfg, total_steps, dtype, toggles or BenchToggles())
         self.placement = placement
         self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
         self.ranks = self._start()
@@ -175,13 +177,14 @@ class PolicyTrainerGroup:
             lambda r: (r, n),
             num_cpus=cfg.num_cpus_per_rank,
             num_gpus=cfg.num_gpus_per_rank,
-            timeout_s=cfg.timeout_s,
-            timeout_key="trainer.timeout_s",
+            timeout_s=cfg.call_timeout_s,
+            timeout_key="trainer.call_timeout_s",
             placement=self.placement,
         )
         try:
             addr, port = ranks.call_rank0("rendezvous")
-            ranks.call("setup", addr, port, *self.setup_args, what="load the policy")
+            refs = ranks.submit("setup", addr, port, *self.setup_args)
+            ranks.get(refs, "load the policy", self.cfg.startup_timeout_s, "trainer.startup_timeout_s")
         except BaseException:
             ranks.shutdown()
             raise
@@ -211,7 +214,7 @@ class PolicyTrainerGroup:
         shards, num_micro = shard_plan(len(batch), len(self.ranks), self.cfg.micro_batch_size)
         return [batch.select(s) for s in shards], num_micro
 
-    def train_step(self, batch: PolicyBatch, temperature: float = 1.0) -> dict[str, float]:
+    def train_step(self, batch: PolicyBatch, temperature: float) -> dict[str, float]:
         """The updates of one rollout batch: `trainer.ppo_epochs` passes, each of `trainer.mini_batches_per_step`
         optimizer steps on consecutive shares of the sequences (the paper: one step on all of them). Returns the
         step's metrics (`actor/*`, `timing_s/train`)."""
@@ -249,7 +252,7 @@ class PolicyTrainerGroup:
             "timing_s/train": time.perf_counter() - start,
         }
 
-    def compute_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> list[np.ndarray]:
+    def compute_logprobs(self, batch: PolicyBatch, temperature: float) -> list[np.ndarray]:
         """Per-sequence completion log-probs under the current weights (the 'old' log-probs), in batch order."""
         parts, num_micro = self._sharded(batch)
         results = self.ranks.call_each("compute_logprobs", [(part, num_micro, temperature) for part in parts])
@@ -284,7 +287,7 @@ class PolicyTrainerGroup:
     def open_sync(self, endpoint: SyncEndpoint, receiver_refs: list) -> list:
         """Form the broadcast group. `receiver_refs` are the workers' (already started) calls that construct their
         `WeightReceiver`s: both sides block until all have joined, so they are awaited together."""
-        refs = [self.ranks.actors[0].open_sync.remote(endpoint, self.cfg.timeout_s), *receiver_refs]
+        refs = [self.ranks.actors[0].open_sync.remote(endpoint, self.cfg.call_timeout_s), *receiver_refs]
         owners = ["trainer rank 0", *(f"weight receiver {i}" for i in range(1, len(refs)))]
         return self.ranks.get(refs, "open the weight-sync group", owners=owners)[1:]
 

@@ -57,12 +57,12 @@ def make_batch(path: Path) -> PolicyBatch:
 
 
 def measure(path: Path, cfg: TrainerConfig, steps: int, out: Path) -> dict:
-    engine = PolicyEngine(path, FAMILY, cfg, total_steps=steps + 1)
+    engine = PolicyEngine(path, FAMILY, cfg, steps + 1, "float32")
     batch = make_batch(path)
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        engine.train_step(batch, len(batch), 1)
+        engine.train_step(batch, len(batch), 1, 1.0)
         times.append(time.perf_counter() - start)
     start = time.perf_counter()
     sent = sum(t.numel() * t.element_size() for _, t in engine.checkpoint_tensors())

@@ -5,7 +5,7 @@ HTTP judge; same seed, so the same questions) started fresh, `--steps` steps lon
 (engine start-up, first JIT) and is left out of the means. Variants:
 
 - per-sample: the audio encoder runs once per sample and the old log-probs get their own forward
-  (`trainer.encode_audio_once=false trainer.recompute_old_logprobs=true`: the step as it was);
+  (`BenchToggles(encode_audio_once=False, recompute_old_logprobs=True)`: the step as it was);
 - once-per-clip: each clip encoded once per pass, still with the separate old forward;
 - synchronous: the default (each clip encoded once, no old forward, `run.max_staleness=0`): the reference;
 - streaming: `run.stream_groups=true`, the judge and the reference start on each group as it returns;
@@ -31,25 +31,27 @@ import _run_env  # noqa: F401 (the run's environment, before vLLM, DeepSpeed and
 import numpy as np
 
 from audio_thinker.app.train.driver import Driver
+from audio_thinker.core.config import BenchToggles
 from audio_thinker.core.presets import load_config
 
+# name -> (config overrides, benchmark toggles: the slower ways that are no user config)
 VARIANTS = {
-    "per-sample": ["trainer.encode_audio_once=false", "trainer.recompute_old_logprobs=true"],
-    "once-per-clip": ["trainer.recompute_old_logprobs=true"],
-    "synchronous": [],
-    "streaming": ["run.stream_groups=true"],
-    "staleness-1": ["run.max_staleness=1"],
-    "staleness-2": ["run.max_staleness=2"],
-    "staleness-1+stream": ["run.max_staleness=1", "run.stream_groups=true"],
+    "per-sample": ([], BenchToggles(encode_audio_once=False, recompute_old_logprobs=True)),
+    "once-per-clip": ([], BenchToggles(recompute_old_logprobs=True)),
+    "synchronous": ([], BenchToggles()),
+    "streaming": (["run.stream_groups=true"], BenchToggles()),
+    "staleness-1": (["run.max_staleness=1"], BenchToggles()),
+    "staleness-2": (["run.max_staleness=2"], BenchToggles()),
+    "staleness-1+stream": (["run.max_staleness=1", "run.stream_groups=true"], BenchToggles()),
 }
 DEFAULT_VARIANTS = ["synchronous", "streaming", "staleness-1", "staleness-2"]
 PHASES = ("gen", "judge", "old_logprob", "ref", "train", "sync")
 
 
-def run_variant(overrides: list[str], steps: int, out: Path) -> list[dict]:
+def run_variant(overrides: list[str], toggles: BenchToggles, steps: int, out: Path) -> list[dict]:
     """The variant's steps' metrics, each with `wall`: seconds from the previous step's end to its own."""
     config = load_config(None, [*overrides, f"run.output_dir={out}", f"run.total_steps={steps}", "run.loggers=[]"])
-    driver = Driver.from_config(config)
+    driver = Driver.from_config(config, toggles=toggles)
     try:
         driver.run_dir.create(config)
         out_metrics, last = [], time.perf_counter()
@@ -75,7 +77,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         for name in args.variants:
-            metrics = run_variant([*args.overrides, *VARIANTS[name]], args.steps, Path(tmp) / name)[1:]
+            overrides, toggles = VARIANTS[name]
+            metrics = run_variant([*args.overrides, *overrides], toggles, args.steps, Path(tmp) / name)[1:]
             samples = np.mean([m["actor/sequences"] for m in metrics])
             results[name] = {p: np.mean([m.get(f"timing_s/{p}", np.nan) for m in metrics]) for p in PHASES}
             results[name]["wall/step"] = np.mean([m["wall"] for m in metrics])

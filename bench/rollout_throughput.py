@@ -77,7 +77,7 @@ def bench_engine(
     engine = build_engine(rollout, str(model_path), FAMILY, "float32", seed=0)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        pool = RolloutPool(rollout, str(model_path), FAMILY)
+        pool = RolloutPool(rollout, str(model_path), FAMILY, "float32", 0)
         calls = {
             f"{name} (direct)": engine.generate,
             f"{name} (1-worker pool)": lambda r, s: pool.generate(r, s, min_version=0),

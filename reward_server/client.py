@@ -23,6 +23,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.vocab import ScoreMode
 from reward_server.schemas import (
     InfoResponse,
@@ -34,6 +35,10 @@ from reward_server.schemas import (
     RewardResponse,
     ScoreName,
 )
+
+# A run's judge settings are the defaults of every client (one default per key: `JudgeConfig`).
+TIMEOUT_S = JudgeConfig.model_fields["call_timeout_s"].default
+MAX_RETRIES = JudgeConfig.model_fields["max_retries"].default
 
 API_KEY_ENV = "AUDIO_THINKER_JUDGE_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -201,8 +206,8 @@ class JudgeClient(_Base):
         self,
         base_url: str,
         api_key: str | None = None,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
+        timeout_s: float = TIMEOUT_S,
+        max_retries: int = MAX_RETRIES,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         seed: int | None = None,
@@ -295,8 +300,8 @@ class AsyncJudgeClient(_Base):
         self,
         base_url: str,
         api_key: str | None = None,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
+        timeout_s: float = TIMEOUT_S,
+        max_retries: int = MAX_RETRIES,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         seed: int | None = None,

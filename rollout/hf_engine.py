@@ -77,7 +77,7 @@ def batch_seed(requests: Sequence[GenerationRequest]) -> int | None:
 
 class TransformersEngine(GenerationEngine):
     def __init__(
-        self, model_path: str | Path, family: str, dtype: str = "float32", device: str | None = None
+        self, model_path: str | Path, family: str, dtype: str, device: str | None = None
     ) -> None:
         self.family = family
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -103,7 +103,7 @@ class VLLMEngine(GenerationEngine):
         self,
         model_path: str | Path,
         family: str,
-        dtype: str = "float32",
+        dtype: str,
         max_model_len: int = 4096,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.5,

@@ -125,7 +125,7 @@ CLI_RUN_PLACEMENT = [
     "trainer.num_cpus_per_rank=0.5",
     "rollout.num_cpus_per_worker=0.5",
     "judge.num_cpus=0.25",
-    "trainer.reference_num_cpus=0.25",
+    "reference.num_cpus=0.25",
 ]
 
 

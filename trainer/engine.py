@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.config import BenchToggles, TrainerConfig
 from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
@@ -119,13 +119,20 @@ class PolicyEngine:
     """The policy wrapped by DeepSpeed (ZeRO-2/3, AdamW, lr schedule, clipping) and what the trainer asks of it."""
 
     def __init__(
-        self, model_path: str | Path, family: str, cfg: TrainerConfig, total_steps: int, dtype: str = "float32"
+        self,
+        model_path: str | Path,
+        family: str,
+        cfg: TrainerConfig,
+        total_steps: int,
+        dtype: str,
+        toggles: BenchToggles | None = None,
     ):
         import deepspeed
 
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"trainer dtype {dtype!r} is not supported: use bfloat16 (GPU) or float32 (CPU)")
         self.cfg = cfg
+        self.share_clips = (toggles or BenchToggles()).encode_audio_once
         self.family = family
         self.model_path = Path(model_path)
         self.on_gpu = torch.cuda.is_available()
@@ -181,7 +188,7 @@ class PolicyEngine:
         return float(self.scheduler.get_last_lr()[0])
 
     def train_step(
-        self, batch: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float = 1.0
+        self, batch: PolicyBatch, num_sequences: int, num_micro_batches: int, temperature: float
     ) -> dict:
         """One optimizer step over this rank's share of the step's sequences.
 
@@ -215,7 +222,7 @@ class PolicyEngine:
         for k in range(num_micro_batches):
             real = k < len(chunks)
             idx = chunks[k] if real else chunks[0]
-            inputs = collate(batch, idx, self.device, self.cfg.encode_audio_once)
+            inputs = collate(batch, idx, self.device, self.share_clips)
             mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
             logp = self.engine(**inputs, temperature=temperature)
             width = logp.shape[1]
@@ -270,9 +277,9 @@ class PolicyEngine:
         loss_sum, tokens = 0.0, 0
         for k in range(num_micro_batches):
             real = k < len(chunks)
-            inputs = collate(batch, chunks[k] if real else chunks[0], self.device, self.cfg.encode_audio_once)
+            inputs = collate(batch, chunks[k] if real else chunks[0], self.device, self.share_clips)
             mask = inputs.pop("mask") if real else torch.zeros_like(inputs.pop("mask"))
-            loss = sft_loss(self.engine(**inputs), mask, num_tokens)
+            loss = sft_loss(self.engine(**inputs, temperature=1.0), mask, num_tokens)  # the untempered NLL
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if real:
                 loss_sum += float(loss.detach())
@@ -302,7 +309,7 @@ class PolicyEngine:
         return pad_ragged([values[i] for i in idx], width, self.device)
 
     def compute_logprobs(
-        self, batch: PolicyBatch, num_micro_batches: int, temperature: float = 1.0, adapters: bool = True
+        self, batch: PolicyBatch, num_micro_batches: int, temperature: float, adapters: bool = True
     ) -> list[np.ndarray]:
         """Completion log-probs under the current weights (the GRPO 'old' log-probs); collective under ZeRO-3.
         `adapters=False` (LoRA only): with the adapters switched off, which is the initial policy (the reference)
@@ -318,7 +325,7 @@ class PolicyEngine:
                 self.device,
                 temperature,
                 num_micro_batches,
-                self.cfg.encode_audio_once,
+                self.share_clips,
             )
 
     def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:

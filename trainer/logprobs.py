@@ -174,7 +174,7 @@ class CompletionLogprobs(torch.nn.Module):
         clip_index: torch.Tensor,
         positions: torch.Tensor,
         targets: torch.Tensor,
-        temperature: float = 1.0,
+        temperature: float,
     ) -> torch.Tensor:
         clips = audio_embeddings(self.policy, input_features, feature_attention_mask)
         embeds = merge_audio_embeddings(self.policy, input_ids, clips, clip_index)
@@ -197,8 +197,8 @@ def compute_logprobs(
     module: torch.nn.Module,
     batch: PolicyBatch,
     micro_batch_size: int,
-    device: torch.device | str = "cpu",
-    temperature: float = 1.0,
+    device: torch.device | str,
+    temperature: float,
     num_micro_batches: int | None = None,
     share_clips: bool = True,
 ) -> list[np.ndarray]:

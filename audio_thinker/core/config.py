@@ -8,6 +8,7 @@ unknown keys, and `Config` rejects combinations the code cannot run, naming the 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -181,7 +182,7 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
         None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY)."
     )
     backend: JudgeBackendName = Field("transformers", description="Backend of an in-cluster judge.")
-    timeout_s: float = Field(120.0, gt=0, description="Client timeout of one judge request.")
+    call_timeout_s: float = Field(120.0, gt=0, description="Deadline of one judge request (the client's timeout).")
     max_retries: int = Field(5, ge=0, description="Client retries on 429/5xx/connection errors before the step fails.")
     request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
     num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor (of each replica on Ray Serve).")
@@ -192,8 +193,8 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
     max_restarts: int = Field(
         2, ge=0, description="Restarts of a dead or unresponsive in-cluster judge actor before the run fails."
     )
-    restart_timeout_s: float = Field(
-        300.0, gt=0, description="How long the in-cluster judge actor may take to start or restart and be ready."
+    startup_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline for the in-cluster judge to start (or restart) and answer /ready."
     )
 
 
@@ -302,11 +303,6 @@ class TrainerConfig(Section):
         "(verl's ppo_mini_batch_size as a count); the paper: 1. Above 1, the old log-probs come from a separate "
         "forward before the first update.",
     )
-    recompute_old_logprobs: bool = Field(
-        False,
-        description="Run the separate old-log-prob forward even with one update per rollout batch, where it "
-        "equals the loss pass's detached log-probs (ratio 1) and is skipped by default; for benchmarks and checks.",
-    )
     is_correction: IsCorrection = Field(
         "none",
         description="Off-policy correction between the rollout engine's policy (behaviour: the log-probs it reports) "
@@ -324,12 +320,6 @@ class TrainerConfig(Section):
         "plus numerical noise, and a cap of 1 would truncate (decoupled: drop) about half of those tokens; finite, "
         "as untruncated weights have unbounded variance.",
     )
-    encode_audio_once: bool = Field(
-        True,
-        description="Run the audio encoder once per distinct clip of a micro-batch and share its output over the "
-        "clip's samples (gradients summed over them, as per sample); false: once per sample (the old cost, for "
-        "benchmarks).",
-    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
     lora: LoraConfig | None = Field(
@@ -342,27 +332,19 @@ class TrainerConfig(Section):
         "object_store", description="How new weights reach the rollout workers."
     )
     sync_bucket_mb: int = Field(256, ge=1, description="Bucket size of the weight broadcast.")
-    reference_placement: ReferencePlacement = Field(
-        "separate",
-        description="Where the reference model runs: separate = its own placement bundle (on a GPU run, its own "
-        "GPU: trainer.reference_num_gpus >= 1); colocate = in trainer rank 0's bundle, sharing its GPU (rank 0 "
-        "then asks Ray for trainer.num_gpus_per_rank - trainer.reference_num_gpus). See docs/placement.md.",
-    )
-    reference_num_cpus: float = Field(
-        0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
-    )
-    reference_num_gpus: float = Field(
-        0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
-    )
-    reference_max_restarts: int = Field(
+    max_restarts: int = Field(
         2,
         ge=0,
-        description="Restarts of a dead reference-model actor within a run: Ray restarts it (within "
-        "trainer.timeout_s) from the model folder, its weights checksum must equal the one it had before, and "
-        "the lost log-prob call is made again; past this count the run stops naming it. 0: the first death "
-        "stops the run. docs/fault-tolerance.md.",
+        description="Trainer-group restarts within a run: a dead trainer rank makes the driver start the group "
+        "anew, load the last checkpoint and redo the steps since (same data order); past this count the run "
+        "stops. 0: the first death stops the run. docs/fault-tolerance.md.",
     )
-    timeout_s: float = Field(
+    startup_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Deadline for the trainer ranks to start: rendezvous, DeepSpeed set-up and the policy loaded.",
+    )
+    call_timeout_s: float = Field(
         1800.0,
         gt=0,
         description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails.",
@@ -379,21 +361,6 @@ class TrainerConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _reference_fits(self) -> TrainerConfig:
-        ref, rank = self.reference_num_gpus, self.num_gpus_per_rank
-        if self.reference_placement == "colocate" and ref > 0 and not ref < rank:
-            raise ValueError(
-                f"trainer.reference_placement=colocate: trainer.reference_num_gpus={ref} must be a share of trainer "
-                f"rank 0's GPU, i.e. less than trainer.num_gpus_per_rank={rank}"
-            )
-        if self.reference_placement == "colocate" and rank > 0 and ref == 0:
-            raise ValueError(
-                "trainer.reference_placement=colocate on GPU ranks needs trainer.reference_num_gpus > 0 (its share "
-                "of rank 0's GPU, e.g. 0.25); with 0 Ray would hide the GPU from the reference"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _dr_grpo_length(self) -> TrainerConfig:
         if self.loss_type == "dr_grpo" and self.max_completion_length is None:
             raise ValueError(
@@ -407,10 +374,35 @@ class TrainerConfig(Section):
         """Optimizer updates on each rollout batch; above 1 the old policy differs from the current one."""
         return self.ppo_epochs * self.mini_batches_per_step
 
-    @property
-    def separate_old_pass(self) -> bool:
-        """Whether the old log-probs need their own forward (else: the loss pass's, detached)."""
-        return self.updates_per_batch > 1 or self.recompute_old_logprobs
+
+
+class ReferenceConfig(Section):
+    """The reference model (the KL anchor): a frozen copy of the initial policy in its own actor."""
+
+    placement: ReferencePlacement = Field(
+        "separate",
+        description="Where the reference model runs: separate = its own placement bundle (on a GPU run, its own "
+        "GPU: reference.num_gpus >= 1); colocate = in trainer rank 0's bundle, sharing its GPU (rank 0 then asks "
+        "Ray for trainer.num_gpus_per_rank - reference.num_gpus). See docs/placement.md.",
+    )
+    num_cpus: float = Field(
+        0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
+    )
+    num_gpus: float = Field(
+        0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
+    )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Restarts of a dead reference-model actor within a run: Ray restarts it (within "
+        "reference.startup_timeout_s) from the model folder, its weights checksum must equal the one it had "
+        "before, and the lost log-prob call is made again; past this count the run stops naming it. 0: the first "
+        "death stops the run. docs/fault-tolerance.md.",
+    )
+    startup_timeout_s: float = Field(
+        1800.0, gt=0, description="Deadline for the reference actor to start (or restart) and load the policy."
+    )
+    call_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one reference log-prob call.")
 
 
 class RunConfig(Section):
@@ -457,13 +449,6 @@ class RunConfig(Section):
         gt=0,
         description="Deadline for Ray to reserve the run's placement groups before the run fails, naming them.",
     )
-    max_restarts: int = Field(
-        2,
-        ge=0,
-        description="Trainer-group restarts within a run: a dead trainer rank makes the driver start the group "
-        "anew, load the last checkpoint and redo the steps since (same data order); past this count the run "
-        "stops. 0: the first death stops the run. docs/fault-tolerance.md.",
-    )
     max_staleness: int = Field(
         0,
         ge=0,
@@ -507,6 +492,7 @@ class Config(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The reward judge service.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward variant.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="GRPO and DeepSpeed.")
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="The reference model (KL).")
     sft: SftConfig = Field(default_factory=SftConfig, description="Supervised fine-tuning (audio-thinker sft).")
 
     @model_validator(mode="after")
@@ -548,3 +534,27 @@ class Config(Section):
                 "rank needs at least one sequence of every mini-batch"
             )
         return self
+
+    @model_validator(mode="after")
+    def _reference_fits(self) -> Config:
+        ref, rank, placement = self.reference.num_gpus, self.trainer.num_gpus_per_rank, self.reference.placement
+        if placement == "colocate" and ref > 0 and not ref < rank:
+            raise ValueError(
+                f"reference.placement=colocate: reference.num_gpus={ref} must be a share of trainer "
+                f"rank 0's GPU, i.e. less than trainer.num_gpus_per_rank={rank}"
+            )
+        if placement == "colocate" and rank > 0 and ref == 0:
+            raise ValueError(
+                "reference.placement=colocate on GPU ranks needs reference.num_gpus > 0 (its share "
+                "of rank 0's GPU, e.g. 0.25); with 0 Ray would hide the GPU from the reference"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class BenchToggles:
+    """The step's earlier, slower ways, kept for benchmarks (bench/pipeline.py) and equivalence tests; not user
+    config: the default is always the faster way, and each toggle changes cost, never the numbers."""
+
+    encode_audio_once: bool = True  # False: the audio encoder runs once per sample, not once per clip
+    recompute_old_logprobs: bool = False  # True: a separate old-log-prob forward even with one update per batch

@@ -24,7 +24,7 @@ def _check_folder(path: str | Path) -> Path:
     return path
 
 
-def load_policy(path: str | Path, family: str, dtype: str = "float32", device: str | torch.device = "cpu"):
+def load_policy(path: str | Path, family: str, dtype: str, device: str | torch.device = "cpu"):
     """The policy model in eval mode. A full Qwen2.5-Omni checkpoint yields its thinker (no talker)."""
     path = _check_folder(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")

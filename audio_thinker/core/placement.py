@@ -6,7 +6,7 @@ same groups out on nodes and GPUs, so the plan and the run agree. Rules (docs/pl
 - rollout workers: one bundle per worker holding all of its tensor-parallel GPUs, PACK;
 - the in-cluster judge: one bundle (replicas on Ray Serve, `judge.replicas`, are placed by Serve: none);
 - the reference: its own bundle (`separate`) or inside trainer rank 0's bundle (`colocate`), where rank 0 gives
-  it `trainer.reference_num_gpus` of its GPU.
+  it `reference.num_gpus` of its GPU.
 """
 
 from __future__ import annotations
@@ -53,22 +53,22 @@ def run_groups(config: Config, node_gpus: float | None = None, with_judge: bool 
     """The placement groups of a run, in the order they are reserved. `node_gpus`: the GPUs of the largest node
     (default `run.gpus_per_node`), which decides whether the trainer ranks can be strictly packed on one node;
     `with_judge=False`: a run with its own reward function starts no judge."""
-    t, r, j = config.trainer, config.rollout, config.judge
+    t, r, j, ref_cfg = config.trainer, config.rollout, config.judge, config.reference
     node_gpus = config.run.gpus_per_node if node_gpus is None else node_gpus
     groups = []
 
-    colocate = t.reference_placement == "colocate"
+    colocate = ref_cfg.placement == "colocate"
     bundles = [_bundle(t.num_cpus_per_rank, t.num_gpus_per_rank) for _ in range(t.num_ranks)]
     trainer_gpus = t.num_ranks * t.num_gpus_per_rank
     strategy = "STRICT_PACK" if 0 < trainer_gpus <= node_gpus else "PACK"
     trainer = GroupSpec("trainer ranks", strategy, bundles, keys="trainer.num_ranks, trainer.num_gpus_per_rank")
     for rank in range(t.num_ranks):
-        gpus = t.num_gpus_per_rank - (t.reference_num_gpus if colocate and rank == 0 else 0.0)
+        gpus = t.num_gpus_per_rank - (ref_cfg.num_gpus if colocate and rank == 0 else 0.0)
         trainer.slots.append(Slot(f"trainer rank {rank}", "trainer", rank, t.num_cpus_per_rank, gpus))
     if colocate:
-        bundles[0]["CPU"] += t.reference_num_cpus
-        trainer.slots.append(Slot("reference model", "reference", 0, t.reference_num_cpus, t.reference_num_gpus))
-        trainer.keys += ", trainer.reference_num_gpus (colocated)"
+        bundles[0]["CPU"] += ref_cfg.num_cpus
+        trainer.slots.append(Slot("reference model", "reference", 0, ref_cfg.num_cpus, ref_cfg.num_gpus))
+        trainer.keys += ", reference.num_gpus (colocated)"
     groups.append(trainer)
 
     cpus, gpus = r.num_cpus_per_worker, r.num_gpus_per_worker
@@ -86,14 +86,14 @@ def run_groups(config: Config, node_gpus: float | None = None, with_judge: bool 
         judge = GroupSpec("judge", "PACK", [_bundle(j.num_cpus, j.num_gpus)], [judge_slot], keys="judge.num_gpus")
         groups.append(judge)
     if not colocate:
-        ref = Slot("reference model", "reference", 0, t.reference_num_cpus, t.reference_num_gpus)
+        ref = Slot("reference model", "reference", 0, ref_cfg.num_cpus, ref_cfg.num_gpus)
         groups.append(
             GroupSpec(
                 "reference model",
                 "PACK",
-                [_bundle(t.reference_num_cpus, t.reference_num_gpus)],
+                [_bundle(ref_cfg.num_cpus, ref_cfg.num_gpus)],
                 [ref],
-                keys="trainer.reference_num_gpus",
+                keys="reference.num_gpus",
             )
         )
     return groups

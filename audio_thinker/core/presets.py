@@ -20,6 +20,25 @@ from audio_thinker.core.config import Config
 
 PRESET_DIR = Path(str(resources.files("audio_thinker") / "configs"))
 
+# Keys renamed on 2026-12-07 (README, "Config renames"): one name per idea in every section (`<part>.max_restarts`,
+# `<part>.startup_timeout_s`, `<part>.call_timeout_s`) and a `reference` section. An old key in a file or an
+# override is an error naming the new one; a run directory's saved config.yaml is read with the new names.
+RENAMED = {
+    "run.max_restarts": "trainer.max_restarts",
+    "trainer.timeout_s": "trainer.call_timeout_s",
+    "trainer.reference_placement": "reference.placement",
+    "trainer.reference_num_cpus": "reference.num_cpus",
+    "trainer.reference_num_gpus": "reference.num_gpus",
+    "trainer.reference_max_restarts": "reference.max_restarts",
+    "judge.timeout_s": "judge.call_timeout_s",
+    "judge.restart_timeout_s": "judge.startup_timeout_s",
+}
+# Benchmark toggles that left the user config (they change cost, never the numbers): bench/pipeline.py's variants.
+REMOVED = {
+    "trainer.encode_audio_once": "it is a benchmark toggle now (bench/pipeline.py --variants per-sample)",
+    "trainer.recompute_old_logprobs": "it is a benchmark toggle now (bench/pipeline.py --variants once-per-clip)",
+}
+
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names the key and the value."""
@@ -134,16 +153,37 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The built-in defaults, or a preset / YAML file with its `base:` chain, then `key=value` overrides."""
+def _old_keys(data: dict, source: str, migrate: bool) -> None:
+    """Renamed and removed keys: an error naming the new name, or (`migrate`: a saved run's config) moved to it."""
+    for old, why in [*((o, f"renamed {n}") for o, n in RENAMED.items()), *REMOVED.items()]:
+        section, key = old.split(".")
+        if not (isinstance(data.get(section), dict) and key in data[section]):
+            continue
+        if not migrate:
+            raise ConfigError(f"{old} ({source}): {why} (README: config renames)")
+        value = data[section].pop(key)
+        if old in RENAMED:
+            new_section, new_key = RENAMED[old].split(".")
+            target = data.get(new_section)
+            data[new_section] = target if isinstance(target, dict) else {}
+            data[new_section].setdefault(new_key, value)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), saved_run: bool = False
+) -> Config:
+    """The built-in defaults, or a preset / YAML file with its `base:` chain, then `key=value` overrides.
+    `saved_run`: `path` is a run directory's config.yaml, whose keys from before a rename are read as the new ones."""
     source = "built-in defaults"
     data: dict = {}
     if path:
         resolved = resolve_config_path(path)
         data, source = read_config_file(resolved), str(resolved)
+        _old_keys(data, source, migrate=saved_run)
     for text in overrides:
         keys, value = parse_override(text)
         apply_override(data, keys, value)
+        _old_keys(data, f"override {text}", migrate=False)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Sequence
 
-from reward_server.client import API_KEY_ENV, JudgeClient
+from reward_server.client import API_KEY_ENV, MAX_RETRIES, TIMEOUT_S, JudgeClient
 from reward_server.schemas import RewardResponse
 
 URL_ENV = "AUDIO_THINKER_JUDGE_URL"
@@ -16,7 +16,9 @@ _clients: dict[tuple[str, str | None], JudgeClient] = {}
 _lock = threading.Lock()
 
 
-def judge_client(url: str | None, api_key: str | None, timeout_s: float = 120.0, max_retries: int = 5) -> JudgeClient:
+def judge_client(
+    url: str | None, api_key: str | None, timeout_s: float = TIMEOUT_S, max_retries: int = MAX_RETRIES
+) -> JudgeClient:
     """A shared client for (url, key); `url` None reads AUDIO_THINKER_JUDGE_URL, `api_key` None reads
     AUDIO_THINKER_JUDGE_API_KEY. ValueError when no URL is given either way."""
     url = url or os.environ.get(URL_ENV)

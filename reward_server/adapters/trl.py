@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from reward_server.adapters.common import judge_client, rewards, term_values
+from reward_server.client import MAX_RETRIES, TIMEOUT_S
 
 
 def as_text(value: Any) -> str:
@@ -40,8 +41,8 @@ class JudgeReward:
         label_column: str = "answer",
         term: str = "total",
         chunk: int = 64,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
+        timeout_s: float = TIMEOUT_S,
+        max_retries: int = MAX_RETRIES,
     ):
         self.client = judge_client(judge_url, api_key, timeout_s, max_retries)
         self.label_column = label_column

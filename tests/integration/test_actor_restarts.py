@@ -5,7 +5,7 @@ refreshed before anyone uses it, and past the group's bound (or when Ray cannot 
 the actor, the restarts used and the config key. A rollout pool (transformers engine: cheap to restart) whose
 worker died between two calls: the restarted worker refuses to generate until the pool has given it its
 weights, then answers as before; past `rollout.max_restarts` the run's error names the worker. The same for the
-reference (`trainer.reference_max_restarts`): a restarted one is checked (same weights checksum) before it
+reference (`reference.max_restarts`): a restarted one is checked (same weights checksum) before it
 answers, with the same log-probs. The vLLM worker killed mid-generation is in test_rollout_workers.py, the
 reference killed mid-compute and a whole run in test_run_recovery.py.
 """
@@ -24,7 +24,7 @@ import ray
 from actors.group import ActorDiedError, ActorGroup, process_id, restarted_actor
 from actors.reference import Reference
 from actors.rollout_worker import RolloutPool
-from audio_thinker.core.config import RolloutConfig, TrainerConfig
+from audio_thinker.core.config import ReferenceConfig, RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
@@ -140,7 +140,7 @@ def test_an_actor_ray_cannot_restart_and_a_group_without_restarts_are_named(ray_
 def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(ray_session, tiny_models):
     rollout = RolloutConfig(engine="transformers", num_workers=1, num_cpus_per_worker=0.5, max_restarts=1,
                             startup_timeout_s=120, call_timeout_s=120)  # fmt: skip
-    pool = RolloutPool(rollout, str(tiny_models["qwen2_audio"]), "qwen2_audio")
+    pool = RolloutPool(rollout, str(tiny_models["qwen2_audio"]), "qwen2_audio", "float32", 0)
     try:
         clip = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
         requests = [GenerationRequest(render_chat("qwen2_audio", f"Question {k}?"), clip, seed=k) for k in range(3)]
@@ -164,20 +164,20 @@ def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(r
 
 def test_a_reference_restarted_between_calls_is_checked_then_gives_the_same_logprobs(ray_session, tiny_models):
     path = tiny_models["qwen2_audio"]
-    cfg = TrainerConfig(reference_num_cpus=0.25, reference_max_restarts=1, timeout_s=120)
-    reference = Reference(path, "qwen2_audio", cfg)
+    cfg = ReferenceConfig(num_cpus=0.25, max_restarts=1, call_timeout_s=120)
+    reference = Reference(path, "qwen2_audio", cfg, 8, "float32")
     try:
         encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
         clip = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
         prompt = encoder.encode(render_chat("qwen2_audio", "How many beeps?"), clip)
         batch = PolicyBatch(prompts=[prompt], prompt_index=[0, 0], completion_ids=[[40, 41, 42], [43, 44]])
-        before = reference.compute_logprobs(batch)
+        before = reference.compute_logprobs(batch, 1.0)
         checksum = reference.checksum
         assert checksum is not None  # taken on first use: what a restart is checked against
         pid = ray.get(reference.group.actors[0].__ray_call__.remote(lambda _: os.getpid()))
         os.kill(pid, signal.SIGKILL)
         wait_restarted(reference.group.actors[0], reference.group.processes[0])
-        after = reference.compute_logprobs(batch)  # refused by the new process, checked, then asked again
+        after = reference.compute_logprobs(batch, 1.0)  # refused by the new process, checked, then asked again
         for a, b in zip(before, after, strict=True):
             np.testing.assert_array_equal(a, b)
         assert reference.checksum == checksum == reference.weights_checksum()
@@ -186,7 +186,7 @@ def test_a_reference_restarted_between_calls_is_checked_then_gives_the_same_logp
         pid = ray.get(reference.group.actors[0].__ray_call__.remote(lambda _: os.getpid()))
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ActorDiedError, match=r"reference model 0 died .*; not restarted again: the reference "
-                           r"models were restarted 1 time\(s\), the most trainer.reference_max_restarts=1 allows"):
-            reference.compute_logprobs(batch)
+                           r"models were restarted 1 time\(s\), the most reference.max_restarts=1 allows"):
+            reference.compute_logprobs(batch, 1.0)
     finally:
         reference.close()

@@ -52,7 +52,7 @@ def test_grpo_raises_the_toy_reward(ray_session, warm_policy, tiny_models, tmp_p
             "rollout.call_timeout_s=300",
             "trainer.lr=1e-3",
             f"trainer.micro_batch_size={QUESTIONS * 8}",
-            "trainer.timeout_s=300",
+            "trainer.call_timeout_s=300",
         ],
     )
     run = run_training(config, reward_fn=toy_reward)

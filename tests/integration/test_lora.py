@@ -39,7 +39,7 @@ def make_batch(path, family: str) -> PolicyBatch:
 
 def lora_policy(path, family: str, lora: LoraConfig, freeze_audio_encoder: bool):
     """The policy as the trainer builds it: architecture-fixed and requested freezing, then the adapters."""
-    policy = load_policy(path, family)
+    policy = load_policy(path, family, "float32")
     freeze(policy, freeze_audio_encoder)
     peft = apply_lora(policy, family, lora, train_audio_encoder=not freeze_audio_encoder)
     return policy, peft
@@ -64,7 +64,7 @@ def test_trainable_parameters_by_hand(tiny_models):
     lora = LoraConfig(rank=4)
     frozen_audio = trainable_parameters(path, "qwen2_audio", TrainerConfig(lora=lora, freeze_audio_encoder=True))
     assert frozen_audio == 2 * 4 * (4 * 128 + 3 * 192) == 8704
-    policy = load_policy(path, "qwen2_audio")
+    policy = load_policy(path, "qwen2_audio", "float32")
     freeze(policy, False)
     full = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     assert trainable_parameters(path, "qwen2_audio", TrainerConfig()) == full
@@ -102,9 +102,9 @@ def test_a_step_moves_only_the_trained_tensors(freeze_audio_encoder, tiny_models
     assert changed == trained
 
     # The adapters-off pass is the initial policy exactly when only adapters trained (the reference option).
-    base = compute_logprobs(CompletionLogprobs(load_policy(path, family)), batch, 8)
+    base = compute_logprobs(CompletionLogprobs(load_policy(path, family, "float32")), batch, 8, "cpu", 1.0)
     with adapters_disabled(peft):
-        off = compute_logprobs(module, batch, 8)
+        off = compute_logprobs(module, batch, 8, "cpu", 1.0)
     gap = max(np.abs(a - b).max() for a, b in zip(base, off))
     assert gap == 0.0 if freeze_audio_encoder else gap > 1e-3
 
@@ -112,7 +112,7 @@ def test_a_step_moves_only_the_trained_tensors(freeze_audio_encoder, tiny_models
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merged_weights_equal_the_hand_merge_and_give_the_same_logprobs(family, tiny_models):
     path = tiny_models[family]
-    original = load_policy(path, family).state_dict()
+    original = load_policy(path, family, "float32").state_dict()
     policy, _ = lora_policy(path, family, LoraConfig(rank=4, alpha=12, target_modules=["q_proj", "down_proj"]), True)
     gen = torch.Generator().manual_seed(0)
     for name, p in policy.named_parameters():
@@ -133,11 +133,11 @@ def test_merged_weights_equal_the_hand_merge_and_give_the_same_logprobs(family, 
     k_proj = f"{language_model_prefix(family)}.layers.1.self_attn.k_proj"
     assert torch.equal(merged[f"{k_proj}.weight"], original[f"{k_proj}.weight"])  # not targeted: untouched
 
-    plain = load_policy(path, family)
+    plain = load_policy(path, family, "float32")
     plain.load_state_dict(merged)
     batch = make_batch(path, family)
-    adapted = compute_logprobs(CompletionLogprobs(policy).eval(), batch, 8)
-    for x, y in zip(adapted, compute_logprobs(CompletionLogprobs(plain), batch, 8)):
+    adapted = compute_logprobs(CompletionLogprobs(policy).eval(), batch, 8, "cpu", 1.0)
+    for x, y in zip(adapted, compute_logprobs(CompletionLogprobs(plain), batch, 8, "cpu", 1.0)):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 

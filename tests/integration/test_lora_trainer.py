@@ -53,13 +53,13 @@ def published(group) -> dict[str, torch.Tensor]:
 def groups(ray_session, tiny_models):
     """A ZeRO-2 and a ZeRO-3 LoRA group after the same two steps, and the weights the ZeRO-2 one sent after each."""
     path = tiny_models[FAMILY]
-    zero2 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=2), total_steps=4)
-    zero3 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=3), total_steps=4)
+    zero2 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=2), 4, "float32")
+    zero3 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=3), 4, "float32")
     sent = []
     for seed in (1, 2):  # B starts at zero: after two steps both A and B have moved
         batch = make_batch(path, seed)
-        zero2.train_step(batch)
-        zero3.train_step(batch)
+        zero2.train_step(batch, 1.0)
+        zero3.train_step(batch, 1.0)
         sent.append(published(zero2))
     yield path, zero2, zero3, sent
     zero2.shutdown()
@@ -98,7 +98,7 @@ def test_checkpoint_holds_the_adapters_and_resume_restores_them(groups, tmp_path
             by_hand = source[key] + (LORA.alpha / LORA.rank) * (b @ a)
             torch.testing.assert_close(sent[-1][key], by_hand, rtol=0, atol=1e-6)
         saved = group.weights_checksum()
-        group.train_step(make_batch(path, 3))
+        group.train_step(make_batch(path, 3), 1.0)
         assert group.weights_checksum() != saved
         state = group.load_checkpoint(folder)
         assert group.weights_checksum() == saved and group.status()["step"] == state["step"] == 2
@@ -114,12 +114,13 @@ def test_export_loads_in_both_engines_with_the_trainers_logprobs(groups, tmp_pat
     encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
     prompt = render_chat(FAMILY, "Question 0: what do you hear?")
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
-    for engine in (TransformersEngine(folder, FAMILY), VLLMEngine(folder, FAMILY, max_model_len=1024)):
+    engines = (TransformersEngine(folder, FAMILY, "float32"), VLLMEngine(folder, FAMILY, "float32", max_model_len=1024))
+    for engine in engines:
         try:
             request = GenerationRequest(prompt, audio, seed=5)
             (group,) = engine.generate([request], SamplingConfig(n=2, max_new_tokens=6))
         finally:
             engine.close()
         batch = PolicyBatch([encoder.encode(prompt, audio)], [0, 0], [s.token_ids for s in group])
-        for s, lp in zip(group, zero2.compute_logprobs(batch)):
+        for s, lp in zip(group, zero2.compute_logprobs(batch, 1.0)):
             np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=1e-4)

@@ -95,7 +95,7 @@ def perturbed(state: dict[str, torch.Tensor], seed: int = 1, scale: float = 0.02
 
 def model_with(path, family: str, state: dict[str, torch.Tensor]):
     """A fresh transformers model holding `state` (checkpoint keys): the reference for new weights."""
-    model = load_policy(path, family)
+    model = load_policy(path, family, "float32")
     model.load_state_dict({model_key(family, k): v for k, v in state.items()})
     return model
 
@@ -110,9 +110,9 @@ def setup(request, tiny_models):
     """(family, path, engine, reference model, prompt encoder) shared by the tests of one family."""
     family = request.param
     path = tiny_models[family]
-    engine = TransformersEngine(path, family)
+    engine = TransformersEngine(path, family, "float32")
     encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
-    yield family, path, engine, load_policy(path, family), encoder
+    yield family, path, engine, load_policy(path, family, "float32"), encoder
     engine.close()
 
 
@@ -162,7 +162,7 @@ def test_qwen2_audio_prompt_ids_equal_the_processor(tiny_models, clips):
     from transformers import AutoProcessor
 
     path = tiny_models["qwen2_audio"]
-    engine = TransformersEngine(path, "qwen2_audio")
+    engine = TransformersEngine(path, "qwen2_audio", "float32")
     request = make_requests("qwen2_audio", clips)[1]
     sample = engine.generate([request], SamplingConfig(n=1, max_new_tokens=1))[0][0]
     processor = AutoProcessor.from_pretrained(path)
@@ -187,8 +187,8 @@ def test_same_seeds_same_samples(setup, clips):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_new_weights_are_used(family, tiny_models, clips):
     path = tiny_models[family]
-    engine = TransformersEngine(path, family)
-    old = load_policy(path, family)
+    engine = TransformersEngine(path, family, "float32")
+    old = load_policy(path, family, "float32")
     new_state = perturbed(checkpoint_state(old, family))
     report = engine.load_weights(new_state, version=3)
     assert report.checksum == state_checksum(new_state)
@@ -208,8 +208,8 @@ def test_new_weights_are_used(family, tiny_models, clips):
 def test_multimodal_placeholders_are_never_sampled(family, tiny_models, clips):
     """An lm_head that makes the placeholders almost certain: masked from sampling, not from the log-probs."""
     path = tiny_models[family]
-    engine = TransformersEngine(path, family)
-    state = checkpoint_state(load_policy(path, family), family)
+    engine = TransformersEngine(path, family, "float32")
+    state = checkpoint_state(load_policy(path, family, "float32"), family)
     head = "language_model.lm_head.weight" if family == "qwen2_audio" else "lm_head.weight"
     banned = banned_token_ids(engine.encoder.tokenizer)
     weight = torch.zeros_like(state[head])
@@ -246,8 +246,8 @@ def test_weight_message_errors_name_the_keys():
 
 
 def test_engine_rejects_a_message_without_loading_it(tiny_models):
-    engine = TransformersEngine(tiny_models["qwen2_audio"], "qwen2_audio")
-    state = checkpoint_state(load_policy(tiny_models["qwen2_audio"], "qwen2_audio"), "qwen2_audio")
+    engine = TransformersEngine(tiny_models["qwen2_audio"], "qwen2_audio", "float32")
+    state = checkpoint_state(load_policy(tiny_models["qwen2_audio"], "qwen2_audio", "float32"), "qwen2_audio")
     before = state_checksum(checkpoint_state(engine.model, "qwen2_audio"))
     broken = {k: v + 1 for k, v in state.items()}
     broken["language_model.model.layers.0.mlp.up_proj.weight"] = torch.zeros(3, 3)
@@ -333,7 +333,7 @@ def test_folder_weights_of_the_tiny_qwen2_audio_match_what_the_trainer_sends(tin
     from rollout.vllm_engine import folder_weights
 
     path = tiny_models["qwen2_audio"]
-    state = checkpoint_state(load_policy(path, "qwen2_audio"), "qwen2_audio")
+    state = checkpoint_state(load_policy(path, "qwen2_audio", "float32"), "qwen2_audio")
     assert folder_weights(path, "qwen2_audio") == {k: tuple(v.shape) for k, v in state.items()}
 
 

@@ -53,14 +53,14 @@ def clips(tmp_path_factory) -> list[np.ndarray]:
 def reference(tiny_models):
     """(fp32 transformers model with the folder's weights, prompt encoder)."""
     path = tiny_models[FAMILY]
-    return load_policy(path, FAMILY), PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
+    return load_policy(path, FAMILY, "float32"), PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
 
 
 @pytest.fixture(scope="module")
 def vllm_pool(ray_session, tiny_models):
     rollout = RolloutConfig(engine="vllm", num_workers=1, num_cpus_per_worker=0.5, max_model_len=1024,
                             startup_timeout_s=300, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY)
+    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0)
     yield pool
     pool.close()
 
@@ -209,7 +209,7 @@ def test_vllm_worker_killed_mid_generation_is_restarted_on_the_current_weights(
 @pytest.fixture(scope="module")
 def hf_pool(ray_session, tiny_models):
     rollout = RolloutConfig(engine="transformers", num_workers=2, num_cpus_per_worker=0.5, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY)
+    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0)
     yield pool
     pool.close()
 
@@ -242,7 +242,7 @@ def test_pool_weight_sync_checks_checksums(hf_pool, reference, clips):
 
 def test_worker_in_process_takes_an_object_ref(ray_session, tiny_models, reference):
     model, _ = reference
-    worker = RolloutWorker(RolloutConfig(engine="transformers"), str(tiny_models[FAMILY]), FAMILY)
+    worker = RolloutWorker(RolloutConfig(engine="transformers"), str(tiny_models[FAMILY]), FAMILY, "float32", 0)
     state = checkpoint_state(model, FAMILY)
     report = worker.set_weights(ray.put(state), version=1)
     assert report == {"checksum": state_checksum(state), "seconds": report["seconds"], "version": 1,

@@ -86,7 +86,7 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     inputs = collate(batch, range(len(batch)))
     mask = inputs.pop("mask")
     with torch.no_grad():
-        logp = CompletionLogprobs(load_policy(policy, "qwen2_audio"))(**inputs)
+        logp = CompletionLogprobs(load_policy(policy, "qwen2_audio", "float32"))(**inputs)
     assert logged[0]["sft/tokens"] == int(mask.sum())
     assert logged[0]["sft/loss"] == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-4)
 
@@ -104,7 +104,7 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     engine.close()
     rollout = RolloutConfig(engine="vllm", num_workers=1, num_cpus_per_worker=0.5, max_model_len=1024,
                             startup_timeout_s=300, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(run / "final"), "qwen2_audio")  # vLLM loads the export as a checkpoint
+    pool = RolloutPool(rollout, str(run / "final"), "qwen2_audio", "float32", 0)  # vLLM loads the export
     try:
         served = pool.generate([GenerationRequest(prompt, data.audio(0))], SamplingConfig(n=1, max_new_tokens=4),
                                min_version=0)

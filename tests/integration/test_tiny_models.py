@@ -55,7 +55,7 @@ def test_qwen2_audio_checkpoint_uses_the_hub_layout(tiny_models):
     assert "language_model.model.embed_tokens.weight" in keys
     assert "language_model.lm_head.weight" in keys  # untied, like the real 7B model
     assert not any(k.startswith("language_model.model.model.") for k in keys)
-    model = load_policy(tiny_models["qwen2_audio"], "qwen2_audio")
+    model = load_policy(tiny_models["qwen2_audio"], "qwen2_audio", "float32")
     assert not torch.equal(model.lm_head.weight, model.model.language_model.embed_tokens.weight)
     for k in model.state_dict():
         assert model_key("qwen2_audio", checkpoint_key("qwen2_audio", k)) == k
@@ -64,7 +64,7 @@ def test_qwen2_audio_checkpoint_uses_the_hub_layout(tiny_models):
 def test_qwen2_audio_generates_8_samples(tiny_models, clip):
     path = tiny_models["qwen2_audio"]
     processor = AutoProcessor.from_pretrained(path)
-    model = load_policy(path, "qwen2_audio")
+    model = load_policy(path, "qwen2_audio", "float32")
     prompt = render_chat("qwen2_audio", "How many beeps?")
     inputs = processor(text=prompt, audio=[clip], sampling_rate=16000, return_tensors="pt")
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def test_qwen2_audio_generates_8_samples(tiny_models, clip):
 
 def test_qwen2_5_omni_thinker_generates_8_samples(tiny_models, clip):
     path = tiny_models["qwen2_5_omni"]
-    model = load_policy(path, "qwen2_5_omni")
+    model = load_policy(path, "qwen2_5_omni", "float32")
     enc = PromptEncoder(load_tokenizer(path), load_feature_extractor(path)).encode(
         render_chat("qwen2_5_omni", "How many beeps?"), clip
     )
@@ -199,7 +199,7 @@ def test_warm_policies_sample_both_valid_modes(warm_models, tiny_models, family,
     sampling = SamplingConfig(n=8, temperature=1.0, max_new_tokens=48, logprobs=False)
     modes = {}
     for name, path in (("warm", warm_models[family]), ("random", tiny_models[family])):
-        engine = TransformersEngine(path, family, device="cpu")
+        engine = TransformersEngine(path, family, "float32", device="cpu")
         groups = engine.generate(requests, sampling)
         engine.close()
         modes[name] = [parse_response(s.text).mode for group in groups for s in group]

@@ -17,7 +17,7 @@ from actors.group import ActorGroup
 from actors.placement import PlacementError, RunPlacement
 from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.core.config import TrainerConfig
+from audio_thinker.core.config import ReferenceConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
@@ -44,8 +44,7 @@ def trainer_config(**overrides) -> TrainerConfig:
         "lr_schedule": "cosine",
         "micro_batch_size": 2,
         "beta": 0.04,
-        "reference_num_cpus": 0.2,
-        "timeout_s": 300,
+        "call_timeout_s": 300,
         "sync_bucket_mb": 1,
     }
     return TrainerConfig(**(base | overrides))
@@ -101,7 +100,7 @@ def test_actors_start_in_their_reserved_bundles(ray_session):
         def where(self) -> str:
             return ray.get_runtime_context().get_placement_group_id()
 
-    placement = RunPlacement(load_config(None, [*SMALL, "trainer.reference_placement=colocate"]))
+    placement = RunPlacement(load_config(None, [*SMALL, "reference.placement=colocate"]))
     try:
         trainer_pg = placement.pgs[0].id.hex()
         ranks = ActorGroup("probe", Probe, 2, lambda _: (), num_cpus=1, timeout_s=60, timeout_key="-",
@@ -124,7 +123,7 @@ def policy_path(tiny_models):
 
 @pytest.fixture(scope="module")
 def reference(ray_session, policy_path):
-    return Reference(policy_path, FAMILY, trainer_config())
+    return Reference(policy_path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=300), 2, "float32")
 
 
 @pytest.fixture(scope="module")
@@ -133,28 +132,28 @@ def batches(reference, policy_path):
     out = []
     for seed in (1, 2):
         batch = make_batch(policy_path, seed)
-        batch.ref_logprobs = reference.compute_logprobs(batch)
+        batch.ref_logprobs = reference.compute_logprobs(batch, 1.0)
         out.append(batch)
     return out
 
 
 @pytest.fixture(scope="module")
 def one_rank(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS)
+    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32")
     yield group
     group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2), TOTAL_STEPS)
+    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2), TOTAL_STEPS, "float32")
     yield group
     group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def two_ranks_zero3(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2, zero_stage=3), TOTAL_STEPS)
+    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2, zero_stage=3), TOTAL_STEPS, "float32")
     yield group
     group.shutdown()
 
@@ -169,10 +168,11 @@ def first_step(one_rank, two_ranks, two_ranks_zero3, batches):
     log-prob offset by exactly 0.01 (the mismatch metric must say 0.01)."""
     batch = batches[0]
     initial = published(one_rank)
-    batch.old_logprobs = one_rank.compute_logprobs(batch)
+    batch.old_logprobs = one_rank.compute_logprobs(batch, 1.0)
     batch.engine_logprobs = [lp + np.float32(0.01) for lp in batch.old_logprobs]
     metrics = {
-        name: g.train_step(batch) for name, g in (("one", one_rank), ("two", two_ranks), ("zero3", two_ranks_zero3))
+        name: g.train_step(batch, 1.0)
+        for name, g in (("one", one_rank), ("two", two_ranks), ("zero3", two_ranks_zero3))
     }
     return initial, metrics
 
@@ -182,10 +182,10 @@ def test_reference_equals_initial_policy(reference, one_rank, two_ranks_zero3, b
     assert reference.weights_checksum() == source
     assert one_rank.weights_checksum() == source  # trainer weights gathered under checkpoint keys
     assert two_ranks_zero3.weights_checksum() == source  # ZeRO-3: gathered from two partitions
-    old = one_rank.compute_logprobs(batches[0])
+    old = one_rank.compute_logprobs(batches[0], 1.0)
     for a, b in zip(old, batches[0].ref_logprobs):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    old3 = two_ranks_zero3.compute_logprobs(batches[0])
+    old3 = two_ranks_zero3.compute_logprobs(batches[0], 1.0)
     for a, b in zip(old3, old):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -239,15 +239,15 @@ def test_checkpoint_resume_equals_not_stopping(
     saved = one_rank.save_checkpoint(root, extra={"data_position": 7}, keep=1)
     at_save = one_rank.status()
     assert at_save["step"] == 1 and at_save["lr"] == pytest.approx(1e-3)
-    continued = one_rank.train_step(batches[1])
+    continued = one_rank.train_step(batches[1], 1.0)
     continued_weights = one_rank.weights_checksum()
 
-    resumed = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS)
+    resumed = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32")
     try:
         state = resumed.load_checkpoint(latest_checkpoint(root))
         assert state["step"] == 1 and state["extra"] == {"data_position": 7}
         assert resumed.status() == at_save  # step, lr position and RNG states
-        again = resumed.train_step(batches[1])
+        again = resumed.train_step(batches[1], 1.0)
         assert resumed.weights_checksum() == continued_weights  # bitwise
         for key in ("actor/loss", "actor/grad_norm", "actor/lr", "actor/kl"):
             assert again[key] == continued[key], key
@@ -270,9 +270,9 @@ def test_export_loads_with_the_same_logprobs(first_step, two_ranks_zero3, batche
     for name in ("tokenizer.json", "processor_config.json", "chat_template.jinja", "generation_config.json"):
         assert (out / name).read_bytes() == (policy_path / name).read_bytes(), name
 
-    model = load_policy(out, FAMILY)
-    local = compute_logprobs(CompletionLogprobs(model), batches[0], micro_batch_size=4)
-    remote = two_ranks_zero3.compute_logprobs(batches[0])
+    model = load_policy(out, FAMILY, "float32")
+    local = compute_logprobs(CompletionLogprobs(model), batches[0], 4, "cpu", 1.0)
+    remote = two_ranks_zero3.compute_logprobs(batches[0], 1.0)
     for a, b in zip(local, remote):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert load_tokenizer(out).convert_tokens_to_ids("<|AUDIO|>") == model.config.audio_token_id
@@ -328,9 +328,9 @@ def test_several_updates_per_batch_use_the_old_logprobs(two_ranks, batches, poli
     two_ranks.cfg = trainer_config(num_ranks=2, ppo_epochs=2, mini_batches_per_step=2)
     try:
         with pytest.raises(ValueError, match="need the batch's old_logprobs"):
-            two_ranks.train_step(batch)
-        batch.old_logprobs = two_ranks.compute_logprobs(batch)
-        metrics = two_ranks.train_step(batch)
+            two_ranks.train_step(batch, 1.0)
+        batch.old_logprobs = two_ranks.compute_logprobs(batch, 1.0)
+        metrics = two_ranks.train_step(batch, 1.0)
     finally:
         two_ranks.cfg = before
     assert metrics["actor/updates"] == 4 and two_ranks.status()["step"] == start + 4
@@ -353,13 +353,13 @@ def test_omni_thinker_trains_and_exports(ray_session, tiny_models, tmp_path_fact
         advantages=[1.0, -1.0],
     )
     cfg = trainer_config(beta=0.0, gradient_checkpointing=True, freeze_audio_encoder=True)
-    group = PolicyTrainerGroup(path, family, cfg, TOTAL_STEPS)
+    group = PolicyTrainerGroup(path, family, cfg, TOTAL_STEPS, "float32")
     try:
         initial = published(group)
-        metrics = group.train_step(batch)
+        metrics = group.train_step(batch, 1.0)
         after = published(group)
         out = group.export(tmp_path_factory.mktemp("omni") / "policy")
-        remote = group.compute_logprobs(batch)
+        remote = group.compute_logprobs(batch, 1.0)
     finally:
         group.shutdown()
     assert metrics["actor/sequences"] == 2 and metrics["actor/kl"] == 0
@@ -367,7 +367,7 @@ def test_omni_thinker_trains_and_exports(ray_session, tiny_models, tmp_path_fact
     assert any(k.startswith("visual.") for k in frozen) and any(k.startswith("audio_tower.") for k in frozen)
     assert all(torch.equal(after[k], initial[k]) for k in frozen)
     assert any(not torch.equal(after[k], initial[k]) for k in after if k.startswith("model."))
-    local = compute_logprobs(CompletionLogprobs(load_policy(out, family)), batch, micro_batch_size=2)
+    local = compute_logprobs(CompletionLogprobs(load_policy(out, family, "float32")), batch, 2, "cpu", 1.0)
     for a, b in zip(local, remote):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert set(load_file(str(out / "model.safetensors"))) == set(load_file(str(path / "model.safetensors")))

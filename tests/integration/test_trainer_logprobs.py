@@ -41,7 +41,7 @@ def one_thread():
 def case(request, tiny_models):
     family = request.param
     path = tiny_models[family]
-    return family, load_policy(path, family), make_batch(path, family)
+    return family, load_policy(path, family, "float32"), make_batch(path, family)
 
 
 def unpadded_reference(model, batch: PolicyBatch, temperature: float) -> list[np.ndarray]:
@@ -68,7 +68,7 @@ def test_batched_equals_unpadded(case, temperature):
     expected = unpadded_reference(model, batch, temperature)
     module = CompletionLogprobs(model)
     for micro in (1, 3, 4):
-        got = compute_logprobs(module, batch, micro_batch_size=micro, temperature=temperature)
+        got = compute_logprobs(module, batch, micro, "cpu", temperature)
         assert [len(g) for g in got] == [3, 6, 1, 4]
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, atol=2e-5, err_msg=f"{family} micro={micro}")
@@ -77,8 +77,8 @@ def test_batched_equals_unpadded(case, temperature):
 def test_temperature_scales_logits(case):
     _, model, batch = case
     module = CompletionLogprobs(model)
-    hot = compute_logprobs(module, batch, 4, temperature=2.0)
-    cold = compute_logprobs(module, batch, 4, temperature=1.0)
+    hot = compute_logprobs(module, batch, 4, "cpu", 2.0)
+    cold = compute_logprobs(module, batch, 4, "cpu", 1.0)
     assert not np.allclose(hot[0], cold[0])
     assert all((h <= 0).all() for h in hot)
 
@@ -86,12 +86,12 @@ def test_temperature_scales_logits(case):
 def test_padding_micro_batches_changes_nothing(case):
     _, model, batch = case
     module = CompletionLogprobs(model)
-    plain = compute_logprobs(module, batch, 3)
-    padded = compute_logprobs(module, batch, 3, num_micro_batches=4)
+    plain = compute_logprobs(module, batch, 3, "cpu", 1.0)
+    padded = compute_logprobs(module, batch, 3, "cpu", 1.0, num_micro_batches=4)
     for a, b in zip(plain, padded):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="less than the 2 needed"):
-        compute_logprobs(module, batch, 3, num_micro_batches=1)
+        compute_logprobs(module, batch, 3, "cpu", 1.0, num_micro_batches=1)
 
 
 def per_sample_logprobs(model, inputs: dict, temperature: float = 1.0) -> torch.Tensor:
@@ -148,7 +148,7 @@ def test_on_policy_old_logprobs_equal_a_separate_old_pass(case):
     module = CompletionLogprobs(model)
     inputs = collate(batch, range(4))
     mask = inputs.pop("mask")
-    separate = pad_ragged(compute_logprobs(module, batch, micro_batch_size=4), mask.shape[1])
+    separate = pad_ragged(compute_logprobs(module, batch, 4, "cpu", 1.0), mask.shape[1])
     ref = separate + 0.05
     adv = torch.tensor([1.0, -0.5, 0.25, -2.0])
     results = []

@@ -65,13 +65,13 @@ def test_merge_update_metrics_hand_values():
 
 
 def test_freeze(tiny_models):
-    audio = load_policy(tiny_models["qwen2_audio"], "qwen2_audio")
+    audio = load_policy(tiny_models["qwen2_audio"], "qwen2_audio", "float32")
     assert freeze(audio, False) == ["model.audio_tower.embed_positions.weight"]
     frozen = freeze(audio, True)
     assert frozen == [n for n, _ in audio.named_parameters() if "audio_tower." in n]
     assert not any(p.requires_grad for n, p in audio.named_parameters() if "audio_tower." in n)
     assert all(p.requires_grad for n, p in audio.named_parameters() if "audio_tower." not in n)
-    omni = load_policy(tiny_models["qwen2_5_omni"], "qwen2_5_omni")
+    omni = load_policy(tiny_models["qwen2_5_omni"], "qwen2_5_omni", "float32")
     frozen = freeze(omni, False)
     assert frozen and all(n.startswith("visual.") for n in frozen)
     assert len(frozen) == sum(1 for n, _ in omni.named_parameters() if n.startswith("visual."))

@@ -26,8 +26,8 @@ def actors(ray_session, tiny_models):
     path = str(tiny_models["qwen2_audio"])
     rollout = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=0.25, max_model_len=1024)
     trainer_cfg = TrainerConfig(num_ranks=1, num_cpus_per_rank=0.25, lr=1e-3, micro_batch_size=8, beta=0.0)
-    pool = RolloutPool(rollout, path, "qwen2_audio")
-    trainer = PolicyTrainerGroup(path, "qwen2_audio", trainer_cfg, total_steps=4)
+    pool = RolloutPool(rollout, path, "qwen2_audio", "float32", 0)
+    trainer = PolicyTrainerGroup(path, "qwen2_audio", trainer_cfg, 4, "float32")
     encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
     yield pool, trainer, encoder, path
     pool.close()
@@ -55,7 +55,7 @@ def train_once(trainer, pool, encoder, version: int) -> None:
         completion_ids=[s.token_ids for _, s in flat],
         advantages=list(np.linspace(-1.5, 1.5, len(flat))),
     )
-    trainer.train_step(batch)
+    trainer.train_step(batch, 1.0)
 
 
 @pytest.mark.parametrize("backend", ["object_store", "broadcast"])
@@ -75,10 +75,11 @@ def test_sync_reaches_every_worker(actors, backend):
     batch = PolicyBatch(
         prompts=encoded, prompt_index=[k for k, _ in flat], completion_ids=[s.token_ids for _, s in flat]
     )
-    trainer_lp = trainer.compute_logprobs(batch)
+    trainer_lp = trainer.compute_logprobs(batch, 1.0)
     for (_, s), lp in zip(flat, trainer_lp):
         np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=1e-4)  # sampled from the new weights
-    initial = compute_logprobs(CompletionLogprobs(load_policy(pool_path, "qwen2_audio")), batch, micro_batch_size=8)
+    initial_policy = CompletionLogprobs(load_policy(pool_path, "qwen2_audio", "float32"))
+    initial = compute_logprobs(initial_policy, batch, 8, "cpu", 1.0)
     assert max(np.abs(a - b).max() for a, b in zip(initial, trainer_lp)) > 1e-3  # ... which are not the old ones
 
     with pytest.raises(Exception, match="version"):
@@ -101,12 +102,13 @@ def test_exported_folder_loads_in_both_engines(actors, tmp_path):
     prompt = render_chat("qwen2_audio", "Question 0: what do you hear?")
     audio = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
     request = GenerationRequest(prompt, audio, seed=5)
-    for engine in (TransformersEngine(folder, "qwen2_audio"), VLLMEngine(folder, "qwen2_audio", max_model_len=1024)):
+    hf = TransformersEngine(folder, "qwen2_audio", "float32")
+    for engine in (hf, VLLMEngine(folder, "qwen2_audio", "float32", max_model_len=1024)):
         try:
             (group,) = engine.generate([request], SamplingConfig(n=2, max_new_tokens=6))
         finally:
             engine.close()
         batch = PolicyBatch(prompts=[encoder.encode(prompt, audio)], prompt_index=[0, 0],
                             completion_ids=[s.token_ids for s in group])
-        for s, lp in zip(group, trainer.compute_logprobs(batch)):
+        for s, lp in zip(group, trainer.compute_logprobs(batch, 1.0)):
             np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=1e-4)

@@ -1,11 +1,20 @@
 """Config loading: presets validate, overrides apply, bad keys and values are errors that name them."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from audio_thinker.core.config import Config, RolloutConfig
-from audio_thinker.core.presets import PRESET_DIR, ConfigError, dump_config, load_config, parse_override
+from audio_thinker.core.presets import (
+    PRESET_DIR,
+    REMOVED,
+    RENAMED,
+    ConfigError,
+    dump_config,
+    load_config,
+    parse_override,
+)
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in PRESET_DIR.glob("*.yaml")))
@@ -219,3 +228,38 @@ def test_tensor_parallelism_needs_its_gpus_in_the_section_itself():
     """Checked where the section is built, so a pool can never be started with a placement that cannot fit."""
     with pytest.raises(ValueError, match="tensor_parallel_size=2 needs that many GPUs per worker"):
         RolloutConfig(engine="vllm", tensor_parallel_size=2, num_gpus_per_worker=1)
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
+def test_a_renamed_key_is_one_error_naming_its_new_name(tmp_path, old, new):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(old)} \(override .*\): renamed {re.escape(new)} "):
+        load_config(None, [f"{old}=1"])
+    section, key = old.split(".")
+    (tmp_path / "old.yaml").write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(old)} \(.*old.yaml\): renamed {re.escape(new)}"):
+        load_config(tmp_path / "old.yaml")
+
+
+def test_a_benchmark_toggle_is_no_config_key():
+    for old in REMOVED:
+        with pytest.raises(ConfigError, match=rf"^{re.escape(old)} .*benchmark toggle"):
+            load_config(None, [f"{old}=false"])
+
+
+def test_a_run_directory_saved_before_the_renames_reads_with_the_new_names(tmp_path):
+    """A config.yaml that a run wrote before the renames: every old key lands on its new one (resume, export,
+    report read it this way), the dropped benchmark toggles are ignored."""
+    saved = tmp_path / "config.yaml"
+    saved.write_text(
+        "run:\n  max_restarts: 1\n"
+        "trainer:\n  timeout_s: 77\n  reference_placement: separate\n  reference_num_cpus: 0.5\n"
+        "  reference_num_gpus: 0.0\n  reference_max_restarts: 4\n  encode_audio_once: true\n"
+        "  recompute_old_logprobs: false\n"
+        "judge:\n  timeout_s: 33\n  restart_timeout_s: 44\n"
+    )
+    config = load_config(saved, saved_run=True)
+    assert (config.trainer.max_restarts, config.trainer.call_timeout_s) == (1, 77)
+    assert (config.reference.num_cpus, config.reference.max_restarts) == (0.5, 4)
+    assert (config.judge.call_timeout_s, config.judge.startup_timeout_s) == (33, 44)
+    with pytest.raises(ConfigError, match="renamed"):
+        load_config(saved)  # a user's own file is told, not silently moved

@@ -87,7 +87,7 @@ def test_unreachable_judge_raises_instead_of_inventing_a_reward():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = load_config(None, ["judge.max_retries=1", "judge.timeout_s=2"])
+    config = load_config(None, ["judge.max_retries=1", "judge.call_timeout_s=2"])
     rows = [row("think", True)]
     with pytest.raises(JudgeUnavailableError):
         call_judge(Judge(f"http://127.0.0.1:{port}", "k"), config.judge, rows, {"consistency", "think_quality"})
@@ -251,7 +251,7 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
 
 
 @pytest.mark.parametrize(
-    "override", ["trainer.ppo_epochs=2", "trainer.mini_batches_per_step=2", "trainer.recompute_old_logprobs=true"]
+    "override", ["trainer.ppo_epochs=2", "trainer.mini_batches_per_step=2"]
 )
 def test_several_updates_per_batch_get_a_separate_old_pass(stub_driver, override):
     driver = stub_driver
@@ -485,7 +485,7 @@ def test_a_dead_trainer_rank_restarts_the_group_from_the_checkpoint_with_the_sam
 
 
 def test_past_run_max_restarts_a_dead_trainer_stops_the_run(dataset, tmp_path):
-    config = load_config(None, [*STUB_OVERRIDES, "run.max_restarts=0"])
+    config = load_config(None, [*STUB_OVERRIDES, "trainer.max_restarts=0"])
     trainer = RestartableTrainer(die_at=2)
     run_dir = RunDir(tmp_path / "run").create(config)
     driver = Driver(config, StubRollout(4), trainer, StubReference(), None, run_dir, dataset, encoder=StubEncoder())

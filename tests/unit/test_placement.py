@@ -27,7 +27,7 @@ def test_paper_presets_reserve_exactly_eight_gpus_with_the_reference_on_trainer_
 
 
 def test_separate_reference_gets_its_own_bundle_and_a_ninth_gpu_is_named():
-    config = load_config("qwen2-audio-7b", ["trainer.reference_placement=separate", "trainer.reference_num_gpus=1"])
+    config = load_config("qwen2-audio-7b", ["reference.placement=separate", "reference.num_gpus=1"])
     groups = run_groups(config)
     assert groups[-1].name == "reference model" and groups[-1].bundles == [{"CPU": 0.25, "GPU": 1.0}]
     with pytest.raises(PlacementError, match=r"needs 9 GPUs, the cluster has 8: trainer ranks 5 .*reference model 1"):
@@ -65,7 +65,7 @@ def test_tiny_cpu_run_is_cpu_bundles_and_no_judge_group_without_an_in_cluster_ju
 
 
 def test_colocated_reference_needs_a_share_of_rank_0s_gpu():
-    with pytest.raises(Exception, match="reference_num_gpus=1.0 must be a share"):
-        load_config("qwen2-audio-7b", ["trainer.reference_num_gpus=1"])
-    with pytest.raises(Exception, match="needs trainer.reference_num_gpus > 0"):
-        load_config("qwen2-audio-7b", ["trainer.reference_num_gpus=0"])
+    with pytest.raises(Exception, match="reference.num_gpus=1.0 must be a share"):
+        load_config("qwen2-audio-7b", ["reference.num_gpus=1"])
+    with pytest.raises(Exception, match="needs reference.num_gpus > 0"):
+        load_config("qwen2-audio-7b", ["reference.num_gpus=0"])

@@ -121,7 +121,7 @@ def test_a_config_that_does_not_fit_exits_2_naming_the_gpu_and_the_biggest_term(
 def test_an_actor_left_without_a_gpu_or_a_ninth_gpu_is_refused(capsys):
     assert main(["plan", "--config", "qwen2.5-omni-7b", "judge.num_gpus=0"]) == 2
     assert "judge server has no GPU on a GPU run (run.num_gpus=8)" in capsys.readouterr().err
-    separate = ["trainer.reference_placement=separate", "trainer.reference_num_gpus=1"]
+    separate = ["reference.placement=separate", "reference.num_gpus=1"]
     assert main(["plan", "--config", "qwen2.5-omni-7b", *separate]) == 2
     assert "the reference model do not fit: the run's actors need 9 GPUs, run.num_gpus=8" in capsys.readouterr().err
     assert main(["plan", "--config", "qwen2.5-omni-7b", *separate, "run.num_gpus=9"]) == 0  # nodes of 8 and 1

@@ -32,8 +32,8 @@ def test_resume_without_the_original_overrides_continues_the_saved_run(saved_run
 
 
 def test_harmless_overrides_are_allowed_on_resume(saved_run):
-    config, changes = resume_config(None, [f"run.output_dir={saved_run}", "judge.timeout_s=7", "run.eval_every=3"])
-    assert (config.judge.timeout_s, config.run.eval_every, config.run.total_steps) == (7, 3, 2)
+    config, changes = resume_config(None, [f"run.output_dir={saved_run}", "judge.call_timeout_s=7", "run.eval_every=3"])
+    assert (config.judge.call_timeout_s, config.run.eval_every, config.run.total_steps) == (7, 3, 2)
     assert changes == {}
 
 

@@ -42,13 +42,14 @@ class ChatClient:
     def __init__(
         self,
         url: str,
-        api_key: str | None = None,
+        api_key: str | None,
         *,
-        timeout_s: float = 120.0,
-        max_retries: int = 5,
-        backoff_s: float = 1.0,
-        concurrency: int = 8,
+        timeout_s: float,
+        max_retries: int,
+        backoff_s: float,
+        concurrency: int,
     ):
+        """The limits are `CotOptions`' (`make-cot --timeout-s ...`)."""
         self.url = chat_url(url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(headers=headers, timeout=timeout_s)

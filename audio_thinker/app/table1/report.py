@@ -48,7 +48,7 @@ def _identity(run: Path) -> dict:
         return json.loads((run / ROW_FILE).read_text())
     if not (run / "config.yaml").is_file():
         raise EvalError(f"--runs {run}: neither {ROW_FILE} nor config.yaml: not a run directory")
-    config = load_config(str(run / "config.yaml"))
+    config = load_config(str(run / "config.yaml"), saved_run=True)
     sft = _is_sft_run(run)
     row = row_of_config(config, "sft" if sft else "grpo")
     if row is not None:

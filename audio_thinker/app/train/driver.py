@@ -39,7 +39,7 @@ from audio_thinker.app.train.run_dir import RunDir, default_output_dir
 from audio_thinker.app.train.run_start import open_run, resume_step
 from audio_thinker.app.train.step_metrics import console_line, step_metrics
 from audio_thinker.app.train.step_rollout import StepRollout, drop_stale, phase_seconds
-from audio_thinker.core.config import Config, RewardConfig
+from audio_thinker.core.config import BenchToggles, Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
 from audio_thinker.core.families import render_chat
@@ -123,8 +123,10 @@ class Driver:
         reward_fn: RewardFn | None = None,
         encoder: PromptEncoder | None = None,
         preemption: PreemptionGuard | None = None,
+        toggles: BenchToggles | None = None,
     ) -> None:
         c = self.config = config
+        self.toggles = toggles or BenchToggles()
         self.preemption = preemption
         self.rollout, self.trainer, self.reference, self.judge, self.run_dir = (
             rollout,
@@ -151,7 +153,13 @@ class Driver:
         self.loggers: list = []
 
     @classmethod
-    def from_config(cls, config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Driver:
+    def from_config(
+        cls,
+        config: Config,
+        reward_fn: RewardFn | None = None,
+        actor_logs: Path | None = None,
+        toggles: BenchToggles | None = None,
+    ) -> Driver:
         """Models and data on disk, Ray, then the actors: judge, rollout pool, trainer group, reference.
         `actor_logs`: the folder a local run's actors write their output to (None: the console)."""
         c = config
@@ -184,10 +192,17 @@ class Driver:
                 c.run.total_steps,
                 c.model.dtype,
                 placement.slots("trainer"),
+                toggles,
             )
             parts.append(trainer)
             reference = Reference(
-                c.model.policy_path, c.model.family, c.trainer, c.model.dtype, placement.slots("reference")
+                c.model.policy_path,
+                c.model.family,
+                c.reference,
+                c.trainer.micro_batch_size,
+                c.model.dtype,
+                placement.slots("reference"),
+                toggles,
             )
         except BaseException:
             for part in reversed([p for p in parts if p is not None]):
@@ -196,12 +211,18 @@ class Driver:
                 ray.shutdown()
             raise
         run_dir = RunDir(c.run.output_dir or default_output_dir(c.run.name))
-        driver = cls(c, rollout, trainer, reference, judge, run_dir, train_set, eval_set, reward_fn)
+        driver = cls(c, rollout, trainer, reference, judge, run_dir, train_set, eval_set, reward_fn, toggles=toggles)
         driver.owns_ray = owns_ray
         driver.placement = placement
         return driver
 
     # -------------------------------------------------------------------------------- one step
+
+    @property
+    def separate_old_pass(self) -> bool:
+        """Whether the old log-probs need their own forward: the policy moves between the updates of one batch
+        (else they are the loss pass's, detached)."""
+        return self.config.trainer.updates_per_batch > 1 or self.toggles.recompute_old_logprobs
 
     def prompt(self, q: AudioQuestion) -> str:
         """The chat prompt of a question, in the configured prompt mode (training and evaluation alike)."""
@@ -283,7 +304,7 @@ class Driver:
             batch = policy_batch(encoded, [groups[k] for k in order])
             flat = [r for k in order for r in records[k]]
             old_f = None
-            if c.trainer.separate_old_pass and c.run.max_staleness == 0:  # the trainer holds the weights that sampled
+            if self.separate_old_pass and c.run.max_staleness == 0:  # the trainer holds the weights that sampled
                 old_f = pool.submit(timeline.timed_span, "old log-probs", "trainer", step,
                                     lambda: self.trainer.compute_logprobs(batch, temperature))
             if not streaming:
@@ -324,7 +345,7 @@ class Driver:
         produced = self.rollout_of(step)
         records, batch, timing = produced.records, produced.batch, dict(produced.timing)
         records, batch, staleness = drop_stale(records, batch, self.version, c.run.max_staleness)
-        if batch.old_logprobs is None and c.trainer.separate_old_pass:  # proximal policy: the trainer's weights now
+        if batch.old_logprobs is None and self.separate_old_pass:  # proximal policy: the trainer's weights now
             batch.old_logprobs, timing["timing_s/old_logprob"] = self.run_dir.timeline.timed(
                 "old log-probs", "trainer", step, lambda: self.trainer.compute_logprobs(batch, c.rollout.temperature)
             )
@@ -417,7 +438,7 @@ class Driver:
                     )
                     saved = step
             except Exception as exc:
-                dead = self.trainer.dead_ranks() if restarts < c.run.max_restarts else []
+                dead = self.trainer.dead_ranks() if restarts < c.trainer.max_restarts else []
                 if dead:
                     restarts += 1
                     saved = self.restart_trainer(step, dead, exc, restarts)
@@ -450,7 +471,7 @@ class Driver:
         checkpoint's step."""
         c = self.config
         for future in self.ahead.values():  # their calls end on their own deadlines; their samples are not used
-            future.exception(timeout=c.rollout.call_timeout_s + c.judge.timeout_s)
+            future.exception(timeout=c.rollout.call_timeout_s + c.judge.call_timeout_s)
         self.ahead.clear()
         self.run_dir.timeline.flush()
         self.trainer.restart()
@@ -464,9 +485,9 @@ class Driver:
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.warning(
-            "trainer rank %s died during step %d (%s); restart %d of run.max_restarts=%d: the trainer group is "
+            "trainer rank %s died during step %d (%s); restart %d of trainer.max_restarts=%d: the trainer group is "
             "back at step %d, steps %d..%d are lost and done again",
-            ", ".join(map(str, dead)), step, cause, restarts, c.run.max_restarts, start, start + 1, step,
+            ", ".join(map(str, dead)), step, cause, restarts, c.trainer.max_restarts, start, start + 1, step,
         )  # fmt: skip
         return start
 

@@ -40,7 +40,7 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None) 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise TrainingError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml")
+    config = load_config(run_dir / "config.yaml", saved_run=True)
     folder = find_checkpoint(run_dir, step)
     state = json.loads((folder / STATE_FILE).read_text())
     out = Path(out) if out else run_dir / ("final" if step is None else f"export-step-{state['extra']['step']}")

@@ -72,7 +72,7 @@ def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecor
     def client_for(url: str) -> AsyncJudgeClient:
         if url not in clients:
             clients[url] = AsyncJudgeClient(
-                url, api_key=judge.api_key, timeout_s=config.timeout_s, max_retries=config.max_retries
+                url, api_key=judge.api_key, timeout_s=config.call_timeout_s, max_retries=config.max_retries
             )
         return clients[url]
 
@@ -85,7 +85,7 @@ def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecor
                 if judge.service is None or attempt >= config.max_restarts:
                     raise
                 attempt += 1
-                url = await asyncio.to_thread(judge.recover, url, config.restart_timeout_s)
+                url = await asyncio.to_thread(judge.recover, url, config.startup_timeout_s)
 
     async def run() -> None:
         try:

@@ -115,8 +115,8 @@ def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge 
         service = start_in_cluster_judge(config, key, host, slots)
         judge = Judge(service.url, key, service)
     try:
-        with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.timeout_s) as client:
-            client.wait_ready(timeout_s=config.judge.timeout_s)
+        with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.call_timeout_s) as client:
+            client.wait_ready(timeout_s=config.judge.startup_timeout_s)
     except BaseException:
         judge.close()
         raise

@@ -94,9 +94,9 @@ def resume_config(
     if not saved_path.is_file():
         log.warning("resume: %s has no config.yaml, starting a new run there", new.run.output_dir)
         return new, {}
-    saved = load_config(saved_path)
+    saved = load_config(saved_path, saved_run=True)
     if config_file is None:
-        new = load_config(saved_path, [*overrides, "run.resume=true"])
+        new = load_config(saved_path, [*overrides, "run.resume=true"], saved_run=True)
     changes = defining_changes(saved, new)
     if changes and not allow_config_change:
         listed = "; ".join(f"{k}: saved {old!r}, now {now!r}" for k, (old, now) in changes.items())
