@@ -31,6 +31,10 @@ else
 	$(PIP) install -q -c requirements/cpu-constraints.txt -e ".[dev,wandb]"
 endif
 	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray, ray.serve, peft, av; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
+ifneq ($(HAS_GPU),1)
+	# DeepSpeed's CPU communication op is a JIT extension: built here once, so that a run only loads it (README).
+	$(BIN)/python -c "from trainer.engine import prebuild_cpu_ops; print('built', prebuild_cpu_ops())"
+endif
 	touch $(STAMP)
 
 demo: $(STAMP)

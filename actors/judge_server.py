@@ -64,12 +64,17 @@ class JudgeService:
             timeout_key="judge.call_timeout_s",
             placement=placement, max_restarts=judge.max_restarts,
         )
-        (self.url,) = self.group.get(
-            self.group.submit("url"),
-            "start the judge server",
-            timeout_s=judge.startup_timeout_s,
-            timeout_key="judge.startup_timeout_s",
-        )
+        self.startup_timeout_s = judge.startup_timeout_s
+        self.url = ""  # once `ready`
+
+    def ready(self) -> JudgeService:
+        """Wait until the server listens and its model is loaded (within `judge.startup_timeout_s`)."""
+        timeout_s, key = self.startup_timeout_s, "judge.startup_timeout_s"
+        deadline = time.monotonic() + timeout_s
+        (self.url,) = self.group.get(self.group.submit("url"), "start the judge server", timeout_s, key)
+        with JudgeClient(self.url, timeout_s=timeout_s) as client:
+            client.wait_ready(max(1.0, deadline - time.monotonic()))
+        return self
 
     def pid(self) -> int:
         return self.group.call_rank0("pid")

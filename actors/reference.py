@@ -102,6 +102,7 @@ class Reference:
         toggles: BenchToggles | None = None,
     ):
         self.model_path = str(model_path)
+        self.startup_timeout_s = cfg.startup_timeout_s
         share_clips = (toggles or BenchToggles()).encode_audio_once
         self.group = ActorGroup(
             "reference model",
@@ -129,6 +130,11 @@ class Reference:
         self.lock = threading.Lock()
         self.retries = self.restarts_taken = 0
 
+    def ready(self) -> Reference:
+        """Wait until the reference has loaded the policy (within `reference.startup_timeout_s`)."""
+        self.group.track("load the reference model", self.startup_timeout_s, "reference.startup_timeout_s")
+        return self
+
     def compute_logprobs(self, batch: PolicyBatch, temperature: float) -> list[np.ndarray]:
         """The reference log-probs of every completion; a call lost with a dead actor is made again once Ray has
         restarted it (ActorDiedError naming it past `reference.max_restarts`)."""
@@ -155,7 +161,8 @@ class Reference:
         """Which process serves the reference and the checksum of its weights: what a restart is checked against."""
         with self.lock:
             if self.checksum is None:
-                self.group.track("start the reference model")
+                if self.group.processes[0] is None:
+                    self.ready()
                 self.checksum = self.weights_checksum()
 
     def _check_reloaded(self, index: int) -> None:

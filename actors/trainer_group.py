@@ -29,8 +29,10 @@ from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logg
 from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
+from trainer.build_lock import describe_lock
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
-from trainer.engine import PolicyEngine, merge_rank_metrics, merge_update_metrics
+from trainer.engine import PolicyEngine
+from trainer.merge_metrics import merge_rank_metrics, merge_update_metrics
 from trainer.logprobs import PolicyBatch
 
 log = get_logger(__name__)
@@ -165,12 +167,17 @@ class PolicyTrainerGroup:
         self.setup_args = (str(model_path), family, cfg, total_steps, dtype, toggles or BenchToggles())
         self.placement = placement
         self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
-        self.ranks = self._start()
+        self.ranks = self._create()
 
-    def _start(self) -> ActorGroup:
-        """The rank actors, in the run's trainer bundles, each with the initial policy and a fresh optimizer."""
+    def ready(self) -> PolicyTrainerGroup:
+        """Wait until every rank has joined the group and loaded the policy (within `trainer.startup_timeout_s`)."""
+        self._setup(self.ranks)
+        return self
+
+    def _create(self) -> ActorGroup:
+        """The rank actors, in the run's trainer bundles (`_setup` gives each the policy and a fresh optimizer)."""
         cfg, n = self.cfg, self.cfg.num_ranks
-        ranks = ActorGroup(
+        return ActorGroup(
             "trainer rank",
             PolicyTrainerRank,
             n,
@@ -181,20 +188,28 @@ class PolicyTrainerGroup:
             timeout_key="trainer.call_timeout_s",
             placement=self.placement,
         )
+
+    def _setup(self, ranks: ActorGroup) -> None:
+        timeout_s, key = self.cfg.startup_timeout_s, "trainer.startup_timeout_s"
         try:
-            addr, port = ranks.call_rank0("rendezvous")
-            refs = ranks.submit("setup", addr, port, *self.setup_args)
-            ranks.get(refs, "load the policy", self.cfg.startup_timeout_s, "trainer.startup_timeout_s")
+            addr, port = ranks.get([ranks.actors[0].rendezvous.remote()], "rendezvous", timeout_s, key)[0]
+            ranks.get(ranks.submit("setup", addr, port, *self.setup_args), "load the policy", timeout_s, key)
+        except TimeoutError as exc:
+            ranks.shutdown()
+            cause = describe_lock() if self.sync_backend == "gloo" else None  # a CPU rank loads a JIT op
+            if cause is None:
+                raise
+            raise TimeoutError(f"{exc}; {cause}") from exc
         except BaseException:
             ranks.shutdown()
             raise
-        return ranks
 
     def restart(self) -> None:
         """End every rank (a dead one leaves the others stuck in their collectives) and start the group anew in
         the same bundles; the caller loads a checkpoint into it."""
         self.ranks.shutdown()
-        self.ranks = self._start()
+        self.ranks = self._create()
+        self._setup(self.ranks)
 
     def dead_ranks(self) -> list[int]:
         """The ranks whose actor is gone (asked with a short deadline; a rank stuck in a collective is alive)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from actors.rollout_worker import RolloutPool
+from actors.rollout_pool import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.core.log import get_logger
 

@@ -70,14 +70,15 @@ def bench_engine(
 ) -> list[tuple[str, float, int]]:
     import ray
 
-    from actors.rollout_worker import RolloutPool, build_engine
+    from actors.rollout_pool import RolloutPool
+    from rollout.build import build_engine
 
     cpus = os.cpu_count() or 1  # the actor gets all CPUs (and as many torch threads), as this process has
     rollout = RolloutConfig(engine=name, num_workers=1, num_cpus_per_worker=cpus, max_model_len=1024)
-    engine = build_engine(rollout, str(model_path), FAMILY, "float32", seed=0)
+    engine = build_engine(name, str(model_path), FAMILY, "float32", max_model_len=1024, seed=0)
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
-        pool = RolloutPool(rollout, str(model_path), FAMILY, "float32", 0)
+        pool = RolloutPool(rollout, str(model_path), FAMILY, "float32", 0).ready()
         calls = {
             f"{name} (direct)": engine.generate,
             f"{name} (1-worker pool)": lambda r, s: pool.generate(r, s, min_version=0),

@@ -54,7 +54,8 @@ from datasets import Dataset as HFDataset
 from transformers import PrinterCallback, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from audio_thinker.app.train.driver import run_training, step_questions
+from audio_thinker.app.train.driver import run_training
+from audio_thinker.app.train.sampling import step_questions
 from audio_thinker.app.data.demo import prepare_demo
 from audio_thinker.app.train.launch import prepare_data
 from audio_thinker.core.audio import SAMPLE_RATE

@@ -14,6 +14,7 @@ comes out, the same gradient as one rank over all sequences.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,9 +27,10 @@ from audio_thinker.core.config import BenchToggles, TrainerConfig
 from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
+from trainer.build_lock import SHM_COMM_OP, build_guard, extensions_dir
 from trainer.grpo import grpo_loss, loss_denominator, merge_stats
 from trainer.lora import adapters_disabled, apply_lora, merged_entries, meta_policy
-from trainer.off_policy import merge_mismatch, mismatch_metrics, mismatch_sums
+from trainer.off_policy import merge_mismatch, mismatch_sums
 from trainer.sft_loss import sft_loss
 from trainer.logprobs import (
     CompletionLogprobs,
@@ -136,7 +138,11 @@ class PolicyEngine:
         self.family = family
         self.model_path = Path(model_path)
         self.on_gpu = torch.cuda.is_available()
-        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", verbose=False)
+        # On the CPU DeepSpeed loads its JIT communication op here, under its build lock (trainer/build_lock.py).
+        guard = nullcontext() if self.on_gpu else build_guard(SHM_COMM_OP, f"trainer rank {os.environ.get('RANK')}",
+                                                            cfg.startup_timeout_s)  # fmt: skip
+        with guard:
+            deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", verbose=False)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
@@ -384,49 +390,11 @@ class PolicyEngine:
         return client_state or {}
 
 
-def merge_rank_metrics(parts: list[dict]) -> dict:
-    """One update's metrics from the ranks' `train_step` results (sums and exact merges, verl-style names), plus,
-    when the batch had engine log-probs, the merged mismatch sums under "mismatch" for `merge_update_metrics`, which
-    turns them into the `mismatch/*` metrics (call it on every update list, one update included)."""
-    stats = merge_stats([p["stats"] for p in parts])
-    out = {
-        "actor/loss": sum(p["loss"] for p in parts),
-        "actor/clip_frac": stats["clip_frac"],
-        "actor/kl": stats["kl"],
-        "actor/ratio_mean": stats["ratio_mean"],
-        "actor/ratio_min": stats["ratio_min"],
-        "actor/ratio_max": stats["ratio_max"],
-        "actor/grad_norm": parts[0]["grad_norm"],
-        "actor/lr": parts[0]["lr"],
-        "actor/tokens": stats["tokens"],
-        "actor/sequences": stats["sequences"],
-        "actor/step": parts[0]["step"],
-    }
-    mismatch = [p["mismatch"] for p in parts if p["mismatch"] is not None]
-    if mismatch:
-        out["mismatch"] = merge_mismatch(mismatch)
-    return out
+def prebuild_cpu_ops() -> str:
+    """Build (or find built) DeepSpeed's JIT communication op for CPU ranks, under its build lock: `make install`
+    calls it so that a run only loads the op. Returns the folder it is in."""
+    from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
 
-
-def merge_update_metrics(updates: list[dict], epochs: int = 1) -> dict[str, float]:
-    """The metrics of a rollout batch's optimizer updates (`merge_rank_metrics` of each): one update's as they
-    are; over several, means of loss, kl, clip share, ratio mean and grad norm, the extreme ratios, the last lr and
-    step, and the tokens and sequences of the batch (one epoch's). The mismatch metrics (`trainer/off_policy.py`)
-    are those of all the updates' tokens together: every epoch covers the batch once against the same old
-    log-probs, so they are the batch's."""
-    sums = [u["mismatch"] for u in updates if "mismatch" in u]
-    updates = [{k: v for k, v in u.items() if k != "mismatch"} for u in updates]
-    if len(updates) == 1:
-        out = dict(updates[0])
-    else:
-        out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
-        out["actor/ratio_min"] = min(u["actor/ratio_min"] for u in updates)
-        out["actor/ratio_max"] = max(u["actor/ratio_max"] for u in updates)
-        for key in ("actor/lr", "actor/step"):
-            out[key] = updates[-1][key]
-        for key in ("actor/tokens", "actor/sequences"):
-            out[key] = sum(u[key] for u in updates) / epochs
-        out["actor/updates"] = float(len(updates))
-    if sums:
-        out.update(mismatch_metrics(merge_mismatch(sums)))
-    return out
+    with build_guard(SHM_COMM_OP, f"process {os.getpid()} (install)", timeout_s=900.0):
+        get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+    return str(extensions_dir() / SHM_COMM_OP)

@@ -23,7 +23,7 @@ import ray
 
 from actors.group import ActorDiedError, ActorGroup, process_id, restarted_actor
 from actors.reference import Reference
-from actors.rollout_worker import RolloutPool
+from actors.rollout_pool import RolloutPool
 from audio_thinker.core.config import ReferenceConfig, RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.families import render_chat
@@ -140,7 +140,7 @@ def test_an_actor_ray_cannot_restart_and_a_group_without_restarts_are_named(ray_
 def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(ray_session, tiny_models):
     rollout = RolloutConfig(engine="transformers", num_workers=1, num_cpus_per_worker=0.5, max_restarts=1,
                             startup_timeout_s=120, call_timeout_s=120)  # fmt: skip
-    pool = RolloutPool(rollout, str(tiny_models["qwen2_audio"]), "qwen2_audio", "float32", 0)
+    pool = RolloutPool(rollout, str(tiny_models["qwen2_audio"]), "qwen2_audio", "float32", 0).ready()
     try:
         clip = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
         requests = [GenerationRequest(render_chat("qwen2_audio", f"Question {k}?"), clip, seed=k) for k in range(3)]
@@ -165,7 +165,7 @@ def test_a_worker_restarted_between_calls_gets_its_weights_before_it_generates(r
 def test_a_reference_restarted_between_calls_is_checked_then_gives_the_same_logprobs(ray_session, tiny_models):
     path = tiny_models["qwen2_audio"]
     cfg = ReferenceConfig(num_cpus=0.25, max_restarts=1, call_timeout_s=120)
-    reference = Reference(path, "qwen2_audio", cfg, 8, "float32")
+    reference = Reference(path, "qwen2_audio", cfg, 8, "float32").ready()
     try:
         encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
         clip = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)

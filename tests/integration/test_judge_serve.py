@@ -105,7 +105,7 @@ def test_a_judge_actor_that_dies_or_hangs_mid_scoring_is_restarted_and_every_ite
         timeout_s=timeout_s,
         restart_timeout_s=120,
     )
-    service = JudgeService(judge_path, config, KEY, "127.0.0.1")
+    service = JudgeService(judge_path, config, KEY, "127.0.0.1").ready()
     judge = Judge(service.url, KEY, service)
     try:
         JudgeClient(service.url).wait_ready(120)

@@ -53,8 +53,8 @@ def published(group) -> dict[str, torch.Tensor]:
 def groups(ray_session, tiny_models):
     """A ZeRO-2 and a ZeRO-3 LoRA group after the same two steps, and the weights the ZeRO-2 one sent after each."""
     path = tiny_models[FAMILY]
-    zero2 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=2), 4, "float32")
-    zero3 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=3), 4, "float32")
+    zero2 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=2), 4, "float32").ready()
+    zero3 = PolicyTrainerGroup(path, FAMILY, trainer_config(zero_stage=3), 4, "float32").ready()
     sent = []
     for seed in (1, 2):  # B starts at zero: after two steps both A and B have moved
         batch = make_batch(path, seed)

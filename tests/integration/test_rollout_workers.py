@@ -25,7 +25,8 @@ from test_rollout_engines import (
     write_clips,
 )
 
-from actors.rollout_worker import RolloutPool, RolloutWorker, WeightSyncError, split_evenly
+from actors.rollout_pool import RolloutPool, WeightSyncError, split_evenly
+from actors.rollout_worker import RolloutWorker
 from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
@@ -60,7 +61,7 @@ def reference(tiny_models):
 def vllm_pool(ray_session, tiny_models):
     rollout = RolloutConfig(engine="vllm", num_workers=1, num_cpus_per_worker=0.5, max_model_len=1024,
                             startup_timeout_s=300, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0)
+    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0).ready()
     yield pool
     pool.close()
 
@@ -209,7 +210,7 @@ def test_vllm_worker_killed_mid_generation_is_restarted_on_the_current_weights(
 @pytest.fixture(scope="module")
 def hf_pool(ray_session, tiny_models):
     rollout = RolloutConfig(engine="transformers", num_workers=2, num_cpus_per_worker=0.5, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0)
+    pool = RolloutPool(rollout, str(tiny_models[FAMILY]), FAMILY, "float32", 0).ready()
     yield pool
     pool.close()
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actors.rollout_worker import RolloutPool
+from actors.rollout_pool import RolloutPool
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.train.run_dir import RunDir
 from audio_thinker.app.train.sft import SftRun
@@ -104,7 +104,7 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     engine.close()
     rollout = RolloutConfig(engine="vllm", num_workers=1, num_cpus_per_worker=0.5, max_model_len=1024,
                             startup_timeout_s=300, call_timeout_s=120)
-    pool = RolloutPool(rollout, str(run / "final"), "qwen2_audio", "float32", 0)  # vLLM loads the export
+    pool = RolloutPool(rollout, str(run / "final"), "qwen2_audio", "float32", 0).ready()  # vLLM loads the export
     try:
         served = pool.generate([GenerationRequest(prompt, data.audio(0))], SamplingConfig(n=1, max_new_tokens=4),
                                min_version=0)

@@ -123,7 +123,7 @@ def policy_path(tiny_models):
 
 @pytest.fixture(scope="module")
 def reference(ray_session, policy_path):
-    return Reference(policy_path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=300), 2, "float32")
+    return Reference(policy_path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=300), 2, "float32").ready()
 
 
 @pytest.fixture(scope="module")
@@ -139,21 +139,22 @@ def batches(reference, policy_path):
 
 @pytest.fixture(scope="module")
 def one_rank(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32")
+    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32").ready()
     yield group
     group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2), TOTAL_STEPS, "float32")
+    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2), TOTAL_STEPS, "float32").ready()
     yield group
     group.shutdown()
 
 
 @pytest.fixture(scope="module")
 def two_ranks_zero3(ray_session, policy_path):
-    group = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(num_ranks=2, zero_stage=3), TOTAL_STEPS, "float32")
+    cfg = trainer_config(num_ranks=2, zero_stage=3)
+    group = PolicyTrainerGroup(policy_path, FAMILY, cfg, TOTAL_STEPS, "float32").ready()
     yield group
     group.shutdown()
 
@@ -242,7 +243,7 @@ def test_checkpoint_resume_equals_not_stopping(
     continued = one_rank.train_step(batches[1], 1.0)
     continued_weights = one_rank.weights_checksum()
 
-    resumed = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32")
+    resumed = PolicyTrainerGroup(policy_path, FAMILY, trainer_config(), TOTAL_STEPS, "float32").ready()
     try:
         state = resumed.load_checkpoint(latest_checkpoint(root))
         assert state["step"] == 1 and state["extra"] == {"data_position": 7}
@@ -353,7 +354,7 @@ def test_omni_thinker_trains_and_exports(ray_session, tiny_models, tmp_path_fact
         advantages=[1.0, -1.0],
     )
     cfg = trainer_config(beta=0.0, gradient_checkpointing=True, freeze_audio_encoder=True)
-    group = PolicyTrainerGroup(path, family, cfg, TOTAL_STEPS, "float32")
+    group = PolicyTrainerGroup(path, family, cfg, TOTAL_STEPS, "float32").ready()
     try:
         initial = published(group)
         metrics = group.train_step(batch, 1.0)

@@ -20,14 +20,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def actors(ray_session, tiny_models):
-    from actors.rollout_worker import RolloutPool
+    from actors.rollout_pool import RolloutPool
     from actors.trainer_group import PolicyTrainerGroup
 
     path = str(tiny_models["qwen2_audio"])
     rollout = RolloutConfig(engine="vllm", num_workers=2, num_cpus_per_worker=0.25, max_model_len=1024)
     trainer_cfg = TrainerConfig(num_ranks=1, num_cpus_per_rank=0.25, lr=1e-3, micro_batch_size=8, beta=0.0)
-    pool = RolloutPool(rollout, path, "qwen2_audio", "float32", 0)
-    trainer = PolicyTrainerGroup(path, "qwen2_audio", trainer_cfg, 4, "float32")
+    pool = RolloutPool(rollout, path, "qwen2_audio", "float32", 0).ready()
+    trainer = PolicyTrainerGroup(path, "qwen2_audio", trainer_cfg, 4, "float32").ready()
     encoder = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
     yield pool, trainer, encoder, path
     pool.close()

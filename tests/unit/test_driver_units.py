@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from actors.group import ActorDiedError
-from audio_thinker.app.train.driver import Driver, paper_reward, step_questions
-from audio_thinker.app.train.step_rollout import drop_stale
+from audio_thinker.app.train.batch import StepBatch, drop_stale
+from audio_thinker.app.train.driver import Driver, paper_reward
 from audio_thinker.app.errors import Preempted, TrainingError
 from audio_thinker.app.train.judging import Judge, call_judge, judge_items
 from audio_thinker.app.train.preemption import PreemptionGuard
 from audio_thinker.app.train.run_dir import RunDir
+from audio_thinker.app.train.sampling import step_questions
 from audio_thinker.app.train.step_metrics import step_metrics
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
@@ -247,7 +248,8 @@ def test_a_step_flows_from_generation_to_the_dump(stub_driver):
     assert metrics["count/invalid"] == 2 and metrics["think_rate"] == pytest.approx(2 / 6)
     assert metrics["step"] == 1 and metrics["sync/bytes"] == 10.0
     phases = {(e["name"], e["tid"]) for e in driver.run_dir.timeline.pending if e["ph"] == "X"}
-    assert phases == {("generate", 0), ("generate", 10), ("judge", 1), ("ref log-probs", 2), ("train", 3), ("sync", 3)}
+    assert phases == {("step", 0), ("generate", 0), ("generate", 10), ("judge", 1), ("ref log-probs", 2),
+                      ("train", 3), ("sync", 3)}
 
 
 @pytest.mark.parametrize(
@@ -266,7 +268,7 @@ def test_the_default_reward_is_the_papers_and_a_tokenizer_mismatch_is_named(stub
     records = [row("think", True, group="g1", consistency=1, think_quality=0.5), row("no_think", False, group="g1")]
     expected = compute_rewards([r.verdict() for r in records], 2, 4, "atar_cr_tr")
     assert stub_driver.reward_fn(records, 2) == expected == paper_reward(stub_driver.config.reward, 4)(records, 2)
-    stub_driver.encoder = type("Other", (), {"encode": lambda self, p, a: EncodedPrompt([9], None, None)})()
+    stub_driver.sampler.encoder = type("Other", (), {"encode": lambda self, p, a: EncodedPrompt([9], None, None)})()
     with pytest.raises(Exception, match="tokenized question .* differently"):
         stub_driver.step(1)
 
@@ -317,7 +319,7 @@ def zero_reward(records, step):
 
 def run_steps(driver, steps):
     driver.reward_fn = zero_reward
-    driver.next_produced = 1
+    driver.producer.start_at(1)
     try:
         return [driver.step(s) for s in steps]
     finally:
@@ -367,15 +369,15 @@ def test_max_staleness_generates_ahead_on_older_weights_and_counts_the_lag(datas
 def test_stale_groups_are_left_out_and_counted():
     records = [row("think", True, group=g, step=5, weights_version=v) for g, v in [("a", 4), ("a", 4), ("b", 2),
                                                                                       ("b", 3), ("c", 3)]]
-    batch = PolicyBatch([EncodedPrompt([1], None, None)], [0] * 5, [[1], [2], [3], [4], [5]])
-    kept, sub, m = drop_stale(records, batch, version=4, max_staleness=1)
-    assert [r.group for r in kept] == ["a", "a", "c"] and sub.completion_ids == [[1], [2], [5]]
+    batch = StepBatch(5, records, PolicyBatch([EncodedPrompt([1], None, None)], [0] * 5, [[1], [2], [3], [4], [5]]))
+    kept, m = drop_stale(batch, version=4, max_staleness=1)
+    assert [r.group for r in kept.records] == ["a", "a", "c"] and kept.policy.completion_ids == [[1], [2], [5]]
     assert m == {"staleness/mean": pytest.approx((0 + 0 + 2 + 1 + 1) / 5), "staleness/max": 2.0,
                  "count/stale_dropped": 2.0}  # group b goes whole: its oldest sample is 2 versions behind
-    same, _, m0 = drop_stale(records, batch, version=4, max_staleness=2)
-    assert same is records and m0["count/stale_dropped"] == 0
+    same, m0 = drop_stale(batch, version=4, max_staleness=2)
+    assert same is batch and m0["count/stale_dropped"] == 0
     with pytest.raises(RuntimeError, match="step 5: every group .* run.max_staleness=0"):
-        drop_stale(records, batch, version=5, max_staleness=0)
+        drop_stale(batch, version=5, max_staleness=0)
 
 
 def test_a_failure_in_a_step_produced_ahead_stops_the_run_naming_that_step(dataset, tmp_path):
@@ -407,7 +409,7 @@ def test_a_resumed_asynchronous_run_continues_the_data_order(dataset, tmp_path):
         run_dir = RunDir(tmp_path / name).create(config)
         driver = Driver(config, rollout, StubTrainer(), StubReference(), None, run_dir, dataset, encoder=StubEncoder())
         steps = [1, 2, 3, 4] if name == "whole" else [3, 4]
-        driver.next_produced = steps[0]
+        driver.producer.start_at(steps[0])
         driver.reward_fn = zero_reward
         try:
             for s in steps:

@@ -49,7 +49,7 @@ def export_run(run_dir: Path, step: int | None = None, out: Path | None = None) 
     owns_ray = connect_ray()
     trainer = None
     try:
-        trainer = PolicyTrainerGroup(m.policy_path, m.family, trainer_cfg, config.run.total_steps, m.dtype)
+        trainer = PolicyTrainerGroup(m.policy_path, m.family, trainer_cfg, config.run.total_steps, m.dtype).ready()
         trainer.load_checkpoint(folder)
         path = trainer.export(out)
     finally:

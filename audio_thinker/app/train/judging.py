@@ -18,7 +18,7 @@ from actors.judge_serve import JudgeDeployment
 from actors.judge_server import JudgeService
 from audio_thinker.core.config import JudgeConfig
 from audio_thinker.core.records import RolloutRecord
-from reward_server.client import AsyncJudgeClient, JudgeUnavailableError
+from reward_server.client import AsyncJudgeClient, JudgeClient, JudgeUnavailableError
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Judge:
     api_key: str | None
     service: JudgeService | JudgeDeployment | None = None
     recoveries: int = 0
+    recoveries_taken: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def recover(self, failed_url: str, timeout_s: float) -> str:
@@ -41,6 +42,21 @@ class Judge:
             self.url = self.service.recover(timeout_s)
             self.recoveries += 1
             return self.url
+
+    def ready(self, timeout_s: float) -> Judge:
+        """Wait until the judge answers /ready (an in-cluster actor: until it has started and loaded its model)."""
+        if isinstance(self.service, JudgeService):
+            self.url = self.service.ready().url
+            return self
+        with JudgeClient(self.url, api_key=self.api_key, timeout_s=timeout_s) as client:
+            client.wait_ready(timeout_s)
+        return self
+
+    def take_recovery(self) -> dict[str, int]:
+        """Judge recoveries since the last ask (a step's metrics, like the rollout workers' and the reference's)."""
+        with self.lock:
+            recoveries, self.recoveries_taken = self.recoveries - self.recoveries_taken, self.recoveries
+        return {"recovery/judge_restarts": recoveries}
 
     def close(self) -> None:
         if isinstance(self.service, JudgeDeployment):

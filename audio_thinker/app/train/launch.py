@@ -1,30 +1,36 @@
-"""Getting a run's parts ready: its inputs checked and loaded, a Ray connection, the judge. `Driver.from_config`
-uses these; each is usable alone (tests, tools)."""
+"""Getting a run's parts ready: its inputs checked and loaded, a Ray connection, and every actor group started
+at once (`start_parts`). `Driver.from_config` uses these; each is usable alone (tests, tools)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
 from actors.judge_serve import JudgeDeployment, Scaling
 from actors.judge_server import JudgeService
-from actors.placement import Placed, RunPlacement
+from actors.placement import RunPlacement
+from actors.reference import Reference
+from actors.rollout_pool import RolloutPool
+from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.judging import Judge
-from audio_thinker.core.config import Config
+from audio_thinker.core.config import BenchToggles, Config
 from audio_thinker.core.data import Dataset, load_dataset
-from audio_thinker.core.log import LOG_DIR_ENV, get_logger
+from audio_thinker.core.log import LOG_DIR_ENV, STEPS, get_logger
 from audio_thinker.core.rewards import needs_judge
 from reward_server.app import ServerSettings
 from reward_server.backends import load_backend
-from reward_server.client import JudgeClient
 
 log = get_logger(__name__)
+steps_log = get_logger(STEPS)
+STILL_STARTING_EVERY_S = 30.0  # a console line naming the groups still starting, so a stuck start is seen
 
 
 def check_inputs(config: Config, needs_judge_model: bool = True) -> None:
@@ -80,17 +86,21 @@ def connect_ray(actor_logs: Path | None = None) -> bool:
     return not address
 
 
-def start_in_cluster_judge(
-    config: Config, key: str, host: str, slots: Sequence[Placed] | None = None
-) -> JudgeService | JudgeDeployment:
-    """One judge actor (in the run's judge bundle when `slots` are given), or `judge.replicas` replicas on Ray
-    Serve (placed by Serve; its proxy on a free port of `host`)."""
+def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge:
+    """The run's judge, not yet waited for: an external one (`judge.url`), a new judge actor (in the run's judge
+    bundle when `placement` is given), or `judge.replicas` replicas on Ray Serve (started here: Serve places them,
+    its proxy on a free port)."""
     j = config.judge
+    if j.url:
+        return Judge(j.url, j.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
+    key = secrets.token_urlsafe(24)
+    host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
     if j.replicas is None:
-        return JudgeService(config.model.judge_path, j, key, host, slots)
+        slots = (placement.slots("judge") or None) if placement is not None else None
+        return Judge("", key, JudgeService(config.model.judge_path, j, key, host, slots))
     settings = ServerSettings(**j.limits().model_dump(), score_mode=j.score_mode, api_keys=frozenset({key}))
     path = config.model.judge_path
-    return JudgeDeployment(
+    deployment = JudgeDeployment(
         lambda: load_backend(j.backend, path),
         settings,
         Scaling(replicas=j.replicas),
@@ -99,25 +109,83 @@ def start_in_cluster_judge(
         num_cpus=j.num_cpus,
         num_gpus=j.num_gpus,
     )
+    return Judge(deployment.url, key, deployment)
 
 
-def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge | None:
-    """The run's judge, ready to answer: an external one (`judge.url`) or a new in-cluster server (in the run's
-    judge bundle when `placement` is given); None when the reward variant needs no verdicts."""
-    if not needs_judge(config.reward.variant):
-        return None
-    if config.judge.url:
-        judge = Judge(config.judge.url, config.judge.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
-    else:
-        key = secrets.token_urlsafe(24)
-        host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
-        slots = (placement.slots("judge") or None) if placement is not None else None
-        service = start_in_cluster_judge(config, key, host, slots)
-        judge = Judge(service.url, key, service)
+@dataclass
+class RunParts:
+    """A run's actor groups: the judge (None with a reward function of one's own or a variant without verdicts),
+    the rollout pool, the trainer group and the reference model."""
+
+    judge: Judge | None
+    rollout: RolloutPool
+    trainer: PolicyTrainerGroup
+    reference: Reference
+
+    def close(self) -> None:
+        """End every group, each even when another fails to close."""
+        for part in (self.judge, self.rollout, self.trainer, self.reference):
+            if part is not None:
+                close_quietly(part)
+
+
+def start_parts(
+    config: Config, placement: RunPlacement, with_judge: bool = True, toggles: BenchToggles | None = None
+) -> RunParts:
+    """Every actor group of the run at once: all are created in their bundles, then waited for together, each
+    within its `<part>.startup_timeout_s`, with one console line per group as it is ready. A group that fails or
+    misses its deadline ends them all (nothing is left running) and its error is raised, naming it."""
+    c, m = config, config.model
+    started = time.monotonic()
+    created: list = []
     try:
-        with JudgeClient(judge.url, api_key=judge.api_key, timeout_s=config.judge.call_timeout_s) as client:
-            client.wait_ready(timeout_s=config.judge.startup_timeout_s)
+        judge = create_judge(c, placement) if with_judge and needs_judge(c.reward.variant) else None
+        created.append(judge)
+        rollout = RolloutPool(c.rollout, m.policy_path, m.family, m.dtype, c.run.seed, placement.slots("rollout"))
+        created.append(rollout)
+        trainer = PolicyTrainerGroup(
+            m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype, placement.slots("trainer"), toggles
+        )
+        created.append(trainer)
+        reference = Reference(
+            m.policy_path, m.family, c.reference, c.trainer.micro_batch_size, m.dtype, placement.slots("reference"),
+            toggles,
+        )  # fmt: skip
     except BaseException:
-        judge.close()
+        for part in reversed([p for p in created if p is not None]):
+            close_quietly(part)
         raise
-    return judge
+    parts = RunParts(judge, rollout, trainer, reference)
+    waits = {
+        f"{c.rollout.num_workers} rollout worker(s) ({c.rollout.engine})": rollout.ready,
+        f"{c.trainer.num_ranks} trainer rank(s) (ZeRO-{c.trainer.zero_stage})": trainer.ready,
+        "the reference model": reference.ready,
+    }
+    if judge is not None:
+        waits["the judge" if judge.service is not None else f"the judge at {judge.url}"] = (
+            lambda: judge.ready(c.judge.startup_timeout_s)
+        )
+    with ThreadPoolExecutor(max_workers=len(waits), thread_name_prefix="start") as pool:
+        futures = {pool.submit(ready): name for name, ready in waits.items()}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=STILL_STARTING_EVERY_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    steps_log.info("%s ready after %.1f s", futures[future], time.monotonic() - started)
+                if pending and not done:
+                    waiting = ", ".join(futures[f] for f in pending)
+                    steps_log.info("still starting after %.0f s: %s", time.monotonic() - started, waiting)
+        except BaseException:
+            parts.close()  # the other groups' waits then fail at once
+            raise
+    return parts
+
+
+def close_quietly(part) -> None:
+    """Close a part (`shutdown` or `close`); a failure is logged, so that closing goes on for the others."""
+    try:
+        (part.shutdown if hasattr(part, "shutdown") else part.close)()
+    except Exception as exc:
+        log.warning("closing %s failed: %s", type(part).__name__, exc)

@@ -22,7 +22,7 @@ from pathlib import Path
 import ray
 
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.app.train.driver import step_questions
+from audio_thinker.app.train.sampling import step_questions
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.launch import check_inputs, connect_ray
 from audio_thinker.app.train.loggers import open_loggers
@@ -134,7 +134,7 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
     owns_ray = connect_ray(actor_logs)
     trainer = None
     try:
-        trainer = PolicyTrainerGroup(m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype)
+        trainer = PolicyTrainerGroup(m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype).ready()
         run = SftRun(config, trainer, data, rationales, run_dir)
         try:
             return run.train()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +51,24 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
+@dataclass(frozen=True)
+class Phase:
+    """When a phase ran (time.time() seconds)."""
+
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+    @staticmethod
+    def covering(phases: Iterable[Phase]) -> Phase:
+        """A phase made of several calls (a streamed step's judge requests): from the first start to the last end."""
+        phases = list(phases)
+        return Phase(min(p.start for p in phases), max(p.end for p in phases))
+
+
 class Timeline:
     """Collects a step's spans (thread-safe: phases run in parallel threads) and appends them to the file."""
 
@@ -78,18 +97,14 @@ class Timeline:
                 )
             self.pending.append(event)
 
-    def timed(self, name: str, lane: str, step: int, fn: Callable[[], T]) -> tuple[T, float]:
-        """Run `fn` as a phase; returns its result and its seconds."""
-        result, (start, end) = self.timed_span(name, lane, step, fn)
-        return result, end - start
-
-    def timed_span(self, name: str, lane: str, step: int, fn: Callable[[], T]) -> tuple[T, tuple[float, float]]:
-        """Run `fn` as a phase; returns its result and its wall-clock (start, end) (phases made of several calls)."""
+    def run(self, name: str, lane: str, step: int, fn: Callable[[], T]) -> tuple[T, Phase]:
+        """Run `fn` as a phase on `lane`: its result and its phase (start, end, seconds). The one way the driver
+        times its work; `span` records a phase measured elsewhere (a rollout worker's generation)."""
         start = time.time()
         result = fn()
-        end = time.time()
-        self.span(name, lane, start, end, step)
-        return result, (start, end)
+        phase = Phase(start, time.time())
+        self.span(name, lane, phase.start, phase.end, step)
+        return result, phase
 
     def flush(self) -> None:
         """Append the pending spans (and the names of the lanes they open) to the file, which stays valid JSON."""
