@@ -44,6 +44,11 @@ class JudgeServer:
         """The base URL (the model may still be loading: poll /ready)."""
         return self.base_url
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the model is loaded (/ready), asked inside the actor: a wait that ends when the actor does."""
+        with JudgeClient(self.base_url, timeout_s=timeout_s) as client:
+            client.wait_ready(timeout_s)
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -70,10 +75,8 @@ class JudgeService:
     def ready(self) -> JudgeService:
         """Wait until the server listens and its model is loaded (within `judge.startup_timeout_s`)."""
         timeout_s, key = self.startup_timeout_s, "judge.startup_timeout_s"
-        deadline = time.monotonic() + timeout_s
         (self.url,) = self.group.get(self.group.submit("url"), "start the judge server", timeout_s, key)
-        with JudgeClient(self.url, timeout_s=timeout_s) as client:
-            client.wait_ready(max(1.0, deadline - time.monotonic()))
+        self.group.get(self.group.submit("wait_ready", timeout_s), "load the judge model", timeout_s, key)
         return self
 
     def pid(self) -> int:

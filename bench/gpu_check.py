@@ -128,7 +128,7 @@ def train_micro_batch(folder: Path, device: torch.device, micro: int, completion
     mask = inputs.pop("mask")
     peak_reset(device)
     start = time.perf_counter()
-    logp = module(**inputs)
+    logp = module(**inputs, temperature=1.0)
     loss, _ = grpo_loss(logp, logp.detach(), logp.detach(), torch.ones(micro, device=device), mask)
     loss.backward()
     if device.type == "cuda":
