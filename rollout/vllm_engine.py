@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
+from transformers import AutoConfig
 
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.models import load_tokenizer
@@ -43,6 +44,8 @@ REQUIRED_API = (
 )
 # Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (the policy we train and sample from).
 OMNI_NON_THINKER = ("talker.", "token2wav.")
+CPU_KV_SEQUENCES = 64  # full-length sequences the CPU KV cache holds: more than a tiny step's 32 samples at once
+MIN_CPU_KV_BYTES = 64 * 2**20
 
 
 def import_vllm():
@@ -93,6 +96,16 @@ def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, 
     return shapes
 
 
+def cpu_kv_cache_bytes(model_path: str | Path, dtype: str, max_model_len: int) -> int:
+    """The KV cache a CPU engine reserves when VLLM_CPU_KVCACHE_SPACE does not say: CPU_KV_SEQUENCES sequences of
+    `max_model_len` tokens (vLLM's own default is half the machine's memory, 11 GiB on a 23 GiB box, which takes
+    half a minute to allocate and leaves no room for a second worker)."""
+    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (4 if dtype == "float32" else 2)
+    return max(MIN_CPU_KV_BYTES, per_token * max_model_len * CPU_KV_SEQUENCES)
+
+
 def vllm_weight_name(family: str, key: str) -> str:
     """Checkpoint key -> the name vLLM's load_weights expects (its Omni thinker maps a `thinker.` prefix)."""
     return "thinker." + key if family == "qwen2_5_omni" else key
@@ -130,6 +143,9 @@ class VLLMEngine(GenerationEngine):
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = stop_token_ids(model_path, self.tokenizer)
         self.banned_ids = banned_token_ids(self.tokenizer)
+        kv_bytes = None
+        if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_bytes = cpu_kv_cache_bytes(model_path, dtype, max_model_len)
         self.llm = vllm.LLM(
             model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
@@ -137,6 +153,7 @@ class VLLMEngine(GenerationEngine):
             enforce_eager=current_platform.is_cpu(),  # no torch.compile / CUDA graphs on CPU
             # A prompt split over steps rewinds its seeded generator, which CPU generators cannot do.
             enable_chunked_prefill=not current_platform.is_cpu(),
+            kv_cache_memory_bytes=kv_bytes,
         )
 
     @property
