@@ -107,7 +107,7 @@ def start_judge(config: Config, placement: RunPlacement | None = None) -> Judge 
     if not needs_judge(config.reward.variant):
         return None
     if config.judge.url:
-        judge = Judge(config.judge.url, config.judge.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
+        judge = Judge(config.judge.url, config.judge.api_key_value() or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
     else:
         key = secrets.token_urlsafe(24)
         host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
