@@ -234,8 +234,8 @@ def test_follow_a_question_across_steps(live_run, page):
 def test_path_traversal_is_refused(live_run, page):
     run, _, _ = live_run
     for url, status in [
-        ("/runs/live/audio?path=../../../../../../etc/passwd", 403),
-        (f"/runs/live/audio?path={run / 'config.yaml'}", 403),
+        ("/runs/live/audio?path=../../../../../../etc/passwd", 404),
+        (f"/runs/live/audio?path={run / 'config.yaml'}", 404),
         ("/runs/live/audio?path=%2Fetc%2F..%2Fetc%2Fhostname.wav", 404),
         ("/runs/..%2F..%2Fetc/audio?path=x.wav", 404),
         ("/static/..%2F..%2Fruns.py", 404),
