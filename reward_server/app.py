@@ -14,6 +14,7 @@ X-Request-ID); the details are in the server's log under that id. Responses name
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -117,7 +118,9 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in jsonable_encoder(exc.errors())]
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return JSONResponse({"detail": errors, "message": message}, status_code=422)
+        # ASCII JSON: a field name or message may carry a lone surrogate, which has no UTF-8 form.
+        body = json.dumps({"detail": errors, "message": message})
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -211,7 +214,7 @@ def create_app(
             },
         )
 
-    @app.get("/v1/info", response_model=InfoResponse, tags=["service"])
+    @app.get("/v1/info", response_model=InfoResponse, tags=["service"], responses={401: _ERRORS[401]})
     async def info() -> InfoResponse:
         backend = judge.backend
         return InfoResponse(
@@ -230,19 +233,19 @@ def create_app(
             body["error"] = f"{judge.error_kind} (the server log says why)"
         return body
 
-    @app.get("/health", tags=["service"])
+    @app.get("/health", tags=["service"], responses={503: {"description": "The backend failed to load"}})
     async def health() -> JSONResponse:
         """The process is alive (503 only when the backend failed to load: restart it)."""
         if judge.status == "failed":
             return JSONResponse(_state(), status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", tags=["service"])
+    @app.get("/ready", tags=["service"], responses={503: {"description": "Loading, failed or stopping"}})
     async def ready() -> JSONResponse:
         """200 once the model is loaded and one warm-up forward has run."""
         return JSONResponse(_state(), status_code=200 if judge.status == "ready" else 503)
 
-    @app.get("/metrics", tags=["service"])
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics_route() -> Response:
         content, media_type = metrics.render()
         return Response(content, media_type=media_type)
