@@ -90,8 +90,9 @@ def shot(page, name: str, height: int = 900) -> None:
 
 
 def wait_ready(page) -> None:
-    """Every chart drawn (those off screen are drawn after the first screen)."""
-    page.wait_for_function("document.body.dataset.complete === '1'", timeout=30_000)
+    """Every chart drawn (those off screen are drawn after the first screen). A function, not an expression: the
+    pages' Content-Security-Policy allows no eval, which Playwright's expression form needs."""
+    page.wait_for_function("() => document.body.dataset.complete === '1'", timeout=30_000)
 
 
 def test_runs_page_shows_the_running_run(live_run, page):
@@ -123,7 +124,7 @@ def test_a_new_step_appears_without_reload(live_run, page):
         page.evaluate("window.notReloaded = true")
         with (replay / "metrics.jsonl").open("a") as f:
             f.write(lines[1] + "\n")
-        page.wait_for_function("Number(document.body.dataset.lastStep) > 1", timeout=120_000)
+        page.wait_for_function("() => Number(document.body.dataset.lastStep) > 1", timeout=120_000)
         assert page.evaluate("window.notReloaded") is True
         assert int(page.evaluate("document.body.dataset.lastStep")) == 2
         assert page.evaluate("document.getElementById('chart-reward').data[0].x.length") == 2
