@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audio_thinker.core.config import JudgeLimits, JudgeScoring
 from audio_thinker.core.rewards import SampleError
+from audio_thinker.core.vocab import ScoreMode
 from reward_server.auth import AuthMiddleware, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
 from reward_server.batch_rewards import batch_rewards, judge_requests, mark, question_text, sample_terms
@@ -44,6 +45,7 @@ from reward_server.schemas import (
     InfoResponse,
     JudgeRequest,
     JudgeResponse,
+    JudgeResult,
     Limits,
     RewardRequest,
     RewardResponse,
@@ -140,6 +142,14 @@ def create_app(
         results = await judge.judge(request.items, [request.scores] * len(request.items), mode)
         return JudgeResponse(results=results, model=backend.model_name, prompt_version=PROMPT_VERSION, score_mode=mode)
 
+    async def verdicts_of(asks: list, mode: ScoreMode, field: str) -> dict[int, JudgeResult]:
+        """The judge's results for `judge_requests`' asks, by batch index (errors name `field[index]`)."""
+        if not asks:
+            return {}
+        where = [f"{field}[{i}]" for i, _, _ in asks]
+        results = await judge.judge([item for _, item, _ in asks], [scores for _, _, scores in asks], mode, where)
+        return {i: result for (i, _, _), result in zip(asks, results)}
+
     @app.post("/v1/rewards", response_model=RewardsResponse, tags=["judge"], responses=_ERRORS)
     async def rewards_route(request: RewardsRequest) -> RewardsResponse:
         """The paper's reward over one training batch (eq. 7 with ATAR at `step` of `total_steps`): every term,
@@ -159,8 +169,7 @@ def create_app(
                 raise _unprocessable(["items", i, "answer"], str(exc)) from None
         asks = judge_requests(request.items, marked, request.variant)
         mode = request.score_mode or settings.score_mode
-        results = await judge.judge([a[1] for a in asks], [a[2] for a in asks], mode) if asks else []
-        verdicts = {i: result for (i, _, _), result in zip(asks, results)}
+        verdicts = await verdicts_of(asks, mode, "items")
         try:
             batch = batch_rewards(
                 request.items, marked, verdicts, request.step, request.total_steps, request.variant,
@@ -198,8 +207,7 @@ def create_app(
                                     answer=label))  # fmt: skip
         marked = [mark(r) for r in rollouts]
         asks = judge_requests(rollouts, marked, "atar_cr_tr")
-        results = await judge.judge([a[1] for a in asks], [a[2] for a in asks], settings.score_mode) if asks else []
-        verdicts = {i: result for (i, _, _), result in zip(asks, results)}
+        verdicts = await verdicts_of(asks, settings.score_mode, "query")
         terms = batch_rewards(rollouts, marked, verdicts, step=1, total_steps=1).samples
         return RewardResponse(
             rewards=[t.total for t in terms],

@@ -128,10 +128,15 @@ class JudgeRuntime:
         self.check_item(field, (item.question, item.think, item.answer), item.choices)
 
     async def judge(
-        self, items: Sequence[JudgeItem], scores: Sequence[Sequence[ScoreName]], score_mode: ScoreMode
+        self,
+        items: Sequence[JudgeItem],
+        scores: Sequence[Sequence[ScoreName]],
+        score_mode: ScoreMode,
+        where: Sequence[str] | None = None,
     ) -> list[JudgeResult]:
-        """Scores of `items` (`scores[i]`: those of item i) through the batcher; every failure becomes an HTTP
-        error, never a made-up score. The caller has checked the items' limits."""
+        """Scores of `items` (`scores[i]`: those of item i; `where[i]`: how errors name it, default `items[i]`)
+        through the batcher; every failure becomes an HTTP error, never a made-up score. The caller has checked
+        the items' limits."""
         backend, s = self.ready_backend(), self.settings
         assert self.batcher is not None
         loop = asyncio.get_running_loop()
@@ -140,7 +145,9 @@ class JudgeRuntime:
             self.batcher.check_room(len(items))
             prepared = []
             for i, (item, names) in enumerate(zip(items, scores)):
-                step = loop.run_in_executor(self.tokenizer_thread, prepare_item, backend, i, item, names, score_mode)
+                label = where[i] if where is not None else f"items[{i}]"
+                step = loop.run_in_executor(self.tokenizer_thread, prepare_item, backend, label, item, names,
+                                            score_mode)  # fmt: skip
                 prepared.append(await asyncio.wait_for(step, max(deadline - loop.time(), 0.0)))
             return await self.batcher.submit(prepared, max(deadline - loop.time(), 0.0))
         except PromptTooLongError as exc:

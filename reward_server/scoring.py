@@ -28,13 +28,11 @@ class BackendError(RuntimeError):
 
 
 class PromptTooLongError(ValueError):
-    """A judging prompt longer than the judge's context; `index` is the item's position in its request."""
+    """A judging prompt longer than the judge's context; `where` names the item in its request (`items[3]`)."""
 
-    def __init__(self, index: int, score: str, n_tokens: int, limit: int):
-        super().__init__(
-            f"items[{index}]: the {score} prompt is {n_tokens} tokens, the judge takes at most {limit}"
-        )
-        self.index = index
+    def __init__(self, where: str, score: str, n_tokens: int, limit: int):
+        super().__init__(f"{where}: the {score} prompt is {n_tokens} tokens, the judge takes at most {limit}")
+        self.where = where
 
 
 class LabelBackend(Protocol):
@@ -92,15 +90,15 @@ def label_value(prompt: JudgePrompt, logprobs: Sequence[float], score_mode: str)
 
 
 def prepare_item(
-    backend: LabelBackend, index: int, item: JudgeItem, scores: Sequence[ScoreName], score_mode: ScoreMode = "expected"
+    backend: LabelBackend, where: str, item: JudgeItem, scores: Sequence[ScoreName], score_mode: ScoreMode = "expected"
 ) -> Prepared:
-    """Render and tokenize the judging prompts of one item (`index`: its place in the request, for the error)."""
+    """Render and tokenize the judging prompts of one item (`where`: the item in its request, for the error)."""
     if score_mode not in SCORE_MODES:
         raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
     ids = tuple(render_ids(PROMPTS[name], item, backend.tokenizer).ids for name in scores)
     for name, prompt_ids in zip(scores, ids):
         if len(prompt_ids) > backend.max_prompt_tokens:
-            raise PromptTooLongError(index, name, len(prompt_ids), backend.max_prompt_tokens)
+            raise PromptTooLongError(where, name, len(prompt_ids), backend.max_prompt_tokens)
     return Prepared(tuple(scores), ids, score_mode)
 
 
@@ -111,7 +109,7 @@ def prepare(
     score_mode: ScoreMode = "expected",
 ) -> list[Prepared]:
     """Every item prepared (prepare_item); PromptTooLongError names the first one too long."""
-    return [prepare_item(backend, i, item, scores, score_mode) for i, item in enumerate(items)]
+    return [prepare_item(backend, f"items[{i}]", item, scores, score_mode) for i, item in enumerate(items)]
 
 
 def score_prepared(backend: LabelBackend, items: Sequence[Prepared]) -> list[JudgeResult]:

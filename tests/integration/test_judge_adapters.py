@@ -113,6 +113,9 @@ def test_the_batch_route_refuses_what_it_cannot_score(judge_url):
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "answer"]
     r = post(items=rollouts() * 2)
     assert r.status_code == 413 and r.json()["detail"] == "items: 16 entries, the limit is 8 per request"
+    long = {**rollouts()[0], "response": f"<think>{'zqxjkv' * 1300}</think><answer>second</answer>"}
+    r = post(items=[rollouts()[2], long])  # only item 1 goes to the judge: the error names it, not its place there
+    assert r.status_code == 413 and r.json()["detail"].startswith("items[1]: the consistency prompt is")
 
 
 def trl_batch() -> dict:
