@@ -47,7 +47,7 @@ $(BROWSER_STAMP): $(STAMP)
 	command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $(BROWSER_STAMP)
 
-test: $(STAMP) $(BROWSER_STAMP)
+test: $(STAMP) $(BROWSER_STAMP) $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

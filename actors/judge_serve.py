@@ -8,6 +8,11 @@ its health check and Serve replaces it. Serve's own per-replica limit of concurr
 the judge's queue can hold, so overload is the judge's documented 429 with Retry-After, never a request
 parked in Serve's router.
 
+HTTP reaches the replicas through `JudgeFront`, a light ingress deployment that hands each request whole to a
+replica (`JudgeReplica.forward`, the judge app called in-process) and sends it again to another replica when the
+one it was on dies: Serve's proxy does not resend a request whose replica died, which clients saw as HTTP 500.
+Judging is a pure function of the request, so sending it again is safe.
+
 Two private Ray calls, both here: the HTTP port of a Serve instance that was already running (serve.start
 keeps its options), and the replicas' process ids (the GCS actor table) for tests and benchmarks that kill one.
 
@@ -17,15 +22,21 @@ in pyproject.toml); Serve is one more way to host it, like the `JudgeServer` act
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import ray._private.state as _ray_state
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve import Application
 from ray.serve import context as _serve_context
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from audio_thinker.core.net import free_port
 from reward_server.app import ServerSettings, create_app
@@ -35,6 +46,13 @@ from reward_server.client import JudgeClient
 
 APP_NAME = "audio-thinker-judge"
 DEPLOYMENT_NAME = "JudgeReplica"
+FRONT_NAME = "JudgeFront"
+FORWARD_ATTEMPTS = 4  # a request whose replica died is sent to another one, at most this many times in all
+FORWARD_PAUSE_S = 0.2  # between attempts: Serve's router notices the dead replica
+# (method, path, query string, raw headers, body, client address) of one HTTP request, and its answer.
+Forwarded = tuple[str, str, bytes, list[tuple[bytes, bytes]], bytes, tuple[str, int] | None]
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+_HOP_BY_HOP = {b"content-length", b"transfer-encoding", b"connection"}
 
 
 @dataclass(frozen=True)
@@ -72,10 +90,52 @@ class JudgeReplica:
     def __serve_build_asgi_app__(self):
         return self.judge_app
 
+    async def forward(self, request: Forwarded) -> Answer:
+        """One HTTP request of JudgeFront, answered by this replica's app in-process."""
+        method, path, query, headers, body, client = request
+        headers = [(k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP]  # the body arrives whole
+        transport = httpx.ASGITransport(app=self.judge_app, client=client or ("0.0.0.0", 0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://judge") as http:
+            url = httpx.URL(path=path, query=query)
+            answer = await http.request(method, url, headers=headers, content=body)
+        return answer.status_code, answer.headers.raw, answer.content
+
     def check_health(self) -> None:
         judge = self.judge_app.state.judge
         if judge.status == "failed":
             raise RuntimeError(f"the judge backend failed: {judge.error}")
+
+
+@serve.deployment(name=FRONT_NAME, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000)
+class JudgeFront:
+    """The application's HTTP ingress: every request to a judge replica, again to another if that one dies."""
+
+    def __init__(self, judge: DeploymentHandle):
+        self.judge = judge.options(method_name="forward")
+
+    async def __call__(self, request: Request) -> Response:
+        client = (request.client.host, request.client.port) if request.client else None
+        call: Forwarded = (request.method, request.url.path, request.url.query.encode(), request.headers.raw,
+                           await request.body(), client)  # fmt: skip
+        for attempt in range(FORWARD_ATTEMPTS):
+            try:
+                status, headers, content = await self.judge.remote(call)
+            except RayActorError:  # the replica died (or went unreachable) with the request on it
+                if attempt + 1 == FORWARD_ATTEMPTS:
+                    break
+                await asyncio.sleep(FORWARD_PAUSE_S)
+                continue
+            response = Response(content, status_code=status)
+            response.raw_headers = [(k, v) for k, v in headers if k.lower() != b"content-length"] + [
+                (b"content-length", str(len(content)).encode())
+            ]
+            return response
+        return JSONResponse({"detail": "no judge replica could answer; retry"}, 503, headers={"Retry-After": "1"})
+
+
+def application(judge: Any) -> Application:
+    """The judge application: JudgeFront in front of the bound JudgeReplica deployment `judge`."""
+    return JudgeFront.bind(judge)
 
 
 def replica_options(settings: ServerSettings, num_cpus: float, num_gpus: float) -> dict[str, Any]:
@@ -101,8 +161,8 @@ def build_app(args: dict[str, Any]) -> Application:
     settings = ServerSettings(**args, api_keys=keys)
     options = replica_options(settings, num_cpus=1.0, num_gpus=0.0)
     del options["ray_actor_options"]  # resources: from the config file
-    return JudgeReplica.options(**options).bind(
-        lambda: load_backend(backend, model, openai_base_url=base_url), settings
+    return application(
+        JudgeReplica.options(**options).bind(lambda: load_backend(backend, model, openai_base_url=base_url), settings)
     )
 
 
@@ -129,7 +189,7 @@ class JudgeDeployment:
             http_options={"host": host, "port": port or free_port(host)}, logging_config={"log_level": "WARNING"}
         )
         deployment = JudgeReplica.options(**scaling.options(), **replica_options(settings, num_cpus, num_gpus))
-        serve.run(deployment.bind(load, settings), name=name, route_prefix="/")
+        serve.run(application(deployment.bind(load, settings)), name=name, route_prefix="/")
         http = _serve_context._get_global_client().http_config  # Serve already running keeps its own port
         host = "127.0.0.1" if http.host in ("0.0.0.0", "::") else http.host
         self.url = f"http://{host}:{http.port}"

@@ -68,11 +68,11 @@ def browser_times(base: str, run_url: str, rollout_url: str) -> dict[str, float]
         for label in ("cold", "warm"):
             start = time.perf_counter()
             page.goto(run_url)
-            page.wait_for_function("document.body.dataset.painted === '1'", timeout=60_000)
+            page.wait_for_function("() => document.body.dataset.painted === '1'", timeout=60_000)
             out[f"run page, first paint ({label})"] = time.perf_counter() - start
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+            page.wait_for_function("() => document.body.dataset.ready === '1'", timeout=60_000)
             out[f"run page, first screen ({label})"] = time.perf_counter() - start
-            page.wait_for_function("document.body.dataset.complete === '1'", timeout=60_000)
+            page.wait_for_function("() => document.body.dataset.complete === '1'", timeout=60_000)
             out[f"run page, all charts ({label})"] = time.perf_counter() - start
             start = time.perf_counter()
             page.goto(rollout_url, wait_until="load")

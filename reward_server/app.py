@@ -4,76 +4,73 @@
 start-up (so `/health` answers while a large judge loads), followed by one warm-up forward, after which
 `/ready` turns 200. `app_from_env` is the ASGI factory for `uvicorn --factory reward_server.app:app_from_env`.
 
-Status codes: 401 bad/missing key, 413 too many items / too long text / too large body / prompt longer
-than the judge's context, 422 schema errors (the message names the field), 429 queue full (with
-Retry-After), 502 backend failure, 503 not ready or shutting down, 504 request deadline exceeded.
+Status codes: 401 bad/missing key, 413 too many items / choices / too long text / too large body / prompt
+longer than the judge's context, 422 schema errors (the message names the field; invalid unicode too), 429
+queue full (with Retry-After), 502 backend failure, 503 not ready or shutting down, 504 request deadline
+exceeded, 500 unexpected. A 5xx body is generic and carries the request id (every response has it in
+X-Request-ID); the details are in the server's log under that id. Responses name the model, never its path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from audio_thinker.core.config import JudgeLimits, JudgeScoring
-from audio_thinker.core.protocol import parse_response
-from audio_thinker.core.rewards import SampleVerdict, compute_rewards
-from audio_thinker.core.vocab import ScoreMode, normalize_text
+from audio_thinker.core.rewards import SampleError
+from audio_thinker.core.vocab import ScoreMode
 from reward_server.auth import AuthMiddleware, is_protected, load_api_keys
 from reward_server.backends import JudgeBackend, load_backend
-from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError
+from reward_server.batch_rewards import batch_rewards, judge_requests, mark, question_text, sample_terms
 from reward_server.metrics import JudgeMetrics, MetricsMiddleware
-from reward_server.middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware
+from reward_server.middleware import BodyLimitMiddleware, LoopbackOnlyMiddleware, RequestIdMiddleware, request_id
 from reward_server.prompts import PROMPT_VERSION, PROMPTS
+from reward_server.runtime import JudgeRuntime
 from reward_server.schemas import (
     ALL_SCORES,
     InfoResponse,
-    JudgeItem,
     JudgeRequest,
     JudgeResponse,
     JudgeResult,
     Limits,
     RewardRequest,
     RewardResponse,
-    ScoreName,
-)
-from reward_server.scoring import (
-    BackendError,
-    Prepared,
-    PromptTooLongError,
-    prepare,
-    score_items,
-    score_prepared,
+    RewardsRequest,
+    RewardsResponse,
+    Rollout,
 )
 
 log = logging.getLogger(__name__)
 
-ROUTES = frozenset({"/v1/judge", "/get_reward", "/v1/info", "/health", "/ready", "/metrics"})
+ROUTES = frozenset({"/v1/judge", "/v1/rewards", "/get_reward", "/v1/info", "/health", "/ready", "/metrics"})
 # Documented in OpenAPI; every error body is {"detail": ...} (422 adds a one-line "message").
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key"},
     413: {
-        "description": "Too many items, a text or the body too long, or a prompt longer than the judge's context"
+        "description": "Too many items or choices, a text, an item or the body too long, or a prompt longer than "
+        "the judge's context"
     },
-    422: {"description": "Schema error; `message` names the field"},
+    422: {"description": "Schema error (invalid unicode included); `message` names the field"},
     429: {"description": "Queue full; retry after `Retry-After` seconds"},
     502: {"description": "The judge backend failed (e.g. the remote completions server)"},
     503: {"description": "Not ready (loading, failed, shutting down)"},
     504: {"description": "Not answered within the request deadline"},
+    500: {"description": "Unexpected error; the body has the request id, the server log the details"},
 }
-_WARMUP = JudgeItem(question="Is the sound a dog barking?", think="I hear short loud barks.", answer="yes")
 
 
 class ServerSettings(JudgeLimits, JudgeScoring):
@@ -86,118 +83,9 @@ class ServerSettings(JudgeLimits, JudgeScoring):
     )
 
 
-def _error(status: int, detail: Any, retry_after: int | None = None) -> HTTPException:
-    return HTTPException(
-        status, detail, headers={"Retry-After": str(retry_after)} if retry_after is not None else None
-    )
-
-
 def _unprocessable(loc: Sequence[str | int], msg: str) -> RequestValidationError:
     """A 422 answered like schema errors, for checks the schema cannot express."""
     return RequestValidationError([{"loc": ("body", *loc), "msg": msg, "type": "value_error"}])
-
-
-class _Judge:
-    """Runtime state of one app: the backend, the batcher, and where in its life it is."""
-
-    def __init__(self, load: Callable[[], JudgeBackend], settings: ServerSettings, metrics: JudgeMetrics):
-        self.load_backend = load
-        self.settings = settings
-        self.metrics = metrics
-        self.status = "loading"  # -> ready | failed; -> stopping at shutdown
-        self.error = ""
-        self.backend: JudgeBackend | None = None
-        self.batcher: MicroBatcher[Prepared, JudgeResult] | None = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="judge-model")
-        # Tokenization has its own thread: off the event loop, never concurrent on one tokenizer.
-        self.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="judge-tokenize")
-
-    async def start(self, on_fatal: Callable[[], None] | None) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            backend = await loop.run_in_executor(self.executor, self.load_backend)
-            self.backend = backend
-            await loop.run_in_executor(self.executor, score_items, backend, [_WARMUP], ALL_SCORES)
-        except Exception as exc:
-            log.exception("judge backend failed to load")
-            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
-            if on_fatal is not None:
-                on_fatal()
-            return
-        s = self.settings
-        self.batcher = MicroBatcher(
-            lambda items: score_prepared(backend, items),
-            s.max_batch_size,
-            s.max_wait_ms,
-            s.max_queue,
-            self.executor,
-            on_batch=self._observe_batch,
-        )
-        self.batcher.start()
-        self.status = "ready"
-        log.info("judge ready: %s backend, model %s", backend.name, backend.model)
-
-    async def stop(self) -> None:
-        if self.status != "failed":
-            self.status = "stopping"
-        if self.batcher is not None:
-            await self.batcher.stop()
-        if self.backend is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.backend.close)
-        self.executor.shutdown(wait=True)
-        self.tokenizer_thread.shutdown(wait=True)
-
-    def _observe_batch(self, items: list[Prepared], seconds: float) -> None:
-        self.metrics.batch_size.observe(len(items))
-        self.metrics.batch_duration.observe(seconds)
-        for item in items:
-            for name in item.scores:
-                self.metrics.items.labels(name).inc()
-
-    def ready_backend(self) -> JudgeBackend:
-        if self.status != "ready" or self.backend is None:
-            detail = f"judge is {self.status}" + (f": {self.error}" if self.error else "")
-            raise _error(503, detail, self.settings.retry_after_s)
-        return self.backend
-
-    def check_text(self, field: str, text: str) -> None:
-        if len(text) > self.settings.max_text_chars:
-            raise _error(413, f"{field}: {len(text)} characters, the limit is {self.settings.max_text_chars}")
-
-    def check_count(self, field: str, n: int) -> None:
-        if n > self.settings.max_items:
-            raise _error(413, f"{field}: {n} entries, the limit is {self.settings.max_items} per request")
-
-    async def judge(
-        self, items: Sequence[JudgeItem], scores: Sequence[ScoreName], score_mode: ScoreMode
-    ) -> list[JudgeResult]:
-        """Score items through the batcher; every failure becomes an HTTP error, never a made-up score."""
-        backend = self.ready_backend()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_s
-        try:
-            prepared = await loop.run_in_executor(self.tokenizer_thread, prepare, backend, items, scores, score_mode)
-        except PromptTooLongError as exc:
-            raise _error(413, str(exc)) from None
-        assert self.batcher is not None
-        try:
-            return await self.batcher.submit(prepared, max(deadline - loop.time(), 0.0))
-        except QueueFullError as exc:
-            raise _error(
-                429, f"{exc}; retry after {self.settings.retry_after_s} s", self.settings.retry_after_s
-            ) from None
-        except DeadlineError:
-            raise _error(
-                504, f"no answer within the request deadline of {self.settings.request_timeout_s:g} s"
-            ) from None
-        except ShuttingDownError as exc:
-            raise _error(503, str(exc), self.settings.retry_after_s) from None
-        except BackendError as exc:
-            log.warning("judge backend failed: %s", exc)
-            raise _error(502, f"judge backend failed: {exc}") from None
-        except Exception as exc:
-            log.exception("judge batch failed")
-            raise _error(500, f"judge failed: {type(exc).__name__}: {exc}") from None
 
 
 def create_app(
@@ -207,7 +95,7 @@ def create_app(
     fails (build_server stops the server with it). Empty `settings.api_keys` means no auth: protected routes
     then answer loopback clients only; `auth.check_auth_setup` decides whether that is allowed at all."""
     metrics = JudgeMetrics()
-    judge = _Judge(load, settings, metrics)
+    judge = JudgeRuntime(load, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -232,7 +120,16 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in jsonable_encoder(exc.errors())]
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
-        return JSONResponse({"detail": errors, "message": message}, status_code=422)
+        # ASCII JSON: a field name or message may carry a lone surrogate, which has no UTF-8 form.
+        body = json.dumps({"detail": errors, "message": message})
+        return Response(body, status_code=422, media_type="application/json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body: dict[str, Any] = {"detail": exc.detail}
+        if exc.status_code >= 500:
+            body["request_id"] = request_id()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.post("/v1/judge", response_model=JudgeResponse, tags=["judge"], responses=_ERRORS)
     async def judge_route(request: JudgeRequest) -> JudgeResponse:
@@ -240,20 +137,59 @@ def create_app(
         backend = judge.ready_backend()
         judge.check_count("items", len(request.items))
         for i, item in enumerate(request.items):
-            for field in ("question", "think", "answer"):
-                judge.check_text(f"items[{i}].{field}", getattr(item, field))
-            for j, choice in enumerate(item.choices or []):
-                judge.check_text(f"items[{i}].choices[{j}]", choice)
+            judge.check_judge_item(f"items[{i}]", item)
         mode = request.score_mode or settings.score_mode
-        results = await judge.judge(request.items, request.scores, mode)
-        return JudgeResponse(results=results, model=backend.model, prompt_version=PROMPT_VERSION, score_mode=mode)
+        results = await judge.judge(request.items, [request.scores] * len(request.items), mode)
+        return JudgeResponse(results=results, model=backend.model_name, prompt_version=PROMPT_VERSION, score_mode=mode)
+
+    async def verdicts_of(asks: list, mode: ScoreMode, field: str) -> dict[int, JudgeResult]:
+        """The judge's results for `judge_requests`' asks, by batch index (errors name `field[index]`)."""
+        if not asks:
+            return {}
+        where = [f"{field}[{i}]" for i, _, _ in asks]
+        results = await judge.judge([item for _, item, _ in asks], [scores for _, _, scores in asks], mode, where)
+        return {i: result for (i, _, _), result in zip(asks, results)}
+
+    @app.post("/v1/rewards", response_model=RewardsResponse, tags=["judge"], responses=_ERRORS)
+    async def rewards_route(request: RewardsRequest) -> RewardsResponse:
+        """The paper's reward over one training batch (eq. 7 with ATAR at `step` of `total_steps`): every term,
+        the totals, and on request eq. 8's group advantages (docs/judge.md)."""
+        backend = judge.ready_backend()
+        judge.check_count("items", len(request.items))
+        marked = []
+        for i, r in enumerate(request.items):
+            for name in ("question", "response", "answer"):
+                judge.check_text(f"items[{i}].{name}", getattr(r, name))
+            for j, choice in enumerate(r.choices or ()):
+                judge.check_text(f"items[{i}].choices[{j}]", choice)
+            judge.check_item(f"items[{i}]", (r.question, r.response, r.answer), r.choices)
+            try:
+                marked.append(mark(r))
+            except ValueError as exc:
+                raise _unprocessable(["items", i, "answer"], str(exc)) from None
+        asks = judge_requests(request.items, marked, request.variant)
+        mode = request.score_mode or settings.score_mode
+        verdicts = await verdicts_of(asks, mode, "items")
+        try:
+            batch = batch_rewards(
+                request.items, marked, verdicts, request.step, request.total_steps, request.variant,
+                request.invalid_accuracy,
+            )  # fmt: skip
+        except SampleError as exc:
+            raise _unprocessable(["items", exc.index, exc.field], exc.message) from None
+        return RewardsResponse(
+            think_rate=batch.think_rate, gamma_think=batch.gamma_think, gamma_no_think=batch.gamma_no_think,
+            samples=sample_terms(batch, verdicts, request.advantages), model=backend.model_name,
+            prompt_version=PROMPT_VERSION,
+        )  # fmt: skip
 
     @app.post("/get_reward", response_model=RewardResponse, tags=["judge"], responses=_ERRORS)
     async def get_reward(request: RewardRequest) -> RewardResponse:
-        """The OpenRLHF remote-reward contract; the reward is defined in docs/judge.md."""
+        """The OpenRLHF remote-reward contract: the reward with both ATAR factors at 1 (a stateless request knows
+        neither the step nor the batch; /v1/rewards does), defined in docs/judge.md."""
         judge.ready_backend()
         judge.check_count("query", len(request.query))
-        parsed = []
+        rollouts = []
         for i, (query, prompt, label) in enumerate(zip(request.query, request.prompts, request.labels)):
             if not query.startswith(prompt):
                 raise _unprocessable(
@@ -265,19 +201,14 @@ def create_app(
             judge.check_text(f"prompts[{i}]", prompt)
             judge.check_text(f"query[{i}] (response part)", query[len(prompt) :])
             judge.check_text(f"labels[{i}]", label)
-            parsed.append(parse_response(query[len(prompt) :]))
-        think = [i for i, p in enumerate(parsed) if p.mode == "think"]
-        items = [
-            JudgeItem(question=request.prompts[i], think=parsed[i].think, answer=parsed[i].answer)
-            for i in think
-        ]
-        verdicts = dict(zip(think, await judge.judge(items, ALL_SCORES, settings.score_mode))) if items else {}
-        samples = []
-        for i, (p, label) in enumerate(zip(parsed, request.labels)):
-            correct = p.mode != "invalid" and normalize_text(p.answer or "") == normalize_text(label)
-            v = verdicts.get(i, JudgeResult())
-            samples.append(SampleVerdict(p.mode, correct, str(i), v.consistency, v.think_quality))
-        terms = compute_rewards(samples, step=1, total_steps=1, variant="atar_cr_tr").samples
+            judge.check_item(f"query[{i}]", (query, label), None)
+            # Only the question reaches the judge, not the trainer's chat scaffolding and its special tokens.
+            rollouts.append(Rollout(group=str(i), question=question_text(prompt), response=query[len(prompt) :],
+                                    answer=label))  # fmt: skip
+        marked = [mark(r) for r in rollouts]
+        asks = judge_requests(rollouts, marked, "atar_cr_tr")
+        verdicts = await verdicts_of(asks, settings.score_mode, "query")
+        terms = batch_rewards(rollouts, marked, verdicts, step=1, total_steps=1).samples
         return RewardResponse(
             rewards=[t.total for t in terms],
             scores=[float(t.correct) for t in terms],
@@ -291,11 +222,11 @@ def create_app(
             },
         )
 
-    @app.get("/v1/info", response_model=InfoResponse, tags=["service"])
+    @app.get("/v1/info", response_model=InfoResponse, tags=["service"], responses={401: _ERRORS[401]})
     async def info() -> InfoResponse:
         backend = judge.backend
         return InfoResponse(
-            model=backend.model if backend else "",
+            model=backend.model_name if backend else "",
             backend=backend.name if backend else "",
             prompt_version=PROMPT_VERSION,
             prompts={name: p.version for name, p in PROMPTS.items()},
@@ -304,22 +235,25 @@ def create_app(
             auth=bool(settings.api_keys),
         )
 
-    @app.get("/health", tags=["service"])
+    def _state() -> dict[str, str]:
+        body = {"status": judge.status}
+        if judge.status == "failed":
+            body["error"] = f"{judge.error_kind} (the server log says why)"
+        return body
+
+    @app.get("/health", tags=["service"], responses={503: {"description": "The backend failed to load"}})
     async def health() -> JSONResponse:
         """The process is alive (503 only when the backend failed to load: restart it)."""
         if judge.status == "failed":
-            return JSONResponse({"status": "failed", "error": judge.error}, status_code=503)
+            return JSONResponse(_state(), status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/ready", tags=["service"])
+    @app.get("/ready", tags=["service"], responses={503: {"description": "Loading, failed or stopping"}})
     async def ready() -> JSONResponse:
         """200 once the model is loaded and one warm-up forward has run."""
-        body: dict[str, str] = {"status": judge.status}
-        if judge.error:
-            body["error"] = judge.error
-        return JSONResponse(body, status_code=200 if judge.status == "ready" else 503)
+        return JSONResponse(_state(), status_code=200 if judge.status == "ready" else 503)
 
-    @app.get("/metrics", tags=["service"])
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics_route() -> Response:
         content, media_type = metrics.render()
         return Response(content, media_type=media_type)
@@ -346,6 +280,7 @@ def create_app(
         app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     else:
         app.add_middleware(LoopbackOnlyMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
     return app
 

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -38,6 +39,13 @@ def load_tokenizer(path: str) -> Any:
             f"judge model folder {path} does not exist (build the tiny one with `audio-thinker make-tiny`)"
         )
     return AutoTokenizer.from_pretrained(path)
+
+
+def redact_url(url: str) -> str:
+    """`url` without its user:password@ part."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _max_positions(path: str) -> int:
@@ -97,8 +105,10 @@ class JudgeBackend(ABC):
         label_ids = label_token_ids(self.tokenizer)
         self.label_ids = [label_ids[label] for label in ALL_LABELS]
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+    @property
+    def model_name(self) -> str:
+        """The model as responses name it: a local folder by its name, never its path."""
+        return Path(self.model).name or self.model
 
     @abstractmethod
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -264,6 +274,7 @@ class OpenAIBackend(JudgeBackend):
         import httpx
 
         super().__init__(model, tokenizer_path)
+        self.where = redact_url(base_url)  # what errors (and so logs) say: no user:password@
         self.max_prompt_tokens = max_prompt_tokens or _max_positions(tokenizer_path) - 1
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -288,11 +299,9 @@ class OpenAIBackend(JudgeBackend):
         try:
             response = self.http.post("/v1/completions", json=body)
         except httpx.HTTPError as exc:
-            raise BackendError(f"judge endpoint {self.http.base_url}: {type(exc).__name__}: {exc}") from None
+            raise BackendError(f"judge endpoint {self.where}: {type(exc).__name__}") from None
         if response.status_code != 200:
-            raise BackendError(
-                f"judge endpoint {self.http.base_url}: HTTP {response.status_code}: {response.text[:500]}"
-            )
+            raise BackendError(f"judge endpoint {self.where}: HTTP {response.status_code}: {response.text[:500]}")
         choices = sorted(response.json().get("choices", []), key=lambda c: c.get("index", 0))
         if len(choices) != len(prompt_ids):
             raise BackendError(

@@ -110,15 +110,20 @@ class MicroBatcher(Generic[T, R]):
         if self._task is not None:
             await self._task
 
+    def check_room(self, n: int) -> None:
+        """Whether `n` items would be queued now: QueueFullError or ShuttingDownError if not (a caller checks this
+        before it prepares its items, so that a full queue refuses a request before any work is done for it)."""
+        if self._closing or self._task is None:
+            raise ShuttingDownError("the judge is not accepting requests (starting or shutting down)")
+        if self._queued + n > self.max_queue:
+            raise QueueFullError(self._queued, n, self.max_queue)
+
     async def submit(self, items: Sequence[T], timeout_s: float) -> list[R]:
         """Results for `items`, in order. Raises QueueFullError, DeadlineError, ShuttingDownError, or the
         batch function's exception."""
-        if self._closing or self._task is None:
-            raise ShuttingDownError("the judge is not accepting requests (starting or shutting down)")
+        self.check_room(len(items))
         if not items:
             return []
-        if self._queued + len(items) > self.max_queue:
-            raise QueueFullError(self._queued, len(items), self.max_queue)
         request = _Request(
             [None] * len(items), asyncio.get_running_loop().create_future(), len(items), len(items)
         )

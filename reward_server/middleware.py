@@ -1,14 +1,61 @@
-"""ASGI middleware of the judge service: request-body limits and the loopback-only guard of a server without
-keys. Pure ASGI (no FastAPI), so they wrap the app before routing and cost nothing per route."""
+"""ASGI middleware of the judge service: request ids and generic 500s, request-body limits, and the loopback-only
+guard of a server without keys. Pure ASGI (no FastAPI), so they wrap the app before routing and cost nothing per
+route."""
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import secrets
 from collections.abc import Callable
 
 from starlette.responses import JSONResponse
 
 from audio_thinker.core.net import is_loopback
 from reward_server.auth import is_protected
+
+log = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "X-Request-ID"
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("judge_request_id", default="-")
+
+
+def request_id() -> str:
+    """The id of the request being answered (what its response's X-Request-ID and 5xx body carry)."""
+    return _request_id.get()
+
+
+class RequestIdMiddleware:
+    """Every response carries a fresh X-Request-ID; an unexpected error answers a generic 500 with that id (the
+    traceback goes to the log under it), never the exception's text."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = secrets.token_hex(8)
+        token = _request_id.set(rid)
+        started = False
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("request %s: %s %s failed", rid, scope["method"], scope["path"])
+            if started:
+                raise
+            response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
+            await response(scope, receive, send_with_id)
+        finally:
+            _request_id.reset(token)
 
 
 class BodyLimitMiddleware:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from audio_thinker.core.vocab import SCORE_MODES, ScoreMode
-from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, render
+from reward_server.prompts import ALL_LABELS, PROMPTS, JudgePrompt, Tokenizer, render_ids
 from reward_server.schemas import ALL_SCORES, JudgeItem, JudgeResult, ScoreName
 
 
@@ -28,19 +28,16 @@ class BackendError(RuntimeError):
 
 
 class PromptTooLongError(ValueError):
-    """A judging prompt longer than the judge's context; `index` is the item's position in its request."""
+    """A judging prompt longer than the judge's context; `where` names the item in its request (`items[3]`)."""
 
-    def __init__(self, index: int, score: str, n_tokens: int, limit: int):
-        super().__init__(
-            f"items[{index}]: the {score} prompt is {n_tokens} tokens, the judge takes at most {limit}"
-        )
-        self.index = index
+    def __init__(self, where: str, score: str, n_tokens: int, limit: int):
+        super().__init__(f"{where}: the {score} prompt is {n_tokens} tokens, the judge takes at most {limit}")
+        self.where = where
 
 
 class LabelBackend(Protocol):
     max_prompt_tokens: int
-
-    def encode(self, text: str) -> list[int]: ...
+    tokenizer: Tokenizer
 
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """log P(label | prompt) for each prompt (rows) and each of ALL_LABELS (columns); -inf if unseen."""
@@ -92,23 +89,27 @@ def label_value(prompt: JudgePrompt, logprobs: Sequence[float], score_mode: str)
     raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
 
 
+def prepare_item(
+    backend: LabelBackend, where: str, item: JudgeItem, scores: Sequence[ScoreName], score_mode: ScoreMode = "expected"
+) -> Prepared:
+    """Render and tokenize the judging prompts of one item (`where`: the item in its request, for the error)."""
+    if score_mode not in SCORE_MODES:
+        raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
+    ids = tuple(render_ids(PROMPTS[name], item, backend.tokenizer).ids for name in scores)
+    for name, prompt_ids in zip(scores, ids):
+        if len(prompt_ids) > backend.max_prompt_tokens:
+            raise PromptTooLongError(where, name, len(prompt_ids), backend.max_prompt_tokens)
+    return Prepared(tuple(scores), ids, score_mode)
+
+
 def prepare(
     backend: LabelBackend,
     items: Sequence[JudgeItem],
     scores: Sequence[ScoreName],
     score_mode: ScoreMode = "expected",
 ) -> list[Prepared]:
-    """Render and tokenize the judging prompts of every item; PromptTooLongError names the first too long."""
-    if score_mode not in SCORE_MODES:
-        raise ValueError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {score_mode!r}")
-    out = []
-    for i, item in enumerate(items):
-        ids = tuple(backend.encode(render(PROMPTS[name], item)) for name in scores)
-        for name, prompt_ids in zip(scores, ids):
-            if len(prompt_ids) > backend.max_prompt_tokens:
-                raise PromptTooLongError(i, name, len(prompt_ids), backend.max_prompt_tokens)
-        out.append(Prepared(tuple(scores), ids, score_mode))
-    return out
+    """Every item prepared (prepare_item); PromptTooLongError names the first one too long."""
+    return [prepare_item(backend, f"items[{i}]", item, scores, score_mode) for i, item in enumerate(items)]
 
 
 def score_prepared(backend: LabelBackend, items: Sequence[Prepared]) -> list[JudgeResult]:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from audio_thinker.core.vocab import (
     DataFormat,
@@ -143,6 +143,11 @@ class JudgeLimits(Section):
     max_queue: int = Field(1024, ge=1, description="Queued items before the server answers 429.")
     max_items: int = Field(256, ge=1, description="Items per request before the server answers 413.")
     max_text_chars: int = Field(16000, ge=1, description="Characters per text field before 413.")
+    max_choices: int = Field(64, ge=1, description="Choices per item before 413 (checked before any tokenizing).")
+    max_item_chars: int = Field(
+        32000, ge=1, description="Characters of one item, all its texts together, before 413 (checked before any "
+        "tokenizing)."
+    )
     max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size in bytes before 413.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request inside the server before 504.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds of 429 and 503 answers.")
@@ -178,8 +183,11 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
         None,
         description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster.",
     )
-    api_key: str | None = Field(
-        None, description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY)."
+    api_key: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY). A secret: shown as "
+        "'**********', never written to the run's config.yaml nor sent to loggers (give it again on resume).",
     )
     backend: JudgeBackendName = Field("transformers", description="Backend of an in-cluster judge.")
     call_timeout_s: float = Field(120.0, gt=0, description="Deadline of one judge request (the client's timeout).")
@@ -196,6 +204,10 @@ class JudgeConfig(JudgeLimits, JudgeScoring):
     startup_timeout_s: float = Field(
         300.0, gt=0, description="Deadline for the in-cluster judge to start (or restart) and answer /ready."
     )
+
+    def api_key_value(self) -> str | None:
+        """The key itself, for the one place that sends it (the judge client's Authorization header)."""
+        return self.api_key.get_secret_value() if self.api_key is not None else None
 
 
 class RewardConfig(Section):

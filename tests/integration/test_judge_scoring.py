@@ -20,6 +20,7 @@ from reward_server.prompts import (
     LabelTokenError,
     label_token_ids,
     render,
+    render_ids,
 )
 from reward_server.schemas import JudgeItem
 from reward_server.scoring import (
@@ -85,15 +86,15 @@ def test_label_distribution_edge_cases():
 def test_render_puts_every_field_in_and_ends_at_the_verdict():
     text = render(CONSISTENCY, ITEMS[0])
     for part in (
-        "Which instrument plays?",
-        "Bowed strings, high pitch.",
-        "Final answer: violin",
-        "Choices: violin | drums",
+        "<question>\nWhich instrument plays?\n</question>",
+        "<reasoning>\nBowed strings, high pitch.\n</reasoning>",
+        "<final_answer>\nviolin\n</final_answer>",
+        "<choices>\n<choice>violin</choice>\n<choice>drums</choice>\n</choices>",
     ):
         assert part in text
     assert text.endswith("Verdict:")
     assert render(THINK_QUALITY, ITEMS[1]).endswith("Score: ")
-    assert "Choices:" not in render(THINK_QUALITY, ITEMS[1])
+    assert "<choices>" not in render(THINK_QUALITY, ITEMS[1])
     # Braces in user text are data, not placeholders.
     assert "{answer}" in render(CONSISTENCY, JudgeItem(question="{answer}", think="t", answer="a"))
 
@@ -106,6 +107,8 @@ def test_labels_are_single_tokens_of_the_tiny_judge(backend):
         base = backend.tokenizer.encode(text, add_special_tokens=False)
         for label in prompt.labels:
             assert backend.tokenizer.encode(text + label, add_special_tokens=False) == base + [ids[label]]
+        # The prompt's ids (tokenized piece by piece) end like the whole text's: the label follows the same token.
+        assert render_ids(prompt, ITEMS[0], backend.tokenizer).ids[-5:] == base[-5:]
 
 
 def test_label_check_names_a_label_that_is_split():
@@ -128,7 +131,7 @@ def test_label_check_names_a_label_that_is_split():
 
 def test_backend_matches_a_plain_forward_pass(backend, tiny_models):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_models["qwen3_judge"]), dtype=torch.float32).eval()
-    ids = [backend.encode(render(CONSISTENCY, item)) for item in ITEMS]
+    ids = [render_ids(CONSISTENCY, item, backend.tokenizer).ids for item in ITEMS]
     got = backend.label_logprobs(ids)  # one left-padded batch of three different lengths
     assert len({len(i) for i in ids}) == 3
     for row, seq in zip(got, ids):

@@ -4,7 +4,8 @@
   on a new port, `call_judge` finds it again and sends the failed requests again; every item gets its own
   verdict (equal to in-process scoring), computed once by the restarted judge; none is lost or defaulted.
 - The judge on Ray Serve with 2 replicas, overloaded (429s) by the bounded loop of bench/judge_load.py while
-  one replica is killed: every request is answered once with its own results, nothing lost.
+  one replica is killed: every request is answered once with its own results, nothing lost, and no client sees
+  a 5xx (JudgeFront resends the requests that were on the dead replica).
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def test_a_judge_actor_that_dies_or_hangs_mid_scoring_is_restarted_and_every_ite
         request_chunk=3,
         max_restarts=1,
         max_retries=retries,
-        timeout_s=timeout_s,
-        restart_timeout_s=120,
+        call_timeout_s=timeout_s,
+        startup_timeout_s=120,
     )
     service = JudgeService(judge_path, config, KEY, "127.0.0.1").ready()
     judge = Judge(service.url, KEY, service)
@@ -160,6 +161,7 @@ def test_serve_with_two_replicas_one_killed_mid_overload_answers_every_request_o
         assert sorted(load.answers) == list(range(n)) and load.answered_twice == 0  # none lost, none twice
         assert bench.mismatched(load, items, expected) == 0  # each its own results
         assert load.refused_429 > 0  # it was past capacity
+        assert load.errors_5xx == {}  # JudgeFront sent the killed replica's requests to the other one
         wait_for(lambda: len(deployment.replica_pids()) == 2 and pids[0] not in deployment.replica_pids(), 120)
     finally:
         deployment.close()

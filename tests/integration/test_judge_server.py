@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,7 +111,8 @@ def serve_on_ray(judge_path: str, **settings) -> judge_serve.JudgeDeployment:
 @pytest.fixture(scope="module", params=["uvicorn", "ray-serve"])
 def server(request, judge_path):
     settings = dict(
-        max_items=8, max_text_chars=8000, max_body_bytes=64 * 1024, max_batch_size=16, max_wait_ms=20.0
+        max_items=8, max_text_chars=8000, max_body_bytes=64 * 1024, max_batch_size=16, max_wait_ms=20.0,
+        max_choices=4, max_item_chars=12000,
     )
     if request.param == "uvicorn":
         thread, url = serve(judge_path, **settings)
@@ -166,18 +168,19 @@ def test_info_reports_model_backend_prompts_and_limits(server, judge_path):
     url = server
     info = JudgeClient(url, api_key=KEY).info()
     assert (info.model, info.backend, info.prompt_version, info.auth) == (
-        judge_path,
+        Path(judge_path).name,  # the model's name, never its path
         "transformers",
-        "judge-v1",
+        "judge-v2",
         True,
     )
-    assert info.prompts == {"consistency": "consistency-v1", "think_quality": "think-quality-v1"}
+    assert info.prompts == {"consistency": "consistency-v2", "think_quality": "think-quality-v2"}
     assert info.scores == ["consistency", "think_quality"]
     assert (info.limits.max_items, info.limits.max_text_chars, info.limits.max_body_bytes) == (
         8,
         8000,
         64 * 1024,
     )
+    assert (info.limits.max_choices, info.limits.max_item_chars) == (4, 12000)
     assert (info.limits.max_batch_size, info.limits.max_wait_ms, info.limits.request_timeout_s) == (
         16,
         20.0,
@@ -204,7 +207,7 @@ def test_judge_returns_results_in_order_equal_to_in_process_scoring(server, ref,
     r = httpx.post(f"{url}/v1/judge", json={"items": items}, headers=AUTH)
     assert r.status_code == 200
     body = r.json()
-    assert body["model"] == judge_path and body["prompt_version"] == "judge-v1"
+    assert body["model"] == Path(judge_path).name and body["prompt_version"] == "judge-v2"
     expected = score_items(ref, [JudgeItem(**i) for i in items])
     assert len(body["results"]) == 3
     for got, want in zip(body["results"], expected):
@@ -280,6 +283,14 @@ def test_schema_errors_are_422_naming_the_field(server, body, loc, fragment):
     assert fragment in r.json()["message"]
 
 
+def test_invalid_unicode_is_422_naming_the_field(server):
+    url = server
+    body = b'{"items": [{"question": "q", "think": "bad \\ud800 text", "answer": "a"}]}'  # a lone surrogate
+    r = httpx.post(f"{url}/v1/judge", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "items", 0, "think"]
+    assert "invalid unicode" in r.json()["message"] and "ud800" not in r.text
+
+
 def test_malformed_json_is_422(server):
     url = server
     r = httpx.post(
@@ -296,6 +307,11 @@ def test_limits_are_413_with_the_field_and_the_limit(server):
     assert r.status_code == 413 and r.json()["detail"] == "items[1].think: 8001 characters, the limit is 8000"
     r = httpx.post(f"{url}/v1/judge", json={"items": [item(0, choices=["a", "b" * 8001])]}, headers=AUTH)
     assert r.status_code == 413 and r.json()["detail"].startswith("items[0].choices[1]: 8001 characters")
+    r = httpx.post(f"{url}/v1/judge", json={"items": [item(0, choices=list("abcde"))]}, headers=AUTH)
+    assert r.status_code == 413 and r.json()["detail"] == "items[0].choices: 5 choices, the limit is 4"
+    r = httpx.post(f"{url}/v1/judge", json={"items": [item(0, question="q" * 7000, think="t" * 7000)]}, headers=AUTH)
+    assert r.status_code == 413
+    assert r.json()["detail"] == "items[0]: 14006 characters in all, the limit is 12000 per item"
     # Within the character limit but longer than the judge's context (rare byte sequences: ~1 token per byte).
     r = httpx.post(f"{url}/v1/judge", json={"items": [item(0, think="zqxjkv" * 1300)]}, headers=AUTH)
     assert r.status_code == 413 and "items[0]: the consistency prompt is" in r.json()["detail"]
@@ -336,7 +352,9 @@ def test_get_reward_follows_the_documented_formula(server, ref):
     reward = JudgeClient(url, api_key=KEY).get_reward(
         [prompt + r for r in responses], [prompt] * 4, ["second"] * 4
     )
-    v = score_items(ref, [JudgeItem(question=prompt, think="The second one is louder.", answer="Second")])[0]
+    # The judge sees the question, not the chat scaffolding around it.
+    question = "Which beep is louder?"
+    v = score_items(ref, [JudgeItem(question=question, think="The second one is louder.", answer="Second")])[0]
     c, t = v.consistency, v.think_quality
     # R = R_a * (1 + 0.5 R_c) + 0.5 R_f + R_t with base ATAR accuracy (+1 / +2 / -1), R_c only when correct,
     # no_think R_c = 1 and R_t = mean R_t of the request's think samples, invalid R_a = -1 (the worst), rest 0.
@@ -505,9 +523,12 @@ def test_a_judge_that_fails_to_load_reports_it_and_build_server_exits(judge_path
         wait_for(lambda: httpx.get(f"{url}/ready").json()["status"] == "failed")
         ready, health = httpx.get(f"{url}/ready"), httpx.get(f"{url}/health")
         assert ready.status_code == 503 and health.status_code == 503
-        assert "does not exist" in ready.json()["error"] and health.json()["status"] == "failed"
+        # What failed, not where: the model's path stays in the server's log.
+        assert ready.json()["error"] == "FileNotFoundError (the server log says why)" == health.json()["error"]
+        assert missing not in ready.text
         r = httpx.post(f"{url}/v1/judge", json={"items": [item(0)]}, headers=AUTH)
-        assert r.status_code == 503 and "judge is failed: FileNotFoundError" in r.json()["detail"]
+        assert r.status_code == 503 and r.json()["detail"] == "judge is failed (the server log says why)"
+        assert r.json()["request_id"] == r.headers["x-request-id"] and missing not in r.text
         with pytest.raises(JudgeUnavailableError, match="the judge failed to load: FileNotFoundError"):
             JudgeClient(url).wait_ready(60)  # at once, not after 60 s
     finally:
@@ -520,6 +541,29 @@ def test_a_judge_that_fails_to_load_reports_it_and_build_server_exits(judge_path
     own.thread.start()
     own.thread.join(60)
     assert not own.thread.is_alive() and built.config.app.state.judge.status == "failed"
+
+
+class FailsAfterWarmUp(TransformersBackend):
+    """A backend whose scoring breaks with an unexpected error after the warm-up forward."""
+
+    calls = 0
+
+    def label_logprobs(self, prompt_ids):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("boom at /secret/models/judge")
+        return super().label_logprobs(prompt_ids)
+
+
+def test_an_unexpected_error_is_a_generic_500_with_the_request_id(judge_path, caplog):
+    server = build_server(lambda: FailsAfterWarmUp(judge_path, device="cpu"), ServerSettings(api_keys=frozenset({KEY})),
+                          port=0)  # fmt: skip
+    with ServerThread(server) as url:
+        JudgeClient(url).wait_ready(60)
+        r = httpx.post(f"{url}/v1/judge", json={"items": [item(0)]}, headers=AUTH)
+    rid = r.headers["x-request-id"]
+    assert r.status_code == 500 and r.json() == {"detail": "internal error", "request_id": rid}
+    assert f"request {rid}" in caplog.text and "boom at /secret/models/judge" in caplog.text  # details: the log
 
 
 def test_graceful_shutdown_answers_requests_in_flight_then_refuses(judge_path):

@@ -63,16 +63,21 @@ def test_unknown_mode_is_an_error():
         label_value(QUALITY, digits({1: 1.0}), "mean")
 
 
+class CharTokenizer:
+    """One id per character (no model, no vocabulary)."""
+
+    def encode(self, text: str, add_special_tokens: bool = False, split_special_tokens: bool = False) -> list[int]:
+        return [ord(c) for c in text]
+
+
 class FakeBackend:
     """Every prompt gets the same crafted label log-probs (no model)."""
 
-    max_prompt_tokens = 1000
+    max_prompt_tokens = 10_000
+    tokenizer = CharTokenizer()
 
     def __init__(self, row: Sequence[float]):
         self.row = np.asarray(row, dtype=np.float64)
-
-    def encode(self, text: str) -> list[int]:
-        return [len(text)]
 
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         return np.tile(self.row, (len(prompt_ids), 1))

@@ -46,10 +46,13 @@ def run_dashboard(args: argparse.Namespace) -> int:
         return 2
     import uvicorn  # the web stack: loaded only when this command serves
 
+    from audio_thinker.app.dashboard.security import LOOPBACK_NAMES  # (the same)
     from audio_thinker.app.dashboard.server import create_app  # (the same)
 
-    app = create_app(args.runs, token=token, stale_after=args.stale_after)
-    print(f"dashboard: http://{args.host}:{args.port}/" + (" (token required)" if token else ""), flush=True)
+    hosts = LOOPBACK_NAMES if is_loopback(args.host) else None  # a loopback server answers its own names only
+    app = create_app(args.runs, token=token, stale_after=args.stale_after, allowed_hosts=hosts)
+    link = f"?token={app.state.sessions.mint_link()}  (a one-time link: POST /api/link for another)" if token else ""
+    print(f"dashboard: http://{args.host}:{args.port}/{link}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

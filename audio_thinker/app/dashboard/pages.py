@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 HERE = Path(__file__).parent
+# The Content-Security-Policy nonce of the response being rendered (set per request by the server).
+NONCE: contextvars.ContextVar[str] = contextvars.ContextVar("dashboard_nonce", default="")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -92,7 +95,7 @@ ENV = Environment(
     lstrip_blocks=True,
 )
 ENV.filters.update(fmt=fmt, ago=ago, json=to_json, urlpart=lambda s: quote(str(s), safe=""))
-ENV.globals.update(query=query, histogram=histogram_svg)
+ENV.globals.update(query=query, histogram=histogram_svg, nonce=NONCE.get)
 
 
 def render(template: str, **context) -> str:

@@ -23,6 +23,35 @@ TERMS = (  # (dump key, column label): every reward term of a sample
 )
 
 
+_TEXT, _NUMBER, _FLAG = (str,), (int, float), (bool,)
+ROW_TYPES = {  # the dump fields the pages read, and the JSON types they may have (null: always allowed)
+    **dict.fromkeys(("question_id", "group", "question", "answer", "response", "audio_path", "mode", "difficulty",
+                     "category", "think", "answer_text", "finish_reason"), _TEXT),
+    **dict.fromkeys(("step", "sample", "num_tokens"), (int,)),
+    **dict.fromkeys(("advantage", "total", "format", "accuracy", "consistency_reward", "think_reward",
+                     "consistency_prob", "think_quality", "consistency"), _NUMBER),
+    **dict.fromkeys(("correct", "letters"), _FLAG),
+}  # fmt: skip
+
+
+def _typed(row: object) -> bool:
+    if not isinstance(row, dict):
+        return False
+    for key, kinds in ROW_TYPES.items():
+        value = row.get(key)
+        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            return False
+    choices = row.get("choices")
+    return choices is None or (isinstance(choices, list) and all(isinstance(c, str) for c in choices))
+
+
+def typed_rows(rows: list) -> tuple[list[dict], int]:
+    """The rows whose fields have the types the pages expect, and how many were not (a hand-edited or foreign
+    dump): a wrong type is skipped with a warning, never a 500."""
+    kept = [row for row in rows if _typed(row)]
+    return kept, len(rows) - len(kept)
+
+
 def _number(text: str | None) -> float | None:
     try:
         return float(text) if text not in (None, "") else None

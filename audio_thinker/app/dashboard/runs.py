@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from audio_thinker.app.dashboard.jsonl import JsonlTail, finite, read_jsonl
+from audio_thinker.app.dashboard.rollouts import typed_rows
 
 STATES = ("running", "finished", "failed", "preempted", "stale", "gone")
 ENDED = ("finished", "failed", "preempted")  # what status.json says of a run that stopped
@@ -29,8 +30,12 @@ MODE_COUNTS = ("count/think", "count/no_think", "count/invalid")  # their invali
 DUMP_CACHE = 8  # parsed rollout dumps kept in memory per run (a 7B step holds 128 long responses)
 
 
+MAX_PATH_CHARS = 4096  # an audio path longer than this, or with a NUL, is malformed (400), not looked up
+
+
 class AudioRefused(Exception):
-    """An audio path that is not a file of the run's data.audio_root (status: 403 outside, 404 missing)."""
+    """An audio path that is not served: 400 malformed, 404 for anything else (missing and outside the audio root
+    answer alike, so the answer tells nothing about files outside it)."""
 
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -255,6 +260,9 @@ class Run:
             self.dumps.move_to_end(step)
             return cached[1]
         rows, warnings = read_jsonl(path)
+        rows, wrong = typed_rows(rows)
+        if wrong:
+            warnings.append(f"{path.name}: {wrong} row(s) with a field of the wrong type skipped")
         dump = Dump(step, rows, warnings)
         self.dumps[step] = (sig, dump)
         while len(self.dumps) > DUMP_CACHE:
@@ -274,7 +282,7 @@ class Run:
             cached = self.summaries.get(step)
             if cached is None or cached[0] != sig:
                 counts: dict[str, list[int]] = {}
-                for row in read_jsonl(path)[0]:
+                for row in typed_rows(read_jsonl(path)[0])[0]:
                     c = counts.setdefault(str(row.get("question_id")), [0, 0, 0, 0])
                     c[0] += 1
                     c[1] += row.get("mode") == "think"
@@ -307,27 +315,25 @@ class Run:
     def audio_file(self, audio_path: str) -> tuple[Path, str]:
         """The file and content type of an audio path of this run's dumps; AudioRefused unless it resolves to
         an audio file inside data.audio_root (no traversal, no other files)."""
+        if "\0" in audio_path or len(audio_path) > MAX_PATH_CHARS:
+            raise AudioRefused(400, "malformed audio path")
+        missing = AudioRefused(404, "no such audio file under the run's data.audio_root")
         roots = self.audio_roots()
-        if not roots:
-            raise AudioRefused(404, "the run has no data.audio_root")
         rel = Path(audio_path)
-        if rel.suffix.lower() not in AUDIO_TYPES:
-            raise AudioRefused(403, "not an audio file")
+        if not roots or rel.suffix.lower() not in AUDIO_TYPES:
+            raise missing
         if rel.is_absolute():
             candidates = [rel]
         else:
             candidates = [base / rel for base in self.bases()] + [root / rel for root in roots]
-        outside = False
         for candidate in candidates:
-            resolved = candidate.resolve()
-            if not any(_inside(resolved, root) for root in roots):
-                outside = outside or resolved.exists()
+            try:
+                resolved = candidate.resolve()
+                if any(_inside(resolved, root) for root in roots) and resolved.is_file():
+                    return resolved, AUDIO_TYPES[resolved.suffix.lower()]
+            except OSError:  # a name too long for the file system, a loop of links: not a clip of the run
                 continue
-            if resolved.is_file():
-                return resolved, AUDIO_TYPES[resolved.suffix.lower()]
-        if outside:
-            raise AudioRefused(403, "outside the run's data.audio_root")
-        raise AudioRefused(404, "no such audio file under the run's data.audio_root")
+        raise missing
 
 
 class RunIndex:
@@ -339,9 +345,14 @@ class RunIndex:
         self.cwd = Path.cwd()
         self.known: dict[str, Run] = {}
 
-    @staticmethod
-    def is_run(path: Path) -> bool:
-        return path.is_dir() and ((path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file())
+    def is_run(self, path: Path) -> bool:
+        """A run directory of the index: a directory that resolves to a direct child of the root (a link to a folder
+        elsewhere is not one: the same rule for listing and lookup) with a config.yaml or a metrics.jsonl."""
+        try:
+            inside = path.resolve().parent == self.root
+        except OSError:
+            return False
+        return inside and path.is_dir() and ((path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file())
 
     def scan(self) -> list[Run]:
         try:
@@ -362,9 +373,11 @@ class RunIndex:
         if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
             return None
         run = self.known.get(name)
+        if run is not None and not run.gone and not self.is_run(run.path):
+            return None  # the folder became a link to somewhere else after it was listed
         if run is None:
             path = self.root / name
-            if path.resolve().parent != self.root or not self.is_run(path):
+            if not self.is_run(path):
                 return None
             run = self.known[name] = Run(path, self.stale_after, self.cwd)
         run.refresh()

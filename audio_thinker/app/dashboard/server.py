@@ -1,55 +1,68 @@
 """The dashboard's FastAPI app: HTML pages, a JSON endpoint per live chart, audio clips, static files.
 
 Everything is read from the run directories under one folder (runs.RunIndex); the app holds no other state
-than the readers' offsets and small caches. With a token, every request needs it (bearer header, or the
-cookie that a one-time `?token=` link sets).
+than the readers' offsets, small caches and the token's sessions. The guards (security.py): a Host allow-list
+for a loopback server; with a token, every request needs it (bearer header, or the session cookie that a
+one-time `?token=` link sets); every answer carries a CSP with a per-response nonce, nosniff and frame headers.
 """
 
 from __future__ import annotations
 
-import hmac
+import secrets
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
 import plotly
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from audio_thinker.app.dashboard import charts, pages, prometheus, rollouts
 from audio_thinker.app.dashboard.runs import AudioRefused, Run, RunIndex
+from audio_thinker.app.dashboard.security import Sessions, host_name, secure_headers
 
 STATIC = Path(__file__).parent / "static"
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-COOKIE = "audio_thinker_dashboard"
 MAX_POINTS = 1000
 POLL_MS = 2000
 
 
-def _token_ok(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    offered = header[7:].strip() if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
-    return bool(offered) and hmac.compare_digest(offered.encode(), token.encode())
-
-
-def create_app(runs_dir: str | Path, token: str | None = None, stale_after: float = 600.0) -> FastAPI:
+def create_app(
+    runs_dir: str | Path,
+    token: str | None = None,
+    stale_after: float = 600.0,
+    allowed_hosts: Collection[str] | None = None,
+) -> FastAPI:
+    """The app over the runs under `runs_dir`; `token`: required on every request (security.py);
+    `allowed_hosts`: the Host names served (the CLI gives the loopback names to a loopback server)."""
     index = RunIndex(runs_dir, stale_after=stale_after)
     app = FastAPI(title="audio-thinker dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.index = index
+    sessions = app.state.sessions = Sessions(token) if token else None
 
-    if token:
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        nonce = secrets.token_urlsafe(16)
+        if allowed_hosts is not None and host_name(request.headers.get("host", "")) not in allowed_hosts:
+            response: Response = PlainTextResponse("this dashboard answers only to its loopback host names", 421)
+        elif sessions is not None and (login := sessions.login(request)) is not None:
+            response = login
+        elif sessions is not None and not sessions.valid(request):
+            response = PlainTextResponse("a token is required (Authorization: Bearer, or a one-time ?token= link)", 401)
+        else:
+            reset = pages.NONCE.set(nonce)
+            try:
+                response = await call_next(request)
+            finally:
+                pages.NONCE.reset(reset)
+        return secure_headers(response, nonce)
 
-        @app.middleware("http")
-        async def require_token(request: Request, call_next):
-            offered = request.query_params.get("token")
-            if offered is not None and hmac.compare_digest(offered.encode(), token.encode()):
-                rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-                target = request.url.path + ("?" + pages.query(dict(rest)) if rest else "")
-                response = RedirectResponse(target, status_code=303)
-                response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-                return response
-            if not _token_ok(request, token):
-                return PlainTextResponse("a token is required (Authorization: Bearer, or a ?token= link)", 401)
-            return await call_next(request)
+    if sessions is not None:
+
+        @app.post("/api/link")
+        def new_link():
+            """A new one-time link (the bearer token or a session was checked by the guard)."""
+            return {"link": f"/?token={sessions.mint_link()}"}
 
     def run_or_404(name: str) -> Run:
         run = index.get(name)

@@ -92,7 +92,7 @@ def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge
     its proxy on a free port)."""
     j = config.judge
     if j.url:
-        return Judge(j.url, j.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
+        return Judge(j.url, j.api_key_value() or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
     key = secrets.token_urlsafe(24)
     host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
     if j.replicas is None:
