@@ -25,6 +25,7 @@ from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.audio import write_audio
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.protocol import LETTERS, load_template
+from audio_thinker.core.stats import wilson_percent
 from rollout.engine import GenerationEngine
 from rollout.hf_engine import TransformersEngine
 
@@ -215,7 +216,7 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     assert counting.seeds == []
 
     def acc(accuracy, correct, count):
-        return {"accuracy": accuracy, "correct": correct, "count": count}
+        return {"accuracy": accuracy, "correct": correct, "count": count, "ci95": wilson_percent(correct, count)}
 
     rows = [json.loads(line) for line in synthetic.read_text().splitlines()]
     qtype = {r["category"]: r["question_type"] for r in rows}
@@ -225,7 +226,9 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
         "by_task": by_task,
         "by_difficulty": {"easy": acc(66.67, 2, 3), "hard": acc(66.67, 2, 3), "medium": acc(33.33, 1, 3)},
         "by_category": {qtype[t]: v for t, v in by_task.items()},
-        "no_think_rate": {"total": 50.0, "by_difficulty": {"easy": 66.67, "hard": 33.33, "medium": 50.0}},
+        "no_think_rate": {"total": 50.0, "by_difficulty": {"easy": 66.67, "hard": 33.33, "medium": 50.0},
+                          "ci95": {"total": wilson_percent(4, 8), "by_difficulty": {"easy": wilson_percent(2, 3),
+                                   "hard": wilson_percent(1, 3), "medium": wilson_percent(1, 2)}}},
         "invalid": 1,
         "skipped": 0,
         "unlabeled": 0,
@@ -246,9 +249,12 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     }
     assert score_file(tmp_path / "predictions.json", "synthetic") == results
     report = (tmp_path / "report.md").read_text()
-    assert "| qwen2_audio | 100.00 | 33.33 | 33.33 | 55.56 |" in report
-    assert "| qwen2_audio | 66.67 | 33.33 | 66.67 |" in report  # accuracy by difficulty
-    assert "| qwen2_audio | 66.67 | 50.00 | 33.33 | 50.00 |" in report  # no-think rate by difficulty, all
+    # sound, music, speech, average with their 95% intervals; accuracy by difficulty; no-think rate by difficulty, all
+    assert ("| qwen2_audio | 100.00 [43.85, 100.00] | 33.33 [6.15, 79.23] | 33.33 [6.15, 79.23] | "
+            "55.56 [26.67, 81.12] |") in report
+    assert "| qwen2_audio | 66.67 [20.77, 93.85] | 33.33 [6.15, 79.23] | 66.67 [20.77, 93.85] |" in report
+    assert ("| qwen2_audio | 66.67 [20.77, 93.85] | 50.00 [9.45, 90.55] | 33.33 [6.15, 79.23] | "
+            "50.00 [21.52, 78.48] |") in report
     assert "Responses: think 4, no_think 4, invalid 1" in report
 
     # The lenient reading (the default, as the official scripts): the untagged text is read as free text, so
