@@ -75,9 +75,16 @@ def render_report(results: Mapping, meta: Mapping[str, str], modes: Mapping[str,
         (f"Scored questions: {total['count']} ({total['correct']} correct); invalid: {results['invalid']}; "
          f"skipped (no prediction): {results['skipped']}; unlabeled: {results['unlabeled']}."),
         "",
-        f"## Accuracy (%) on {title}",
-        "",
     ]
+    if results.get("excluded"):
+        lines += ["Left out (outside the part of the benchmark scored here): "
+                  + "; ".join(f"{n} rows, {why}" for why, n in results["excluded"].items()) + ".", ""]
+    if bench == "mmau-pro" and total["count"]:
+        upper = round(100.0 * (total["correct"] + results["invalid"]) / total["count"], 2)
+        lines += [(f"The {results['invalid']} invalid predictions name no choice exactly; the official script maps "
+                   f"them to a choice with NV-Embed-v2, so its accuracy lies between {_pct(total['accuracy'])} and "
+                   f"{_pct(upper)}."), ""]
+    lines += [f"## Accuracy (%) on {title}", ""]
     tasks = ordered(list(results["by_task"]), TASK_ORDER)
     lines += _table(
         ["Model"] + [t.capitalize() for t in tasks] + ["Average"],

@@ -191,6 +191,8 @@ def run_eval(spec: EvalOptions, engine: GenerationEngine) -> dict:
         for it, p, s in zip(items, parsed, scored)
     ]
     results = aggregate(scored)
+    if dataset.excluded:
+        results["excluded"] = dict(dataset.excluded)
     if spec.judge_url:
         think = [i for i, p in enumerate(parsed) if p.mode == "think"]
         verdicts = consistency_audit(spec.judge_url, spec.judge_api_key, [

@@ -31,7 +31,8 @@ from audio_thinker.core.presets import ConfigError, load_config
 
 log = get_logger(__name__)
 # The held-out split's layout -> the benchmark layout `eval` reads it as.
-BENCH_OF_FORMAT = {"avqa": "synthetic", "mmau": "mmau", "mmar": "mmar", "air": "air"}
+BENCH_OF_FORMAT = {"avqa": "synthetic", "mmau": "mmau", "mmar": "mmar", "air": "air", "mmau-pro": "mmau-pro",
+                   "mmsu": "mmsu"}
 EVAL_RECORD = "ablate.json"
 
 

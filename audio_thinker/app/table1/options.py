@@ -54,7 +54,8 @@ class AblateOptions(BaseModel):
     out: str | None = Field(None, description="Output folder, one run directory per row (none: runs/ablate-<time>).")
     bench: list[str] = Field(
         default_factory=list,
-        description="Benchmarks as NAME=FILE (mmau=, mmar=, air=, synthetic=) every row is evaluated on "
+        description="Benchmarks as NAME=FILE (mmau=, mmau-v05.15.25=, mmau-pro=, mmar=, mmsu=, air=, synthetic=) "
+        "every row is evaluated on "
         "(none: the config's held-out split, data.eval_manifest).",
     )
     eval_limit: int | None = Field(None, ge=1, description="Evaluate the first N questions of each benchmark only.")
