@@ -13,12 +13,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow
+import pyarrow.parquet
 import pytest
 from matplotlib.image import imread
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.eval.options import EvalOptions
+from audio_thinker.app.eval.predictions import FORMATS
 from audio_thinker.app.eval.runner import PartialLog, item_seed, run_eval, run_settings
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
@@ -268,14 +271,25 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     )
 
 
-def write_benchmark(bench: str, root: Path) -> Path:
-    """The fixture's rows without predictions, as the benchmark ships them, plus a short wav per row."""
-    if bench == "air":
-        rows = [json.loads(line) for line in (DATA / "Foundation_result.jsonl").read_text().splitlines()]
+def write_benchmark(bench: str, root: Path) -> tuple[Path, list[dict]]:
+    """The fixture's rows without predictions, as the benchmark ships them, plus a short wav per clip; the file
+    and its rows."""
+    if bench in ("air", "mmsu"):
+        fixture = "Foundation_result.jsonl" if bench == "air" else "mmsu_predictions.jsonl"
+        rows = [json.loads(line) for line in (DATA / fixture).read_text().splitlines()]
         for row in rows:
             row.pop("response", None)
-        audio = [f"{r['task_name']}_{r['dataset_name']}/{r['path']}" for r in rows]
-        path = root / "Foundation_meta.json"
+        if bench == "air":
+            audio = [f"{r['task_name']}_{r['dataset_name']}/{r['path']}" for r in rows]
+        else:
+            audio = [f"audio/{r['audio_path']}" for r in rows]
+        path = root / ("Foundation_meta.json" if bench == "air" else "mmsu.json")
+    elif bench == "mmau-pro":
+        rows = json.loads((DATA / "mmau-pro_rows.json").read_text())
+        for row in rows:
+            row.pop("model_output")
+        audio = [clip for r in rows for clip in r["audio_path"]]
+        path = root / "test.parquet"
     else:
         fixture = "mmau-test-mini_predictions.json" if bench == "mmau" else "MMAR-meta_predictions.json"
         rows = json.loads((DATA / fixture).read_text())
@@ -287,8 +301,11 @@ def write_benchmark(bench: str, root: Path) -> Path:
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)
     for rel in audio:
         write_audio(root / rel, tone)
-    path.write_text(json.dumps(rows, indent=2))
-    return path
+    if path.suffix == ".parquet":
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    else:
+        path.write_text(json.dumps(rows, indent=2))
+    return path, rows
 
 
 @pytest.mark.parametrize(
@@ -297,11 +314,13 @@ def write_benchmark(bench: str, root: Path) -> Path:
         ("mmau", ("model_prediction", "model_output")),
         ("mmar", ("answer_prediction", "model_prediction")),
         ("air", ("response",)),
+        ("mmsu", ("response",)),
+        ("mmau-pro", ("model_output",)),  # its multiple-choice, one-clip questions: 5 of the fixture's 9
     ],
 )
 def test_predictions_use_each_benchmarks_own_layout(bench, keys, policy, engine, tmp_path):
-    data = write_benchmark(bench, tmp_path / "bench")
-    items = load_dataset(data, bench, check_audio=False).items
+    data, source = write_benchmark(bench, tmp_path / "bench")
+    items = load_dataset(data, FORMATS[bench], check_audio=False).items
     # Every answer names the right choice, except the first one's, which names the next choice.
     picked = [(it.choices.index(it.answer) + (i == 0)) % len(it.choices) for i, it in enumerate(items)]
     spec = spec_for(policy, data, tmp_path / "out", bench=bench)
@@ -310,16 +329,19 @@ def test_predictions_use_each_benchmarks_own_layout(bench, keys, policy, engine,
     results = run_eval(spec, counting)
     assert counting.seeds == []
     n = len(items)
-    assert results["total"] == {"accuracy": round(100 * (n - 1) / n, 2), "correct": n - 1, "count": n}
+    assert results["total"] == {"accuracy": round(100 * (n - 1) / n, 2), "correct": n - 1, "count": n,
+                                "ci95": wilson_percent(n - 1, n)}
     assert results["skipped"] == results["invalid"] == 0
     assert results["no_think_rate"]["total"] == 100.0
     rows = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    source = json.loads(data.read_text())
+    source = [source[it.row - 1] for it in items]  # the rows evaluated (row: the position in the file)
     assert len(rows) == len(source) == n
     for row, src, item, k in zip(rows, source, items, picked):
         assert {key: row[key] for key in src} == src  # the benchmark's row, untouched
-        expected = LETTERS[k] if bench == "air" else item.choices[k]
+        expected = LETTERS[k] if bench in ("air", "mmsu") else item.choices[k]
         assert {key: row[key] for key in keys} == dict.fromkeys(keys, expected)
+    # What eval left out of the file is counted in its results.json, not in the predictions it wrote.
+    assert sum(results.pop("excluded", {}).values()) == (4 if bench == "mmau-pro" else 0)
     assert score_file(tmp_path / "out" / "predictions.json", bench) == results
 
 
