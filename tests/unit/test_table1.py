@@ -109,7 +109,9 @@ def test_seeds_train_each_row_once_per_seed_from_the_configs_seed_on():
         k: v for k, v in b["run"].items() if k not in ("seed", "output_dir", "name")}
     assert {k: v for k, v in a.items() if k != "run"} == {k: v for k, v in b.items() if k != "run"}
     with pytest.raises(OptionError, match=r"--compare 'grpo-a': expected two different rows as A,B"):
-        AblateOptions(rows="grpo-a", compare=["grpo-a"]).pairs()
+        plan_ablation(AblateOptions(rows="grpo-a", compare=["grpo-a"]), [])
+    with pytest.raises(OptionError, match=r"--compare grpo-a,model-c: compares rows of --rows \(grpo-a, model-a\)"):
+        plan_ablation(AblateOptions(rows="grpo-a,model-a", compare=["grpo-a,model-c"]), [])
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,9 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
         if base.data.eval_manifest is None:
             raise OptionError("no --bench and the config has no data.eval_manifest: nothing to evaluate the rows on")
         benches = [BenchFile(bench=BENCH_OF_FORMAT[base.data.eval_format], data=base.data.eval_manifest)]
+    for a, b in options.pairs():  # before any training: a typo here would otherwise surface hours later
+        if a not in options.rows or b not in options.rows:
+            raise OptionError(f"--compare {a},{b}: compares rows of --rows ({', '.join(options.rows)})")
     plans = []
     for row in _check_rows(options.rows, base.model.family):
         if row.kind == "base":
