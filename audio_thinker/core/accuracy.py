@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from audio_thinker.core.data import AudioQuestion
-from audio_thinker.core.protocol import is_correct, parse_response
+from audio_thinker.core.protocol import is_correct, mmau_token_match, parse_response
 from audio_thinker.core.stats import wilson_percent
 
 Status = Literal["correct", "wrong", "invalid", "skipped", "unlabeled"]
@@ -97,7 +97,8 @@ def summarize_for_training(
     items: Sequence[AudioQuestion], outputs: Sequence[str], letters: bool = False
 ) -> dict[str, float]:
     """Held-out metrics for the training driver: one completion per question, judged like the rewards judge
-    correctness (`protocol.is_correct`), as fractions in [0, 1] like the other training metrics:
+    correctness (`protocol.is_correct`; a benchmark answer that is none of the choices by the MMAU token rule,
+    as its scorer judges it), as fractions in [0, 1] like the other training metrics:
     `eval/accuracy`, `eval/accuracy/<task>`, `eval/accuracy/<difficulty>`, `eval/invalid_rate`,
     `eval/no_think_rate` and `eval/no_think_rate/<difficulty>`. Groups with nothing to measure are left out.
     """
@@ -106,8 +107,11 @@ def summarize_for_training(
     scored = []
     for item, text in zip(items, outputs):
         parsed = parse_response(text)
-        status: Status = "invalid" if parsed.mode == "invalid" else (
-            "correct" if is_correct(parsed, item.choices, item.answer, letters) else "wrong")
+        if item.answer in item.choices or not item.answer:  # (no answer: is_correct names the problem)
+            right = is_correct(parsed, item.choices, item.answer, letters)
+        else:
+            right = parsed.answer is not None and mmau_token_match(parsed.answer, item.answer, item.choices)
+        status: Status = "invalid" if parsed.mode == "invalid" else ("correct" if right else "wrong")
         scored.append(Scored(item.id, status, True, item.task, item.difficulty, item.category, parsed.mode))
     results = aggregate(scored)
     metrics = {"eval/invalid_rate": results["invalid"] / len(scored)} if scored else {}

@@ -36,9 +36,11 @@ the meta says `.wav`, and re-packed copies often put the files directly at `<roo
 these three that exists is used: `<root>/<task>_<dataset>/<path>`, the same with a `.flac` suffix,
 `<root>/<path>`.
 
-The answer of a benchmark row must be one of its choices (exactly, else ignoring case and spacing); it is
-stored as the choice's own text so that `choices.index(answer)` works. A row without an answer (a test
-split without labels) gets `answer == ""`.
+The answer of a row is stored as the text of the choice it names (exactly, else ignoring case and spacing).
+An AIR or MMSU answer (scored through the choice's letter) must be one of the choices; an MMAU, MMAR or
+MMAU-Pro answer that is none of them is kept as written, as their text-matching scorers score it (the
+MMAR-meta.json of May 2025, the release the paper evaluated, has 5 such rows, e.g. "American\nColombian" of
+["American", "Colombian"]). A row without an answer (a test split without labels) gets `answer == ""`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class AudioQuestion:
     id: str
     question: str
     choices: list[str]
-    answer: str  # the correct choice's text, "" when the split has no labels
+    answer: str  # the correct choice's text ("" when the split has no labels; a benchmark's text if no choice)
     audio_path: Path  # absolute
     task: str | None = None  # sound / music / speech (MMAU task, MMAR modality, AIR domain)
     difficulty: str | None = None
@@ -76,7 +78,8 @@ class AudioQuestion:
 
     @property
     def answer_index(self) -> int | None:
-        return self.choices.index(self.answer) if self.answer else None
+        """The correct choice's position; None without an answer or when the answer is none of the choices."""
+        return self.choices.index(self.answer) if self.answer in self.choices else None
 
 
 def _absolute(root: Path, rel: str) -> Path:

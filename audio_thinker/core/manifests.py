@@ -144,17 +144,22 @@ class Row:
             raise self.error(f"field '{key}' has duplicate choices {choices} (the answer would be ambiguous)")
         return choices
 
-    def answer_text(self, key: str, choices: list[str], numbers: bool = False) -> str:
-        """The choice named by a text answer; "" when the row has no answer."""
+    def answer_text(self, key: str, choices: list[str], numbers: bool = False, as_written: bool = False) -> str:
+        """The choice named by a text answer; "" when the row has no answer. `as_written`: an answer that is
+        none of the choices is kept as it is (the text-matching scorers score it: MMAR-meta.json's
+        "American\nColombian" of ["American", "Colombian"] is right for a prediction naming both) instead of
+        being an error."""
         answer = self.text(key, optional=True, numbers=numbers)
         if answer is None:
             return ""
         if answer in choices:
             return answer
         matches = [c for c in choices if normalize_text(c) == normalize_text(answer)]
-        if len(matches) != 1:
-            raise self.error(f"field '{key}': answer {answer!r} is not one of the choices {choices}")
-        return matches[0]
+        if len(matches) == 1:
+            return matches[0]
+        if as_written:
+            return answer
+        raise self.error(f"field '{key}': answer {answer!r} is not one of the choices {choices}")
 
 
 @dataclass
@@ -195,7 +200,7 @@ def parse_mmau(r: Row) -> Parsed:
         id=r.ident("id"),
         question=r.text("question"),
         choices=choices,
-        answer=r.answer_text("answer", choices),
+        answer=r.answer_text("answer", choices, as_written=True),
         audio_candidates=[r.text("audio_id")],
         task=r.text("task", optional=True),
         difficulty=r.text("difficulty", optional=True),
@@ -209,7 +214,7 @@ def parse_mmar(r: Row) -> Parsed:
         id=r.ident("id"),
         question=r.text("question"),
         choices=choices,
-        answer=r.answer_text("answer", choices),
+        answer=r.answer_text("answer", choices, as_written=True),
         audio_candidates=[r.text("audio_path")],
         task=r.text("modality", optional=True),
         difficulty=None,
@@ -272,7 +277,7 @@ def parse_mmau_pro(r: Row) -> Parsed:
         id=r.ident("id"),
         question=r.text("question"),
         choices=choices,
-        answer=r.answer_text("answer", choices),
+        answer=r.answer_text("answer", choices, as_written=True),
         audio_candidates=[clips[0]],
         task=category,
         difficulty=None,

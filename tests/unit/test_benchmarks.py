@@ -23,6 +23,7 @@ from audio_thinker.app.cli.main import main
 from audio_thinker.app.eval.extraction import prediction_from_text
 from audio_thinker.app.eval.report import render_report
 from audio_thinker.app.eval.scoring import choice_status, mmsu_status, score_file
+from audio_thinker.core.accuracy import summarize_for_training
 from audio_thinker.core.audio import write_audio
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.manifests import DataError
@@ -98,6 +99,30 @@ def test_mmar_empty_choices_are_dropped_as_its_scorer_ignores_them(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({**avqa, "multi_choice": ["a", "A "]}) + "\n")
     with pytest.raises(DataError, match=r"train\.jsonl row 1: field 'multi_choice' has duplicate choices"):
         load_dataset(tmp_path / "train.jsonl", "avqa")
+
+
+def test_a_text_benchmarks_answer_that_is_no_choice_is_scored_as_its_scorer_scores_it(tmp_path):
+    # The MMAR-meta.json of May 2025 (the release the paper evaluated) has 5 answers that are none of the
+    # choices, e.g. "American\nColombian" of ["American", "Colombian"]: string_match needs both words and no other.
+    row = {"id": "m44", "audio_path": "./audio/m44.wav", "question": "Which nationalities?",
+           "choices": ["American", "Colombian"], "answer": "American\nColombian", "modality": "speech",
+           "category": "Semantic Layer"}
+    write_audio(tmp_path / "audio" / "m44.wav", TONE)
+    (tmp_path / "MMAR-meta.json").write_text(json.dumps([row]))
+    item = load_dataset(tmp_path / "MMAR-meta.json", "mmar").items[0]
+    assert (item.answer, item.answer_index) == ("American\nColombian", None)
+    predictions = [{**row, "answer_prediction": p} for p in ("American and Colombian", "American", "Colombian")]
+    (tmp_path / "predictions.json").write_text(json.dumps(predictions))
+    assert score_file(tmp_path / "predictions.json", "mmar")["total"] == acc(33.33, 1, 3)
+    # Held-out metrics of a training run judge it by the same rule (the token rule: both words named).
+    outputs = ["<answer>American and Colombian</answer>", "<answer>American</answer>"]
+    assert summarize_for_training([item, item], outputs)["eval/accuracy"] == 0.5
+    # AIR and MMSU answers are read through the choice's letter: there it stays an error naming the row.
+    air = {"path": "a.wav", "question": "Q?", "choice_a": "x", "choice_b": "y", "answer_gt": "z",
+           "task_name": "Sound_AQA", "dataset_name": "clotho", "uniq_id": 1, "response": "A"}
+    (tmp_path / "air.jsonl").write_text(json.dumps(air) + "\n")
+    with pytest.raises(DataError, match=r"air\.jsonl row 1: field 'answer_gt': answer 'z' is not one of the choices"):
+        score_file(tmp_path / "air.jsonl", "air")
 
 
 def test_mmau_pro_multiple_choice_results_every_field(tmp_path):
