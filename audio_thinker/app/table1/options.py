@@ -128,9 +128,9 @@ def add_table1_parsers(subparsers: argparse._SubParsersAction, parents: Sequence
         "ablate",
         parents=list(parents),
         help="train and evaluate rows of the paper's Table 1; writes table1.md / table1.json (docs/ablations.md)",
-        description="Each row is one `audio-thinker train` run (a Ray job when RAY_ADDRESS is set, else a local "
-        "process, one after the other) and one `audio-thinker eval` per benchmark; a rerun with the same --out "
-        "skips what is done. Overrides apply to every row, e.g. run.total_steps=100.",
+        description="Each row is one `audio-thinker train` run per seed (a Ray job when RAY_ADDRESS is set, else a "
+        "local process, one after the other) and one `audio-thinker eval` per run and benchmark; a rerun with the "
+        "same --out skips what is done. Overrides apply to every row, e.g. run.total_steps=100.",
     )
     add_model_arguments(ablate, AblateOptions)
     ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
