@@ -3,7 +3,9 @@ tables are read from, and the held-out metrics a training run logs.
 
 Accuracies are percentages rounded to 2 decimals, like the paper's tables; a group with nothing to score has
 accuracy null. The no-think rate is the share of `no_think` among the valid (think or no_think) responses of our
-own generations, in percent; rows of other systems carry no mode and are not in it.
+own generations, in percent; rows of other systems carry no mode and are not in it. Each accuracy and each
+no-think rate comes with its 95% Wilson interval (`ci95: [lo, hi]` in percent, null when nothing was counted):
+what the questions sampled into the benchmark leave uncertain about one evaluation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from audio_thinker.core.data import AudioQuestion
-from audio_thinker.core.protocol import is_correct, parse_response
+from audio_thinker.core.protocol import is_correct, mmau_token_match, parse_response
+from audio_thinker.core.stats import wilson_percent
 
 Status = Literal["correct", "wrong", "invalid", "skipped", "unlabeled"]
 
@@ -36,16 +39,26 @@ def _percent(part: int, whole: int) -> float | None:
 
 
 def accuracy(items: Iterable[Scored]) -> dict:
-    """{"accuracy": pct or None, "correct": int, "count": int} over the counted rows."""
+    """{"accuracy": pct or None, "correct": int, "count": int, "ci95": [lo, hi] or None} over the counted rows."""
     items = list(items)
     correct = sum(s.status == "correct" for s in items)
     count = sum(s.counted for s in items)
-    return {"accuracy": _percent(correct, count), "correct": correct, "count": count}
+    return {"accuracy": _percent(correct, count), "correct": correct, "count": count,
+            "ci95": wilson_percent(correct, count)}
+
+
+def _no_think_counts(items: Iterable[Scored]) -> tuple[int, int]:
+    """(no_think, think + no_think) among the rows."""
+    modes = [s.mode for s in items if s.mode in ("think", "no_think")]
+    return modes.count("no_think"), len(modes)
 
 
 def no_think_rate(items: Iterable[Scored]) -> float | None:
-    modes = [s.mode for s in items if s.mode in ("think", "no_think")]
-    return _percent(modes.count("no_think"), len(modes))
+    return _percent(*_no_think_counts(items))
+
+
+def no_think_ci95(items: Iterable[Scored]) -> list[float] | None:
+    return wilson_percent(*_no_think_counts(items))
 
 
 def _groups(items: Sequence[Scored], key: str) -> dict[str, list[Scored]]:
@@ -69,6 +82,10 @@ def aggregate(scored: Sequence[Scored]) -> dict:
         "no_think_rate": {
             "total": no_think_rate(scored),
             "by_difficulty": {k: no_think_rate(v) for k, v in by_difficulty.items()},
+            "ci95": {
+                "total": no_think_ci95(scored),
+                "by_difficulty": {k: no_think_ci95(v) for k, v in by_difficulty.items()},
+            },
         },
         "invalid": sum(s.status == "invalid" for s in scored),
         "skipped": sum(s.status == "skipped" for s in scored),
@@ -80,7 +97,8 @@ def summarize_for_training(
     items: Sequence[AudioQuestion], outputs: Sequence[str], letters: bool = False
 ) -> dict[str, float]:
     """Held-out metrics for the training driver: one completion per question, judged like the rewards judge
-    correctness (`protocol.is_correct`), as fractions in [0, 1] like the other training metrics:
+    correctness (`protocol.is_correct`; a benchmark answer that is none of the choices by the MMAU token rule,
+    as its scorer judges it), as fractions in [0, 1] like the other training metrics:
     `eval/accuracy`, `eval/accuracy/<task>`, `eval/accuracy/<difficulty>`, `eval/invalid_rate`,
     `eval/no_think_rate` and `eval/no_think_rate/<difficulty>`. Groups with nothing to measure are left out.
     """
@@ -89,8 +107,11 @@ def summarize_for_training(
     scored = []
     for item, text in zip(items, outputs):
         parsed = parse_response(text)
-        status: Status = "invalid" if parsed.mode == "invalid" else (
-            "correct" if is_correct(parsed, item.choices, item.answer, letters) else "wrong")
+        if item.answer in item.choices or not item.answer:  # (no answer: is_correct names the problem)
+            right = is_correct(parsed, item.choices, item.answer, letters)
+        else:
+            right = parsed.answer is not None and mmau_token_match(parsed.answer, item.answer, item.choices)
+        status: Status = "invalid" if parsed.mode == "invalid" else ("correct" if right else "wrong")
         scored.append(Scored(item.id, status, True, item.task, item.difficulty, item.category, parsed.mode))
     results = aggregate(scored)
     metrics = {"eval/invalid_rate": results["invalid"] / len(scored)} if scored else {}

@@ -277,12 +277,14 @@ class TrainerConfig(Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
     beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model (paper: 0.04).")
     clip_eps_low: float = Field(
-        0.2, gt=0, lt=1, description="Lower clip: the ratio is clipped at 1 - clip_eps_low (paper: 0.2)."
+        0.2, gt=0, lt=1,
+        description="Lower clip: the ratio is clipped at 1 - clip_eps_low (the paper gives no value; 0.2 is PPO's).",
     )
     clip_eps_high: float = Field(
         0.2,
         gt=0,
-        description="Upper clip: the ratio is clipped at 1 + clip_eps_high (paper: 0.2; DAPO's clip-higher: 0.28; "
+        description="Upper clip: the ratio is clipped at 1 + clip_eps_high (the paper gives no value; PPO's 0.2; "
+        "DAPO's clip-higher: 0.28; "
         "GSPO with ratio_level=sequence: 3e-4 / 4e-4 for low / high).",
     )
     loss_type: LossType = Field(

@@ -12,9 +12,23 @@ Supported layouts (`fmt`), as the datasets ship them (docs/architecture.md, 'Dat
 - "air": AIR-Bench foundation `Foundation_meta.json`: `path`, `question`, `choice_a`..`choice_d` (missing or
   null for fewer choices), `answer_gt` (text), `task_name`, `dataset_name`, `uniq_id`. AIR-Bench stores
   numbers as JSON numbers in a few tasks, so its choices and answer may be numbers (read as text).
+- "mmau-pro": MMAU-Pro `test.parquet`: `id`, `audio_path` (a list of paths, "data/<id>.wav"), `question`,
+  `choices` (list), `answer` (text), `category` (read as the task), `sub-cat`. Only its
+  multiple-choice part is read: the `open` and `instruction following` rows and rows with fewer than 2
+  choices are left out (`Dataset.excluded`), and so are questions with several clips (one clip per question
+  is what the policies take).
+- "mmsu": MMSU rows as its `mmsu_inference.py` writes them: `id`, `audio_path`, `question`,
+  `choice_a`..`choice_d`, `answer_gt`, `category` (read as the task), `sub-category`, `task_name`; audio at
+  `<root>/<audio_path>` or `<root>/audio/<audio_path>`.
 
-Each file may be a JSON list or JSON lines: the first non-blank character decides. "row N" in messages is
-the line number in a JSON-lines file and the 1-based position in a JSON list.
+Each file may be a JSON list or JSON lines (the first non-blank character decides), or parquet (by its
+`.parquet` suffix). "row N" in messages is the line number in a JSON-lines file and the 1-based position in a
+JSON list or parquet file.
+
+Benchmark files are read as their official scorers read them: MMAU / MMAR / MMAU-Pro choices that are empty or
+repeat an earlier choice are dropped (the released MMAU test-mini files repeat choices in 20 to 27 rows, MMAR
+has 4 rows with an empty choice; no score changes), and MMAU's category may be a list (13 rows say
+["Reasoning"]).
 
 Relative audio paths are resolved against `audio_root` (default: the manifest's folder). AIR-Bench keeps
 audio under `<root>/<task_name>_<dataset_name>/<path>`; the Audio_Grounding folder ships `.flac` files while
@@ -22,9 +36,11 @@ the meta says `.wav`, and re-packed copies often put the files directly at `<roo
 these three that exists is used: `<root>/<task>_<dataset>/<path>`, the same with a `.flac` suffix,
 `<root>/<path>`.
 
-The answer of a benchmark row must be one of its choices (exactly, else ignoring case and spacing); it is
-stored as the choice's own text so that `choices.index(answer)` works. A row without an answer (a test
-split without labels) gets `answer == ""`.
+The answer of a row is stored as the text of the choice it names (exactly, else ignoring case and spacing).
+An AIR or MMSU answer (scored through the choice's letter) must be one of the choices; an MMAU, MMAR or
+MMAU-Pro answer that is none of them is kept as written, as their text-matching scorers score it (the
+MMAR-meta.json of May 2025, the release the paper evaluated, has 5 such rows, e.g. "American\nColombian" of
+["American", "Colombian"]). A row without an answer (a test split without labels) gets `answer == ""`.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ import numpy as np
 
 from audio_thinker.core.audio import SAMPLE_RATE, AudioError, audio_duration, load_audio
 from audio_thinker.core.log import get_logger
-from audio_thinker.core.manifests import PARSERS, DataError, read_rows, row_object
+from audio_thinker.core.manifests import PARSERS, DataError, OutOfScope, read_rows, row_object
 from audio_thinker.core.progress import progress
 from audio_thinker.core.vocab import DATA_FORMATS
 
@@ -52,7 +68,7 @@ class AudioQuestion:
     id: str
     question: str
     choices: list[str]
-    answer: str  # the correct choice's text, "" when the split has no labels
+    answer: str  # the correct choice's text ("" when the split has no labels; a benchmark's text if no choice)
     audio_path: Path  # absolute
     task: str | None = None  # sound / music / speech (MMAU task, MMAR modality, AIR domain)
     difficulty: str | None = None
@@ -62,7 +78,8 @@ class AudioQuestion:
 
     @property
     def answer_index(self) -> int | None:
-        return self.choices.index(self.answer) if self.answer else None
+        """The correct choice's position; None without an answer or when the answer is none of the choices."""
+        return self.choices.index(self.answer) if self.answer in self.choices else None
 
 
 def _absolute(root: Path, rel: str) -> Path:
@@ -78,6 +95,7 @@ class Dataset:
     fmt: str
     items: list[AudioQuestion]
     skipped: list[tuple[int, str]]  # (row, reason) of rows left out with skip_bad_rows=True
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> rows outside the scored part
     sr: int = SAMPLE_RATE
     max_seconds: float | None = None
 
@@ -119,7 +137,8 @@ def load_dataset(
     Every row is checked (fields, types, answer among the choices, audio file present). With
     `check_audio` every audio header is also read, so a corrupt or empty file fails here rather than in
     the middle of a run. A bad row raises DataError, or with `skip_bad_rows` is left out and recorded in
-    `Dataset.skipped` (and logged once as a summary).
+    `Dataset.skipped` (and logged once as a summary). Rows outside the benchmark part we score, and
+    questions with several audio clips, are left out and counted by reason in `Dataset.excluded`.
     """
     if fmt not in PARSERS:
         raise DataError(f"unknown dataset format {fmt!r}; expected one of {', '.join(DATA_FORMATS)}")
@@ -130,6 +149,7 @@ def load_dataset(
     parse = PARSERS[fmt]
     items: list[AudioQuestion] = []
     skipped: list[tuple[int, str]] = []
+    excluded: dict[str, int] = {}
 
     def bad(row: int, exc: Exception) -> None:
         if not skip_bad_rows:
@@ -142,11 +162,16 @@ def load_dataset(
         try:
             r = row_object(path, row, data)
             parsed = parse(r)
+            if parsed.clips > 1:
+                raise OutOfScope("several audio clips (a policy takes one clip per question)")
             candidates = [_absolute(root, rel) for rel in parsed.audio_candidates]
             audio_path = next((p for p in candidates if p.is_file()), None)
             if audio_path is None:
                 tried = ", ".join(str(p) for p in candidates)
                 raise r.error(f"audio file not found (tried {tried})")
+        except OutOfScope as exc:
+            excluded[str(exc)] = excluded.get(str(exc), 0) + 1
+            continue
         except DataError as exc:
             bad(row, exc)
             continue
@@ -177,9 +202,12 @@ def load_dataset(
         items = checked
 
     skipped.sort()
+    if excluded:
+        log.info("%s: left out %s", path, "; ".join(f"{n} rows: {why}" for why, n in excluded.items()))
     if skipped:
         examples = "; ".join(reason for _, reason in skipped[:3])
         log.warning("%s: skipped %d of %d rows (first: %s)", path, len(skipped), total, examples)
     if not items:
-        raise DataError(f"manifest {path} has no usable rows ({total} rows, {len(skipped)} skipped)")
-    return Dataset(path=path, fmt=fmt, items=items, skipped=skipped, sr=sr, max_seconds=max_seconds)
+        raise DataError(f"manifest {path} has no usable rows ({total} rows, {len(skipped)} skipped, "
+                        f"{sum(excluded.values())} outside the scored part)")
+    return Dataset(path=path, fmt=fmt, items=items, skipped=skipped, excluded=excluded, sr=sr, max_seconds=max_seconds)

@@ -51,6 +51,11 @@ class DataError(ValueError):
     """A manifest or row that does not validate; the message names the file, the row and the field."""
 
 
+class OutOfScope(DataError):
+    """A valid row outside the part of its benchmark we score (MMAU-Pro's open and instruction-following
+    questions); readers leave it out and count it by this message."""
+
+
 def video_to_audio(text: str) -> str:
     """AVQA questions talk about "the video"; the model only hears the sound track."""
 
@@ -104,13 +109,31 @@ class Row:
             raise self.error(f"field '{key}' must be an integer, got {type(value).__name__} {value!r}")
         return value
 
-    def choice_list(self, key: str) -> list[str]:
+    def label(self, key: str) -> str | None:
+        """An optional label that some benchmark rows give as a list of strings (MMAU's category ["Reasoning"]):
+        the strings joined by ", "."""
+        value = self.data.get(key)
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            return ", ".join(v.strip() for v in value)
+        return self.text(key, optional=True)
+
+    def choice_list(self, key: str, benchmark: bool = False) -> list[str]:
+        """The choices as strings. `benchmark`: a benchmark's own file, read as its official text-matching scorer
+        reads it: empty choices (MMAR's "") and repeats of an earlier choice (MMAU's ["four", "nine", "fourteen",
+        "fourteen"]) are dropped, which changes no score (an empty choice has no token to match, a repeat the
+        same tokens); training data is refused instead."""
         value = self._get(key, optional=False)
         if not isinstance(value, list):
             raise self.error(f"field '{key}' must be a list of strings, got {type(value).__name__}")
         for i, choice in enumerate(value):
-            if not isinstance(choice, str) or not choice.strip():
+            if not isinstance(choice, str) or not (choice.strip() or benchmark):
                 raise self.error(f"field '{key}' item {i} must be a non-empty string, got {choice!r}")
+        if benchmark:
+            kept: dict[str, str] = {}
+            for choice in value:
+                if choice.strip():
+                    kept.setdefault(normalize_text(choice), choice)
+            value = list(kept.values())
         return self.checked_choices(key, value)
 
     def checked_choices(self, key: str, choices: list[str]) -> list[str]:
@@ -121,17 +144,22 @@ class Row:
             raise self.error(f"field '{key}' has duplicate choices {choices} (the answer would be ambiguous)")
         return choices
 
-    def answer_text(self, key: str, choices: list[str], numbers: bool = False) -> str:
-        """The choice named by a text answer; "" when the row has no answer."""
+    def answer_text(self, key: str, choices: list[str], numbers: bool = False, as_written: bool = False) -> str:
+        """The choice named by a text answer; "" when the row has no answer. `as_written`: an answer that is
+        none of the choices is kept as it is (the text-matching scorers score it: MMAR-meta.json's
+        "American\nColombian" of ["American", "Colombian"] is right for a prediction naming both) instead of
+        being an error."""
         answer = self.text(key, optional=True, numbers=numbers)
         if answer is None:
             return ""
         if answer in choices:
             return answer
         matches = [c for c in choices if normalize_text(c) == normalize_text(answer)]
-        if len(matches) != 1:
-            raise self.error(f"field '{key}': answer {answer!r} is not one of the choices {choices}")
-        return matches[0]
+        if len(matches) == 1:
+            return matches[0]
+        if as_written:
+            return answer
+        raise self.error(f"field '{key}': answer {answer!r} is not one of the choices {choices}")
 
 
 @dataclass
@@ -146,6 +174,7 @@ class Parsed:
     task: str | None
     difficulty: str | None
     category: str | None
+    clips: int = 1  # audio clips the question plays (MMAU-Pro's multi-audio questions have several)
 
 
 def parse_avqa(r: Row) -> Parsed:
@@ -166,26 +195,26 @@ def parse_avqa(r: Row) -> Parsed:
 
 
 def parse_mmau(r: Row) -> Parsed:
-    choices = r.choice_list("choices")
+    choices = r.choice_list("choices", benchmark=True)
     return Parsed(
         id=r.ident("id"),
         question=r.text("question"),
         choices=choices,
-        answer=r.answer_text("answer", choices),
+        answer=r.answer_text("answer", choices, as_written=True),
         audio_candidates=[r.text("audio_id")],
         task=r.text("task", optional=True),
         difficulty=r.text("difficulty", optional=True),
-        category=r.text("category", optional=True),
+        category=r.label("category"),
     )
 
 
 def parse_mmar(r: Row) -> Parsed:
-    choices = r.choice_list("choices")
+    choices = r.choice_list("choices", benchmark=True)
     return Parsed(
         id=r.ident("id"),
         question=r.text("question"),
         choices=choices,
-        answer=r.answer_text("answer", choices),
+        answer=r.answer_text("answer", choices, as_written=True),
         audio_candidates=[r.text("audio_path")],
         task=r.text("modality", optional=True),
         difficulty=None,
@@ -193,7 +222,8 @@ def parse_mmar(r: Row) -> Parsed:
     )
 
 
-def parse_air(r: Row) -> Parsed:
+def lettered_choices(r: Row) -> list[str]:
+    """`choice_a`..`choice_d` (missing, null or "" for fewer choices): their positions are the letters A-D."""
     choices: list[str] = []
     for letter in "abcd":
         key = f"choice_{letter}"
@@ -203,7 +233,11 @@ def parse_air(r: Row) -> Parsed:
         if len(choices) != "abcd".index(letter):
             raise r.error(f"field '{key}' is set but an earlier choice is missing (choices must start at choice_a)")
         choices.append(value)
-    r.checked_choices("choice_a..choice_d", choices)
+    return r.checked_choices("choice_a..choice_d", choices)
+
+
+def parse_air(r: Row) -> Parsed:
+    choices = lettered_choices(r)
     task_name, dataset_name, rel = r.text("task_name"), r.text("dataset_name"), r.text("path")
     folder = f"{task_name}_{dataset_name}"
     return Parsed(
@@ -222,11 +256,61 @@ def parse_air(r: Row) -> Parsed:
     )
 
 
+MMAU_PRO_JUDGED = ("open", "instruction following")  # MMAU-Pro categories its script scores without choices
+
+
+def parse_mmau_pro(r: Row) -> Parsed:
+    """A multiple-choice row of MMAU-Pro's test.parquet; its open and instruction-following rows, and rows with
+    fewer than 2 choices (the official script drops those from its multiple-choice part), are out of scope."""
+    category = r.text("category")
+    if category in MMAU_PRO_JUDGED:
+        raise OutOfScope(f"category '{category}' (judged by a model or by format rules, not multiple choice)")
+    raw = r.data.get("choices")
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise OutOfScope("fewer than 2 choices (left out of the official multiple-choice scoring)")
+    choices = r.choice_list("choices", benchmark=True)
+    clips = r.data.get("audio_path")
+    clips = [clips] if isinstance(clips, str) else clips
+    if not isinstance(clips, list) or not clips or not all(isinstance(c, str) and c.strip() for c in clips):
+        raise r.error(f"field 'audio_path' must be a non-empty list of paths, got {r.data.get('audio_path')!r}")
+    return Parsed(
+        id=r.ident("id"),
+        question=r.text("question"),
+        choices=choices,
+        answer=r.answer_text("answer", choices, as_written=True),
+        audio_candidates=[clips[0]],
+        task=category,
+        difficulty=None,
+        category=r.text("sub-cat", optional=True),
+        clips=len(clips),
+    )
+
+
+def parse_mmsu(r: Row) -> Parsed:
+    """A row as MMSU's mmsu_inference.py writes it (the layout mmsu_evaluation.py reads): lettered choices,
+    `answer_gt` text, `category` (its accuracy groups) and `sub-category`; audio under `audio_path`."""
+    choices = lettered_choices(r)
+    category, sub = r.text("category", optional=True), r.text("sub-category", optional=True)
+    rel = r.text("audio_path")
+    return Parsed(
+        id=r.ident("id"),
+        question=r.text("question"),
+        choices=choices,
+        answer=r.answer_text("answer_gt", choices, numbers=True),
+        audio_candidates=[rel, os.path.join("audio", rel)],
+        task=category,
+        difficulty=None,
+        category=f"{category} / {sub}" if category and sub else sub,
+    )
+
+
 PARSERS: dict[str, Callable[[Row], Parsed]] = {
     "avqa": parse_avqa,
     "mmau": parse_mmau,
     "mmar": parse_mmar,
     "air": parse_air,
+    "mmau-pro": parse_mmau_pro,
+    "mmsu": parse_mmsu,
 }
 
 
@@ -239,8 +323,21 @@ def row_object(path: Path, row: int, data: Any) -> Row:
     return Row(path, row, data)
 
 
+def read_parquet(path: Path) -> list[dict]:
+    """The rows of a parquet file (MMAU-Pro's test.parquet) as plain objects."""
+    import pyarrow.parquet  # only parquet files need it
+
+    try:
+        return pyarrow.parquet.read_table(path).to_pylist()
+    except (OSError, pyarrow.ArrowException) as exc:
+        raise DataError(f"{path} is not a readable parquet file: {exc}") from None
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError."""
+    if path.suffix == ".parquet":
+        yield from enumerate(read_parquet(path), start=1)
+        return
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

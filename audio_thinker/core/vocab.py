@@ -10,8 +10,10 @@ ModelFamily = Literal["qwen2_audio", "qwen2_5_omni"]
 PromptMode = Literal["adaptive", "think", "no_think"]
 ResponseMode = Literal["think", "no_think", "invalid"]
 RewardVariant = Literal["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"]
-DataFormat = Literal["avqa", "mmau", "mmar", "air"]
-Benchmark = Literal["mmau", "mmar", "air", "synthetic"]
+DataFormat = Literal["avqa", "mmau", "mmar", "air", "mmau-pro", "mmsu"]
+# MMAU-v05.15.25 is MMAU's revised release: MMAU's layout and scorer, its own name so its numbers never stand
+# beside the paper's (which are on the previous release).
+Benchmark = Literal["mmau", "mmau-v05.15.25", "mmau-pro", "mmar", "mmsu", "air", "synthetic"]
 EngineName = Literal["vllm", "transformers"]
 LoggerName = Literal["tensorboard", "wandb"]
 JudgeBackendName = Literal["transformers", "vllm", "openai"]

@@ -13,18 +13,22 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow
+import pyarrow.parquet
 import pytest
 from matplotlib.image import imread
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.eval.options import EvalOptions
+from audio_thinker.app.eval.predictions import FORMATS
 from audio_thinker.app.eval.runner import PartialLog, item_seed, run_eval, run_settings
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.audio import write_audio
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.protocol import LETTERS, load_template
+from audio_thinker.core.stats import wilson_percent
 from rollout.engine import GenerationEngine
 from rollout.hf_engine import TransformersEngine
 
@@ -215,7 +219,7 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     assert counting.seeds == []
 
     def acc(accuracy, correct, count):
-        return {"accuracy": accuracy, "correct": correct, "count": count}
+        return {"accuracy": accuracy, "correct": correct, "count": count, "ci95": wilson_percent(correct, count)}
 
     rows = [json.loads(line) for line in synthetic.read_text().splitlines()]
     qtype = {r["category"]: r["question_type"] for r in rows}
@@ -225,7 +229,9 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
         "by_task": by_task,
         "by_difficulty": {"easy": acc(66.67, 2, 3), "hard": acc(66.67, 2, 3), "medium": acc(33.33, 1, 3)},
         "by_category": {qtype[t]: v for t, v in by_task.items()},
-        "no_think_rate": {"total": 50.0, "by_difficulty": {"easy": 66.67, "hard": 33.33, "medium": 50.0}},
+        "no_think_rate": {"total": 50.0, "by_difficulty": {"easy": 66.67, "hard": 33.33, "medium": 50.0},
+                          "ci95": {"total": wilson_percent(4, 8), "by_difficulty": {"easy": wilson_percent(2, 3),
+                                   "hard": wilson_percent(1, 3), "medium": wilson_percent(1, 2)}}},
         "invalid": 1,
         "skipped": 0,
         "unlabeled": 0,
@@ -246,9 +252,12 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     }
     assert score_file(tmp_path / "predictions.json", "synthetic") == results
     report = (tmp_path / "report.md").read_text()
-    assert "| qwen2_audio | 100.00 | 33.33 | 33.33 | 55.56 |" in report
-    assert "| qwen2_audio | 66.67 | 33.33 | 66.67 |" in report  # accuracy by difficulty
-    assert "| qwen2_audio | 66.67 | 50.00 | 33.33 | 50.00 |" in report  # no-think rate by difficulty, all
+    # sound, music, speech, average with their 95% intervals; accuracy by difficulty; no-think rate by difficulty, all
+    assert ("| qwen2_audio | 100.00 [43.85, 100.00] | 33.33 [6.15, 79.23] | 33.33 [6.15, 79.23] | "
+            "55.56 [26.67, 81.12] |") in report
+    assert "| qwen2_audio | 66.67 [20.77, 93.85] | 33.33 [6.15, 79.23] | 66.67 [20.77, 93.85] |" in report
+    assert ("| qwen2_audio | 66.67 [20.77, 93.85] | 50.00 [9.45, 90.55] | 33.33 [6.15, 79.23] | "
+            "50.00 [21.52, 78.48] |") in report
     assert "Responses: think 4, no_think 4, invalid 1" in report
 
     # The lenient reading (the default, as the official scripts): the untagged text is read as free text, so
@@ -262,14 +271,25 @@ def test_known_outputs_are_scored_and_reported(policy, engine, synthetic, tmp_pa
     )
 
 
-def write_benchmark(bench: str, root: Path) -> Path:
-    """The fixture's rows without predictions, as the benchmark ships them, plus a short wav per row."""
-    if bench == "air":
-        rows = [json.loads(line) for line in (DATA / "Foundation_result.jsonl").read_text().splitlines()]
+def write_benchmark(bench: str, root: Path) -> tuple[Path, list[dict]]:
+    """The fixture's rows without predictions, as the benchmark ships them, plus a short wav per clip; the file
+    and its rows."""
+    if bench in ("air", "mmsu"):
+        fixture = "Foundation_result.jsonl" if bench == "air" else "mmsu_predictions.jsonl"
+        rows = [json.loads(line) for line in (DATA / fixture).read_text().splitlines()]
         for row in rows:
             row.pop("response", None)
-        audio = [f"{r['task_name']}_{r['dataset_name']}/{r['path']}" for r in rows]
-        path = root / "Foundation_meta.json"
+        if bench == "air":
+            audio = [f"{r['task_name']}_{r['dataset_name']}/{r['path']}" for r in rows]
+        else:
+            audio = [f"audio/{r['audio_path']}" for r in rows]
+        path = root / ("Foundation_meta.json" if bench == "air" else "mmsu.json")
+    elif bench == "mmau-pro":
+        rows = json.loads((DATA / "mmau-pro_rows.json").read_text())
+        for row in rows:
+            row.pop("model_output")
+        audio = [clip for r in rows for clip in r["audio_path"]]
+        path = root / "test.parquet"
     else:
         fixture = "mmau-test-mini_predictions.json" if bench == "mmau" else "MMAR-meta_predictions.json"
         rows = json.loads((DATA / fixture).read_text())
@@ -281,8 +301,11 @@ def write_benchmark(bench: str, root: Path) -> Path:
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)
     for rel in audio:
         write_audio(root / rel, tone)
-    path.write_text(json.dumps(rows, indent=2))
-    return path
+    if path.suffix == ".parquet":
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    else:
+        path.write_text(json.dumps(rows, indent=2))
+    return path, rows
 
 
 @pytest.mark.parametrize(
@@ -291,11 +314,13 @@ def write_benchmark(bench: str, root: Path) -> Path:
         ("mmau", ("model_prediction", "model_output")),
         ("mmar", ("answer_prediction", "model_prediction")),
         ("air", ("response",)),
+        ("mmsu", ("response",)),
+        ("mmau-pro", ("model_output",)),  # its multiple-choice, one-clip questions: 5 of the fixture's 9
     ],
 )
 def test_predictions_use_each_benchmarks_own_layout(bench, keys, policy, engine, tmp_path):
-    data = write_benchmark(bench, tmp_path / "bench")
-    items = load_dataset(data, bench, check_audio=False).items
+    data, source = write_benchmark(bench, tmp_path / "bench")
+    items = load_dataset(data, FORMATS[bench], check_audio=False).items
     # Every answer names the right choice, except the first one's, which names the next choice.
     picked = [(it.choices.index(it.answer) + (i == 0)) % len(it.choices) for i, it in enumerate(items)]
     spec = spec_for(policy, data, tmp_path / "out", bench=bench)
@@ -304,16 +329,19 @@ def test_predictions_use_each_benchmarks_own_layout(bench, keys, policy, engine,
     results = run_eval(spec, counting)
     assert counting.seeds == []
     n = len(items)
-    assert results["total"] == {"accuracy": round(100 * (n - 1) / n, 2), "correct": n - 1, "count": n}
+    assert results["total"] == {"accuracy": round(100 * (n - 1) / n, 2), "correct": n - 1, "count": n,
+                                "ci95": wilson_percent(n - 1, n)}
     assert results["skipped"] == results["invalid"] == 0
     assert results["no_think_rate"]["total"] == 100.0
     rows = json.loads((tmp_path / "out" / "predictions.json").read_text())
-    source = json.loads(data.read_text())
+    source = [source[it.row - 1] for it in items]  # the rows evaluated (row: the position in the file)
     assert len(rows) == len(source) == n
     for row, src, item, k in zip(rows, source, items, picked):
         assert {key: row[key] for key in src} == src  # the benchmark's row, untouched
-        expected = LETTERS[k] if bench == "air" else item.choices[k]
+        expected = LETTERS[k] if bench in ("air", "mmsu") else item.choices[k]
         assert {key: row[key] for key in keys} == dict.fromkeys(keys, expected)
+    # What eval left out of the file is counted in its results.json, not in the predictions it wrote.
+    assert sum(results.pop("excluded", {}).values()) == (4 if bench == "mmau-pro" else 0)
     assert score_file(tmp_path / "out" / "predictions.json", bench) == results
 
 

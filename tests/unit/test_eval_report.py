@@ -63,12 +63,13 @@ def test_air_report_has_the_papers_table_3_columns():
     report = render_report(results, META, {"think": 0, "no_think": 0, "invalid": 0})
     assert report.startswith("# AIR-Bench foundation: tiny\n")
     assert (
-        "| Model | Sound | Music | Speech | Average |\n|---|---|---|---|---|\n| tiny | 100.00 | 75.00 | 66.67 | 75.00 |"
+        "| Model | Sound | Music | Speech | Average |\n|---|---|---|---|---|\n"
+        "| tiny | 100.00 [20.65, 100.00] | 75.00 [30.06, 95.44] | 66.67 [20.77, 93.85] | 75.00 [40.93, 92.85] |"
         in report
     )
     # SoundAQA, MusicAQA, SER, VSC (all unparseable: no score), SNV (no score), AIR-Avg.
     assert "| Model | SoundAQA | MusicAQA | SER | VSC | SNV | AIR-Avg |" in report
-    assert "| tiny | 100.00 | 100.00 | 0.00 | - | - | 75.00 |" in report
+    assert "| tiny | 100.00 [20.65, 100.00] | 100.00 [20.65, 100.00] | 0.00 [0.00, 79.35] | - | - | 75.00 [" in report
     assert "Scored questions: 8 (6 correct); invalid: 3; skipped (no prediction): 1; unlabeled: 0." in report
     assert "| Speaker_Number_Verification | - | 0 | 0 |" in report
     assert "by difficulty\n" not in report.split("No-think")[0]  # AIR has no difficulty levels
@@ -78,21 +79,23 @@ def test_mmar_report_orders_modalities_like_the_paper():
     results = score_file(DATA / "MMAR-meta_predictions.json", "mmar")
     report = render_report(results, {**META, "bench": "mmar"}, {})
     assert "| Model | Sound | Music | Speech | Mix-music-speech | Mix-sound-speech | Average |" in report
-    assert "| tiny | 50.00 | 0.00 | 50.00 | 100.00 | - | 50.00 |" in report
+    assert "| tiny | 50.00 [9.45, 90.55] | 0.00 [0.00, 79.35] | 50.00 [9.45, 90.55] | 100.00 [20.65, 100.00] | - |" \
+           " 50.00 [18.76, 81.24] |" in report
 
 
 def test_mmau_report_has_difficulty_tables():
     results = score_file(DATA / "mmau-test-mini_predictions.json", "mmau")
     report = render_report(results, {**META, "bench": "mmau"}, {})
-    assert "| Model | Easy | Medium | Hard |\n|---|---|---|---|\n| tiny | 25.00 | 66.67 | 66.67 |" in report
+    assert "| Model | Easy | Medium | Hard |\n|---|---|---|---|\n| tiny | 25.00 [4.56, 69.94] | 66.67 [" in report
     assert "| Model | Easy | Medium | Hard | All |\n|---|---|---|---|---|\n| tiny | - | - | - | - |" in report
 
 
 @pytest.mark.parametrize(
     "rates",
     [
-        {"total": 40.0, "by_difficulty": {"hard": 10.0, "easy": 70.0, "medium": None}},
-        {"total": None, "by_difficulty": {}},  # no difficulty levels, no mode: one empty "all" bar
+        {"total": 40.0, "by_difficulty": {"hard": 10.0, "easy": 70.0, "medium": None},
+         "ci95": {"total": [30.0, 50.0], "by_difficulty": {"hard": [2.0, 30.0], "easy": [50.0, 85.0], "medium": None}}},
+        {"total": None, "by_difficulty": {}},  # no difficulty levels, no mode, no interval: one empty "all" bar
     ],
 )
 def test_plot_is_a_png(rates, tmp_path):

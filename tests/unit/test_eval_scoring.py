@@ -21,6 +21,7 @@ from audio_thinker.app.eval.scoring import air_letter, air_status, score_file, s
 from audio_thinker.core.accuracy import Scored, aggregate, summarize_for_training
 from audio_thinker.core.data import AudioQuestion
 from audio_thinker.core.manifests import DataError
+from audio_thinker.core.stats import wilson_percent
 
 DATA = Path(__file__).parent.parent / "data" / "eval"
 MMAU = DATA / "mmau-test-mini_predictions.json"
@@ -29,7 +30,15 @@ AIR = DATA / "Foundation_result.jsonl"
 
 
 def acc(accuracy, correct, count) -> dict:
-    return {"accuracy": accuracy, "correct": correct, "count": count}
+    """An accuracy group: the hand-counted numbers and the Wilson interval of those counts (tests/unit/test_stats.py
+    checks the interval itself against hand computations)."""
+    return {"accuracy": accuracy, "correct": correct, "count": count, "ci95": wilson_percent(correct, count)}
+
+
+def no_mode(by_difficulty: dict) -> dict:
+    """The no-think rate of a file without our modes (another system's): null everywhere."""
+    return {"total": None, "by_difficulty": by_difficulty,
+            "ci95": {"total": None, "by_difficulty": dict(by_difficulty)}}
 
 
 def test_mmau_results_every_field():
@@ -51,7 +60,7 @@ def test_mmau_results_every_field():
         "by_task": {"music": acc(33.33, 1, 3), "sound": acc(66.67, 2, 3), "speech": acc(50.0, 2, 4)},
         "by_difficulty": {"easy": acc(25.0, 1, 4), "hard": acc(66.67, 2, 3), "medium": acc(66.67, 2, 3)},
         "by_category": {"Information Extraction": acc(40.0, 2, 5), "Reasoning": acc(60.0, 3, 5)},
-        "no_think_rate": {"total": None, "by_difficulty": {"easy": None, "hard": None, "medium": None}},
+        "no_think_rate": no_mode({"easy": None, "hard": None, "medium": None}),
         "invalid": 1,
         "skipped": 2,
         "unlabeled": 0,
@@ -73,7 +82,7 @@ def test_mmar_results_every_field():
             "Cultural Layer": acc(100.0, 1, 1), "Perception Layer": acc(100.0, 1, 1),
             "Semantic Layer": acc(0.0, 0, 2), "Signal Layer": acc(50.0, 1, 2),
         },
-        "no_think_rate": {"total": None, "by_difficulty": {}},
+        "no_think_rate": no_mode({}),
         "invalid": 1,
         "skipped": 1,
         "unlabeled": 0,
@@ -98,7 +107,7 @@ def test_air_results_every_field():
             "Speaker_Number_Verification": acc(None, 0, 0), "Synthesized_Voice_Detection": acc(100.0, 1, 1),
             "vocal_sound_classification": acc(None, 0, 0),
         },
-        "no_think_rate": {"total": None, "by_difficulty": {}},
+        "no_think_rate": no_mode({}),
         "invalid": 3,
         "skipped": 1,
         "unlabeled": 0,
@@ -154,8 +163,11 @@ def test_no_think_rate_counts_valid_responses_by_difficulty():
     results = aggregate(scored)
     assert results["no_think_rate"] == {
         "total": round(100 * 3 / 6, 2), "by_difficulty": {"easy": 66.67, "hard": 0.0, "medium": 100.0},
+        "ci95": {"total": wilson_percent(3, 6), "by_difficulty": {
+            "easy": wilson_percent(2, 3), "hard": wilson_percent(0, 2), "medium": wilson_percent(1, 1)}},
     }
     assert results["total"] == acc(57.14, 4, 7)
+    assert results["no_think_rate"]["ci95"]["by_difficulty"]["hard"] == [0.0, 65.76]  # z^2 / (2 + z^2)
 
 
 def test_jsonl_and_json_list_read_the_same(tmp_path):

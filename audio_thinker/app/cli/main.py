@@ -179,7 +179,7 @@ def _report(args: argparse.Namespace) -> int:
     options = model_from_args(ReportOptions, args)
     from audio_thinker.app.table1.report import write_report  # matplotlib: loaded only when this command runs
 
-    for path in write_report([Path(r) for r in options.runs], options.out):
+    for path in write_report([Path(r) for r in options.runs], options.out, options.pairs()):
         print(path)
     return 0
 

@@ -21,9 +21,13 @@ class EvalOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only).")
-    bench: Benchmark = Field(description="Benchmark layout of --data.")
+    bench: Benchmark = Field(
+        description="Benchmark of --data: mmau (the paper's MMAU test-mini release), mmau-v05.15.25 (its revised "
+        "release), mmau-pro (its multiple-choice part), mmar, mmsu, air (AIR-Bench foundation), synthetic."
+    )
     data: str = Field(
-        description="The benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)."
+        description="The benchmark's file (mmau-test-mini.json, test.parquet, MMAR-meta.json, MMSU rows, "
+        "Foundation_meta.json, ...; docs/eval.md)."
     )
     audio_root: str | None = Field(None, description="Folder relative audio paths start from (none: --data's folder).")
     out: str | None = Field(None, description="Output folder (none: eval_results/<model>-<bench>-<prompt>).")
@@ -92,7 +96,8 @@ def add_eval_parser(
     parser = subparsers.add_parser(
         "eval",
         parents=list(parents),
-        help="evaluate a model on MMAU / MMAR / AIR-Bench / synthetic, or score predictions (docs/eval.md)",
+        help="evaluate a model on MMAU / MMAU-v05.15.25 / MMAU-Pro / MMAR / MMSU / AIR-Bench / synthetic, or score "
+        "predictions (docs/eval.md)",
         description="Run: audio-thinker eval --model DIR --bench B --data FILE [...]. "
         "Score an existing predictions file: audio-thinker eval score --bench B --predictions FILE.",
     )

@@ -30,7 +30,7 @@ from audio_thinker.app.eval.predictions import (
     prediction_row,
     write_predictions,
 )
-from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think, render_report
+from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think, render_report, with_ci
 from audio_thinker.app.eval.scoring import score_row
 from audio_thinker.core.accuracy import aggregate
 from audio_thinker.core.data import Dataset, load_dataset
@@ -191,6 +191,8 @@ def run_eval(spec: EvalOptions, engine: GenerationEngine) -> dict:
         for it, p, s in zip(items, parsed, scored)
     ]
     results = aggregate(scored)
+    if dataset.excluded:
+        results["excluded"] = dict(dataset.excluded)
     if spec.judge_url:
         think = [i for i, p in enumerate(parsed) if p.mode == "think"]
         verdicts = consistency_audit(spec.judge_url, spec.judge_api_key, [
@@ -230,9 +232,11 @@ def run_eval_command(spec: EvalOptions, family: str) -> int:
         results = run_eval(spec, engine)
     finally:
         engine.close()
-    rate = results["no_think_rate"]["total"]
-    rate = "n/a (no valid response)" if rate is None else f"{rate}%"
+    rates = results["no_think_rate"]
+    rate = with_ci(rates["total"], rates["ci95"]["total"]) + "%"
+    rate = "n/a (no valid response)" if rates["total"] is None else rate
     total = results["total"]
-    print(f"accuracy {total['accuracy']}% ({total['correct']}/{total['count']}, {spec.answer_extraction} answers), "
-          f"{results['invalid']} invalid, no-think rate {rate}; see {spec.out_dir / 'report.md'}")
+    print(f"accuracy {with_ci(total['accuracy'], total['ci95'])}% ({total['correct']}/{total['count']}, "
+          f"{spec.answer_extraction} answers; 95% interval in brackets), {results['invalid']} invalid, "
+          f"no-think rate {rate}; see {spec.out_dir / 'report.md'}")
     return 0

@@ -32,6 +32,21 @@ class BenchFile(BaseModel):
         return cls(bench=name, data=data)
 
 
+def parse_pairs(values: list[str]) -> list[tuple[str, str]]:
+    """`--compare A,B` values as (A, B) pairs: B's accuracy minus A's on the same questions."""
+    pairs = []
+    for text in values:
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise OptionError(f"--compare {text!r}: expected two different rows as A,B, e.g. grpo-a,model-a")
+        pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+COMPARE_HELP = ("Rows to compare on the same questions as A,B (B minus A, a paired bootstrap), once per pair; "
+                "consecutive rows of the paper's chain GRPO -> +ATAR -> +CR -> +TR are always compared.")
+
+
 class AblateOptions(BaseModel):
     """Train and evaluate rows of the paper's Table 1, then write table1.md / table1.json beside the paper's."""
 
@@ -54,11 +69,17 @@ class AblateOptions(BaseModel):
     out: str | None = Field(None, description="Output folder, one run directory per row (none: runs/ablate-<time>).")
     bench: list[str] = Field(
         default_factory=list,
-        description="Benchmarks as NAME=FILE (mmau=, mmar=, air=, synthetic=) every row is evaluated on "
+        description="Benchmarks as NAME=FILE (mmau=, mmau-v05.15.25=, mmau-pro=, mmar=, mmsu=, air=, synthetic=) "
+        "every row is evaluated on "
         "(none: the config's held-out split, data.eval_manifest).",
     )
     eval_limit: int | None = Field(None, ge=1, description="Evaluate the first N questions of each benchmark only.")
     eval_engine: EngineName = Field("transformers", description="Generation engine of the evaluations.")
+    seeds: int = Field(
+        1, ge=1, description="Train (and evaluate) every trained row N times, with run.seed, run.seed+1, ...; the "
+        "table gives each seed's numbers, their mean and its 95% interval."
+    )
+    compare: list[str] = Field(default_factory=list, description=COMPARE_HELP)
 
     @field_validator("rows", mode="before")
     @classmethod
@@ -71,6 +92,9 @@ class AblateOptions(BaseModel):
             if not value:
                 raise ValueError("name at least one row")
         return value
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return parse_pairs(self.compare)
 
     def benchmarks(self) -> list[BenchFile]:
         """The --bench values parsed and checked (each file exists)."""
@@ -87,11 +111,15 @@ class ReportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runs: list[str] = Field(
-        description="Run directories (a row each: its row.json from `ablate`, else its config.yaml), with "
-        "evaluations under DIR/eval/<bench>/results.json.",
+        description="Run directories (each a row by its row.json from `ablate`, else its config.yaml; several "
+        "runs of a row with different run.seed are its seeds), with evaluations under DIR/eval/<bench>/.",
         json_schema_extra={"nargs": "+"},
     )
     out: str = Field(description="Folder to write table1.md, table1.json and the figures into.")
+    compare: list[str] = Field(default_factory=list, description=COMPARE_HELP)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return parse_pairs(self.compare)
 
 
 def add_table1_parsers(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()):
@@ -100,9 +128,9 @@ def add_table1_parsers(subparsers: argparse._SubParsersAction, parents: Sequence
         "ablate",
         parents=list(parents),
         help="train and evaluate rows of the paper's Table 1; writes table1.md / table1.json (docs/ablations.md)",
-        description="Each row is one `audio-thinker train` run (a Ray job when RAY_ADDRESS is set, else a local "
-        "process, one after the other) and one `audio-thinker eval` per benchmark; a rerun with the same --out "
-        "skips what is done. Overrides apply to every row, e.g. run.total_steps=100.",
+        description="Each row is one `audio-thinker train` run per seed (a Ray job when RAY_ADDRESS is set, else a "
+        "local process, one after the other) and one `audio-thinker eval` per run and benchmark; a rerun with the "
+        "same --out skips what is done. Overrides apply to every row, e.g. run.total_steps=100.",
     )
     add_model_arguments(ablate, AblateOptions)
     ablate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")

@@ -1,12 +1,12 @@
-"""Table 1 from finished runs, our numbers beside the paper's, and the paper's Figure 2 for every row.
+"""Table 1 from finished runs, our numbers beside the paper's, the paired comparisons, and the paper's Figure 2.
 
-A run is a row of the table by its `row.json` (written by `ablate`) or else by its `config.yaml` (family,
-reward variant and prompt mode); its numbers are its evaluations, `<run>/eval/<bench>/results.json`.
-
-    table1.json   {"source", "notes", "benchmarks", "rows": [{"row", "method", "family", "run", "ours",
-                   "no_think_rate", "paper"}]}
-    table1.md     the table (a line "ours" and a line "paper" per row), the no-think rates, the notes
-    figure2_<bench>.png   no-think rate by difficulty, one bar per row (benchmarks with difficulty levels)
+    table1.json   {"source", "notes", "benchmarks", "rows": [{"row", "method", "family", "runs": [{"seed", "run"}],
+                   "ours", "no_think_rate", "paper"}], "comparisons": [...]}
+                  "ours" is bench -> column -> cell and "no_think_rate" bench -> level -> cell, a cell being
+                  {"mean", "ci95", "per_seed", "per_seed_ci95"} (runs.py); "comparisons" as compare.py makes them
+    table1.md     the table (a line per seed, their mean, the paper's line), the no-think rates, the paired
+                  comparisons, the notes
+    figure2_<bench>.png   no-think rate by difficulty, one bar per row, 95% intervals as error bars
 """
 
 from __future__ import annotations
@@ -18,94 +18,69 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from audio_thinker.app.errors import EvalError
-from audio_thinker.app.eval.report import BENCH_TITLES, DIFFICULTY_ORDER, ordered
-from audio_thinker.app.table1.rows import paper_table, row_of_config, rows
-from audio_thinker.core.presets import load_config
+from audio_thinker.app.eval.report import BENCH_TITLES, DIFFICULTY_ORDER, error_bars, ordered, with_ci
+from audio_thinker.app.table1.compare import comparisons
+from audio_thinker.app.table1.rows import paper_table
+from audio_thinker.app.table1.runs import columns, group_runs, row_entry
 
-ROW_FILE = "row.json"
 PAPER_BENCHES = ("mmau", "mmar", "air")
-TASK_COLUMNS = ("sound", "music", "speech", "average")
-# Table 1 reports AIR-Bench foundation by its average only.
-COLUMNS = {"air": ("average",)}
 TABLE_FILE, JSON_FILE = "table1.md", "table1.json"
+INTERVALS = (
+    "In brackets, 95% intervals. On the line of one run (`ours`, `seed N`): the Wilson interval over the "
+    "benchmark's questions. On a `mean of N seeds` line: the Student-t interval of the mean across the seeds "
+    "(how much training randomness moves the number on these questions)."
+)
 
 
-def columns(bench: str) -> tuple[str, ...]:
-    return COLUMNS.get(bench, TASK_COLUMNS)
-
-
-def _is_sft_run(run: Path) -> bool:
-    """An `audio-thinker sft` run logs `sft/loss` where a GRPO run logs rewards."""
-    metrics = run / "metrics.jsonl"
-    first = metrics.read_text().partition("\n")[0] if metrics.is_file() else ""
-    return bool(first) and "sft/loss" in json.loads(first)
-
-
-def _identity(run: Path) -> dict:
-    """row, method, family of a run: its row.json, else what its config.yaml trains."""
-    if (run / ROW_FILE).is_file():
-        return json.loads((run / ROW_FILE).read_text())
-    if not (run / "config.yaml").is_file():
-        raise EvalError(f"--runs {run}: neither {ROW_FILE} nor config.yaml: not a run directory")
-    config = load_config(str(run / "config.yaml"), saved_run=True)
-    sft = _is_sft_run(run)
-    row = row_of_config(config, "sft" if sft else "grpo")
-    if row is not None:
-        return {"row": row.name, "family": row.family, "method": row.method}
-    method = f"SFT, target {config.sft.target}" if sft else f"variant {config.reward.variant}"
-    return {"row": run.name, "family": config.model.family, "method": f"{method}, prompt {config.prompt.mode}"}
-
-
-def _ours(results: dict, bench: str) -> dict[str, float | None]:
-    by_task = results["by_task"]
-    values = {task: by_task.get(task, {}).get("accuracy") for task in TASK_COLUMNS[:-1]}
-    values["average"] = results["total"]["accuracy"]
-    return {col: values[col] for col in columns(bench)}
-
-
-def run_entry(run: Path) -> dict:
-    """One row of table1.json from a run directory and its evaluations."""
-    run = run.resolve()
-    identity = _identity(run)
-    evals = sorted(p for p in (run / "eval").glob("*/results.json")) if (run / "eval").is_dir() else []
-    if not evals:
-        raise EvalError(
-            f"--runs {run}: no evaluation ({run}/eval/<bench>/results.json); make one with "
-            f"audio-thinker eval --model {run}/final --bench B --data FILE --out {run}/eval/B"
-        )
-    ours, no_think = {}, {}
-    for path in evals:
-        bench, results = path.parent.name, json.loads(path.read_text())
-        ours[bench] = _ours(results, bench)
-        rates = results["no_think_rate"]
-        no_think[bench] = {**rates["by_difficulty"], "all": rates["total"]}
-    paper = rows().get(identity["row"])
-    return {
-        "row": identity["row"], "method": identity["method"], "family": identity["family"], "run": str(run),
-        "ours": ours, "no_think_rate": no_think, "paper": paper.paper if paper is not None else {},
-    }
-
-
-def build_table(runs: Sequence[Path]) -> dict:
-    entries = [run_entry(Path(r)) for r in runs]
-    seen: dict[str, str] = {}
-    for e in entries:
-        if e["row"] in seen:
-            raise EvalError(f"--runs: {seen[e['row']]} and {e['run']} are both row {e['row']}")
-        seen[e["row"]] = e["run"]
+def build_table(runs: Sequence[Path], pairs: Sequence[tuple[str, str]] = ()) -> dict:
+    """table1.json: the rows (a row's runs are its seeds) and the paired comparisons (the paper's chain and
+    `pairs`)."""
+    entries = [row_entry(group) for group in group_runs(runs)]
     evaluated = {b for e in entries for b in e["ours"]}
     benches = list(PAPER_BENCHES) + sorted(evaluated - set(PAPER_BENCHES))
     paper = paper_table()
-    return {"source": paper["source"], "notes": paper["notes"], "benchmarks": benches, "rows": entries}
+    return {"source": paper["source"], "notes": paper["notes"], "benchmarks": benches, "rows": entries,
+            "comparisons": comparisons(entries, pairs)}
 
 
-def _cell(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def interval(cell: dict) -> list[float] | None:
+    """The interval shown beside a cell's value: across seeds for several seeds, else the one run's Wilson."""
+    return cell["ci95"] if len(cell["per_seed"]) > 1 else cell["per_seed_ci95"][0]
 
 
 def _line(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _rule(header: list[str]) -> str:
+    return "|" + "|".join("---" for _ in header) + "|"
+
+
+def _text(cell: dict | None, seed_index: int | None) -> str:
+    """A cell as text: one seed's value and Wilson interval, or (no index) the row's value and its interval."""
+    if cell is None:
+        return "-"
+    if seed_index is None:
+        return with_ci(cell["mean"], interval(cell))
+    return with_ci(cell["per_seed"][seed_index], cell["per_seed_ci95"][seed_index])
+
+
+def _our_lines(entry: dict, key: str, keys: list[tuple[str, str]]) -> list[str]:
+    """A row's lines over the (bench, column) `keys` of `entry[key]`: its one run (`ours`), or the mean of its
+    seeds (`mean of N seeds`) followed by each seed."""
+    def values(seed_index: int | None) -> list[str]:
+        return [_text(entry[key].get(bench, {}).get(col), seed_index) for bench, col in keys]
+
+    seeds = [r["seed"] for r in entry["runs"]]
+    if len(seeds) == 1:
+        return [_line([entry["row"], entry["method"], "ours"] + values(None))]
+    lines = [_line([entry["row"], entry["method"], f"mean of {len(seeds)} seeds"] + values(None))]
+    return lines + [_line(["", "", f"seed {seed}"] + values(k)) for k, seed in enumerate(seeds)]
+
+
+def _levels(table: dict, bench: str) -> list[str]:
+    found = {k for e in table["rows"] for k in e["no_think_rate"].get(bench, {})} - {"all"}
+    return ordered(sorted(found), DIFFICULTY_ORDER)
 
 
 def render_table1(table: dict) -> str:
@@ -114,35 +89,56 @@ def render_table1(table: dict) -> str:
         f"{BENCH_TITLES.get(b, b)} {col.capitalize()}" for b in benches for col in columns(b)
     ]
     lines = ["# Table 1: our runs beside the paper's", "", f"Paper: {table['source']}", "",
-             "Accuracy (%). `-`: not evaluated (ours) or not in the paper.", "",
-             _line(header), "|" + "|".join("---" for _ in header) + "|"]
+             "Accuracy (%). `-`: not evaluated (ours) or not in the paper. " + INTERVALS, "",
+             _line(header), _rule(header)]
+    keys = [(b, c) for b in benches for c in columns(b)]
     for e in table["rows"]:
-        for source in ("ours", "paper"):
-            first = [e["row"], e["method"]] if source == "ours" else ["", ""]
-            values = [_cell(e[source].get(b, {}).get(col)) for b in benches for col in columns(b)]
-            lines.append(_line(first + [source] + values))
+        lines += _our_lines(e, "ours", keys)
+        paper = [e["paper"].get(b, {}).get(c) for b, c in keys]
+        lines.append(_line(["", "", "paper"] + ["-" if v is None else f"{v:.2f}" for v in paper]))
     lines += ["", "## No-think rate (%) by difficulty (the paper's Figure 2)", ""]
     for bench in sorted({b for e in table["rows"] for b in e["no_think_rate"]}):
-        levels = ordered(sorted({k for e in table["rows"] for k in e["no_think_rate"].get(bench, {})} - {"all"}),
-                         DIFFICULTY_ORDER)
-        head = ["Model"] + [level.capitalize() for level in levels] + ["All"]
-        lines += [f"{BENCH_TITLES.get(bench, bench)}:", "", _line(head), "|" + "|".join("---" for _ in head) + "|"]
+        levels = _levels(table, bench)
+        head = ["Model", "Method", "Source"] + [level.capitalize() for level in levels] + ["All"]
+        lines += [f"{BENCH_TITLES.get(bench, bench)}:", "", _line(head), _rule(head)]
         for e in table["rows"]:
-            rates = e["no_think_rate"].get(bench)
-            if rates is not None:
-                lines.append(_line([e["row"]] + [_cell(rates.get(level)) for level in [*levels, "all"]]))
+            if bench in e["no_think_rate"]:
+                lines += _our_lines(e, "no_think_rate", [(bench, level) for level in [*levels, "all"]])
         if levels:
             lines += ["", f"![no-think rate by difficulty on {bench}](figure2_{bench}.png)"]
         lines.append("")
+    lines += _comparison_section(table)
     lines += ["## Notes", ""] + [f"- {note}" for note in table["notes"]]
-    lines += [f"- {e['row']}: {e['run']}" for e in table["rows"]]
+    for e in table["rows"]:
+        lines += [f"- {e['row']}: {r['run']}" + ("" if r["seed"] is None else f" (seed {r['seed']})")
+                  for r in e["runs"]]
     return "\n".join(lines) + "\n"
 
 
+def _comparison_section(table: dict) -> list[str]:
+    if not table["comparisons"]:
+        return []
+    lines = ["## Paired comparisons", "",
+             "B minus A, in points, on the questions both rows were scored on; each question's score is its mean "
+             "over the row's seeds. 95% interval: paired bootstrap over the questions (10,000 resamples, seed 0).",
+             ""]
+    head = ["Benchmark", "A", "B", "B - A", "95% interval", "Questions", "Seeds A / B"]
+    lines += [_line(head), _rule(head)]
+    for c in table["comparisons"]:
+        if c["difference"] is None:
+            cells = ["-", c["note"], "0"]
+        else:
+            cells = [f"{c['difference']:+.2f}", f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]", str(c["questions"])]
+        lines.append(_line([BENCH_TITLES.get(c["bench"], c["bench"]), c["a"], c["b"], *cells,
+                            f"{c['seeds_a']} / {c['seeds_b']}"]))
+    return lines + [""]
+
+
 def plot_figure2(table: dict, bench: str, path: Path) -> Path | None:
-    """Grouped bars: no-think rate per difficulty level, one bar per row; None when the bench has no levels."""
+    """Grouped bars: no-think rate per difficulty level, one bar per row (its mean over seeds) with its 95%
+    interval; None when the bench has no levels."""
     entries = [e for e in table["rows"] if bench in e["no_think_rate"]]
-    levels = ordered(sorted({k for e in entries for k in e["no_think_rate"][bench]} - {"all"}), DIFFICULTY_ORDER)
+    levels = _levels(table, bench)
     if not levels:
         return None
     fig = Figure(figsize=(max(6.0, 2.0 + 0.45 * len(levels) * len(entries)), 4.0), dpi=100)
@@ -150,12 +146,17 @@ def plot_figure2(table: dict, bench: str, path: Path) -> Path | None:
     ax = fig.subplots()
     width = 0.8 / len(entries)
     for k, e in enumerate(entries):
-        values = [e["no_think_rate"][bench].get(level) or 0.0 for level in levels]
-        ax.bar([i + (k - (len(entries) - 1) / 2) * width for i in range(len(levels))], values, width, label=e["row"])
+        cells = [e["no_think_rate"][bench].get(level) for level in levels]
+        values = [None if c is None else c["mean"] for c in cells]
+        intervals = [None if c is None else interval(c) for c in cells]
+        seeds = len(e["runs"])
+        ax.bar([i + (k - (len(entries) - 1) / 2) * width for i in range(len(levels))], [v or 0.0 for v in values],
+               width, yerr=error_bars(values, intervals), capsize=3, ecolor="#333333",
+               label=e["row"] if seeds == 1 else f"{e['row']} ({seeds} seeds)")
     ax.set_xticks(range(len(levels)), [level.capitalize() for level in levels])
     ax.set_ylim(0, 125)  # room for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
-    ax.set_ylabel("no-think rate (%)")
+    ax.set_ylabel("no-think rate (%), 95% interval")
     ax.set_xlabel("difficulty")
     ax.set_title(f"No-think rate by difficulty: {BENCH_TITLES.get(bench, bench)}")
     ax.legend(fontsize="small", loc="upper center", ncol=min(len(entries), 4))
@@ -164,9 +165,8 @@ def plot_figure2(table: dict, bench: str, path: Path) -> Path | None:
     return path
 
 
-def write_report(runs: Sequence[Path], out: str | Path) -> list[Path]:
+def write_table(table: dict, out: str | Path) -> list[Path]:
     """table1.md, table1.json and one figure per benchmark with difficulty levels, into `out`."""
-    table = build_table(runs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / JSON_FILE).write_text(json.dumps(table, indent=2) + "\n")
@@ -177,3 +177,8 @@ def write_report(runs: Sequence[Path], out: str | Path) -> list[Path]:
         if figure is not None:
             written.append(figure)
     return written
+
+
+def write_report(runs: Sequence[Path], out: str | Path, pairs: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    """`audio-thinker report`: the table of `runs` written into `out`."""
+    return write_table(build_table(runs, pairs), out)
