@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audio_thinker.core.errors import UserError
 from audio_thinker.core.vocab import normalize_text
 
 # AIR-Bench foundation task names (spelled as in Foundation_meta.json) -> the benchmark's three domains.
@@ -47,7 +48,7 @@ AIR_DOMAINS = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A manifest or row that does not validate; the message names the file, the row and the field."""
 
 

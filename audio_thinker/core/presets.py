@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from audio_thinker.core.config import Config
+from audio_thinker.core.errors import UserError
 
 PRESET_DIR = Path(str(resources.files("audio_thinker") / "configs"))
 
@@ -40,7 +41,7 @@ REMOVED = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not validate; the message names the key and the value."""
 
 

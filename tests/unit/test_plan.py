@@ -11,7 +11,8 @@ from transformers.initialization import no_init_weights
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.train.plan import make_plan
-from audio_thinker.core.model_shapes import KNOWN_COUNTS, count_params, known_config, known_shape
+from audio_thinker.core.model_meta import count_params, known_config
+from audio_thinker.core.model_shapes import KNOWN_COUNTS, KNOWN_SHAPES, known_shape, shape_of
 from audio_thinker.core.presets import load_config
 from trainer.memory import deepspeed_model_states, model_states, training_activations
 
@@ -37,6 +38,27 @@ def test_stored_counts_are_what_transformers_builds_from_the_stored_shape():
     with torch.device("meta"), no_init_weights():
         model = transformers.Qwen3ForCausalLM(known_config("Qwen3-8B"))
     assert count_params(model) == KNOWN_COUNTS["Qwen3-8B"]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_SHAPES))
+def test_known_shapes_read_without_transformers_are_what_transformers_reads(name):
+    _, _, source = KNOWN_SHAPES[name]
+    assert known_shape(name) == shape_of(name, source, known_config(name), KNOWN_COUNTS[name])
+
+
+@pytest.mark.parametrize("zero_stage, gpus", [(2, 1), (2, 4), (3, 5), (3, 8)])
+def test_our_zero_arithmetic_is_deepspeeds_estimator(zero_stage, gpus):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    if zero_stage == 2:
+        _, expected = estimate_zero2_model_states_mem_needs(P_OMNI, num_gpus_per_node=gpus, cpu_offload=False)
+    else:
+        _, expected, _ = estimate_zero3_model_states_mem_needs(
+            P_AUDIO, L_AUDIO, num_gpus_per_node=gpus, cpu_offload=False, cpu_offload_params=False
+        )
+    params, largest = (P_OMNI, L_OMNI) if zero_stage == 2 else (P_AUDIO, L_AUDIO)
+    assert deepspeed_model_states(params, largest, zero_stage, gpus) == int(expected)
 
 
 def test_zero_model_states_are_deepspeeds_split_by_its_multipliers():

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from audio_thinker.app.errors import EvalError
-from audio_thinker.core.families import detect_family
+from audio_thinker.core.chat import detect_family
 from audio_thinker.core.options import add_model_arguments
 from audio_thinker.core.vocab import AnswerExtraction, Benchmark, Dtype, EngineName, PromptMode
 

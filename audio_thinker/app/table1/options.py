@@ -92,6 +92,7 @@ class ReportOptions(BaseModel):
         json_schema_extra={"nargs": "+"},
     )
     out: str = Field(description="Folder to write table1.md, table1.json and the figures into.")
+    overwrite: bool = Field(False, description="Replace the table1.md and table1.json that --out holds.")
 
 
 def add_table1_parsers(subparsers: argparse._SubParsersAction, parents: Sequence[argparse.ArgumentParser] = ()):

@@ -42,7 +42,7 @@ from audio_thinker.app.train.step_rollout import StepRollout, drop_stale, phase_
 from audio_thinker.core.config import BenchToggles, Config, RewardConfig
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.log import STEPS, get_logger
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.progress import progress
