@@ -240,12 +240,30 @@ def row_object(path: Path, row: int, data: Any) -> Row:
     return Row(path, row, data)
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError."""
+def _one_object(path: Path, text: str) -> None:
+    """A file that is one JSON object holding the rows under a key (not a list, not JSON lines): DataError naming
+    the key, rather than a missing field in 'row 1'."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON lines, or not JSON: its rows say so
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if lists:
+        raise DataError(
+            f"{path} is one JSON object with rows under {lists[0]!r}: expected a JSON list of rows or JSON lines "
+            f"(e.g. jq '.{lists[0]}' {path.name})"
+        )
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError. UTF-8, with
+    or without a byte-order mark."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"manifest {path} cannot be read: {exc}") from None
+    if text.lstrip().startswith("{"):
+        _one_object(path, text)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

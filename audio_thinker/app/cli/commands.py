@@ -228,6 +228,8 @@ def export(args: argparse.Namespace) -> int:
     run = input_folder("--run", args.run)
     if args.out is not None:
         output_folder("--out", args.out)
+        if not args.overwrite:
+            refuse_existing("--out", [Path(args.out)])
     from audio_thinker.app.train.export import export_run  # torch/DeepSpeed: only when this command runs
 
     print(export_run(run, args.step, Path(args.out) if args.out else None, overwrite=args.overwrite))

@@ -130,7 +130,7 @@ def _layout(bench: str) -> str:
 def _decoded_rows(path: Path) -> list[tuple[int, object]]:
     """(row number, decoded row) of a JSON list or JSON lines; a file that is neither is a DataError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read: {exc}") from None
     try:
