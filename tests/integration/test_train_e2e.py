@@ -127,6 +127,10 @@ def uninterrupted(cli_run) -> Path:
     reference for the resumed job below."""
     run, proc, log = cli_run
     assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
+    # The closing line's command works as printed: the executable the run was started with (`make demo`:
+    # .venv/bin/audio-thinker, which is not on PATH).
+    (watch,) = [line for line in log.read_text().splitlines() if line.startswith("watch it: ")]
+    assert Path(watch.split()[2]).is_file() and watch.split()[3:5] == ["dashboard", "--runs"], watch
     return run
 
 

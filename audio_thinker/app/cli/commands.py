@@ -21,6 +21,9 @@ from audio_thinker.app.data.options import AvqaOptions, CotOptions, check_tiny_o
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions
+from audio_thinker.app.train.plan import capacity_of, check_plan, job_of, make_plan, render
+from audio_thinker.app.train.resume import record_changes, start_config
+from audio_thinker.app.train.run_dir import default_output_dir
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import quiet_console
 from audio_thinker.core.options import OptionError, model_from_args
@@ -135,9 +138,6 @@ def evaluate(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Path, Path | None]:
     """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
     run's saved config.yaml is the base, app/train/resume.py), its run directory, and where actor logs go."""
-    from audio_thinker.app.train.resume import record_changes, start_config  # the run's modules: only for a run
-    from audio_thinker.app.train.run_dir import default_output_dir
-
     config, changes = start_config(
         args.config, args.overrides, args.resume, args.resume_if_exists, args.allow_config_change
     )
@@ -156,8 +156,6 @@ def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Pa
 
 def train(args: argparse.Namespace) -> int:
     config, run_dir, actor_logs = _run_config(args, "{name}")
-    from audio_thinker.app.train.plan import check_plan
-
     check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
     from audio_thinker.app.data.demo import prepare_demo  # torch/Ray: only when this command runs
     from audio_thinker.app.train.driver import run_training
@@ -193,8 +191,6 @@ def report(args: argparse.Namespace) -> int:
 
 def sft(args: argparse.Namespace) -> int:
     config, run_dir, actor_logs = _run_config(args, "sft-{name}")
-    from audio_thinker.app.train.plan import check_plan
-
     check_plan(config, job="sft")
     from audio_thinker.app.data.demo import prepare_demo  # torch/Ray/DeepSpeed: only when this command runs
     from audio_thinker.app.train.sft import run_sft
@@ -207,8 +203,6 @@ def sft(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    from audio_thinker.app.train.plan import capacity_of, job_of, make_plan, render  # light: only for this command
-
     job = job_of(config, args.job)
     result = make_plan(config, capacity_of(config), job=job)
     print(render(result, config))
