@@ -40,6 +40,13 @@ def test_cli_builds_deterministic_folders(tmp_path: Path, capsys):
         assert _digest(tmp_path / "a" / name) == _digest(tmp_path / "b" / name)
     assert main(["make-tiny", "--out", str(tmp_path / "c"), "--seed", "1", "--only", "qwen3_judge"]) == 0
     assert _digest(tmp_path / "c" / "qwen3_judge") != _digest(tmp_path / "a" / "qwen3_judge")
+    # An existing model folder is replaced only when asked: the demo's warmed-up policies live in artifacts/tiny.
+    capsys.readouterr()
+    assert main(["make-tiny", "--out", str(tmp_path / "c"), "--only", "qwen3_judge"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _digest(tmp_path / "c" / "qwen3_judge") != _digest(tmp_path / "a" / "qwen3_judge")
+    assert main(["make-tiny", "--out", str(tmp_path / "c"), "--only", "qwen3_judge", "--overwrite"]) == 0
+    assert _digest(tmp_path / "c" / "qwen3_judge") == _digest(tmp_path / "a" / "qwen3_judge")
 
 
 def test_tokenizer_has_protocol_and_audio_tokens(tiny_models):
