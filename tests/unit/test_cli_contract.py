@@ -150,7 +150,7 @@ def inputs(tmp_path) -> dict[str, str]:
         "file": "not a folder\n",
         "bad_yaml": "run:\n  total_steps: [1,\n  seed: }\n",
         "twice_yaml": "run:\n  total_steps: 2\nrun:\n  seed: 1\n",
-        "one_object": json.dumps({"results": [{"id": "a", "model_prediction": "x"}]}, indent=1),
+        "one_object": json.dumps({"results": [{"id": "a", "model_prediction": "x"}]}),  # one line, as json.dump writes
         "bad_record": json.dumps({"group": "q", "response": "<answer>a</answer>", "choices": "a", "answer": "a"})
         + "\n",
         "audio_model/config.json": json.dumps({"model_type": "qwen2_audio"}),

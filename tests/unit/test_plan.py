@@ -148,3 +148,22 @@ def test_an_actor_left_without_a_gpu_or_a_ninth_gpu_is_refused(capsys):
     assert "the reference model do not fit: the run's actors need 9 GPUs, run.num_gpus=8" in capsys.readouterr().err
     assert main(["plan", "--config", "qwen2.5-omni-7b", *separate, "run.num_gpus=9"]) == 0  # nodes of 8 and 1
     assert "node 1 GPU 0: reference model (1): " in capsys.readouterr().out
+
+
+def test_an_sft_config_is_planned_as_sft_runs_it(capsys):
+    """sft-a: 8 trainer ranks of one GPU each, nothing else (SFT starts no rollout worker, judge or reference);
+    as a GRPO run the same config would need 11 GPUs and is refused."""
+    config = load_config("sft-a")
+    plan = make_plan(config, 96e9, job="sft")
+    assert plan.problems == [] and plan.cpu_actors == []
+    assert [g.actors for g in plan.gpus] == [[f"trainer rank {r} (1)"] for r in range(8)]
+    gpu = _gpu(plan, 0)
+    assert gpu["trainer optimizer states"] == int(12 * P_AUDIO / 8) and "reference weights" not in gpu
+    # sft.batch_size=16 over 8 ranks: 2 sequences each, in micro-batches of 1.
+    batch = plan.lines[0]
+    assert "sft.batch_size=16 sequences per step" in batch and "<= 2 each, in micro-batches of 1" in batch
+    assert main(["plan", "--config", "sft-a"]) == 0
+    assert "planned as `audio-thinker sft`" in capsys.readouterr().out
+    assert main(["plan", "--config", "sft-a", "--job", "train"]) == 2
+    assert "the rollout workers do not fit: the run's actors need 11 GPUs" in capsys.readouterr().err
+    assert main(["plan", "--config", "qwen2-audio-7b", "--job", "sft"]) == 0  # any config, as `sft` would run it
