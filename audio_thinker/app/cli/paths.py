@@ -41,8 +41,8 @@ def output_folder(option: str, path: str | Path) -> Path:
     return path
 
 
-def refuse_existing(option: str, paths: Iterable[Path], how: str = "pass --overwrite to replace it") -> None:
+def refuse_existing(option: str, paths: Iterable[Path]) -> None:
     """Nothing is written over without being asked: the first of `paths` that exists is an error."""
     for path in paths:
         if path.exists():
-            raise OptionError(f"{option}: {path} exists ({how})")
+            raise OptionError(f"{option}: {path} exists (pass --overwrite to replace it)")
