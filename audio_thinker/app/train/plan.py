@@ -168,7 +168,7 @@ def sequences_per_step(config: Config, job: str) -> int:
     return config.run.questions_per_step * config.rollout.samples_per_question
 
 
-def trainer_terms(config: Config, shape: ModelShape, job: str = "train") -> list[Term]:
+def trainer_terms(config: Config, shape: ModelShape, job: str) -> list[Term]:
     t = config.trainer
     trainable = shape.params - (shape.audio_encoder_params if t.freeze_audio_encoder else 0)
     states = model_states(shape.params, trainable, shape.largest_layer_params, t.zero_stage, t.num_ranks)
@@ -195,7 +195,7 @@ def trainer_terms(config: Config, shape: ModelShape, job: str = "train") -> list
     return terms
 
 
-def batch_line(config: Config, job: str = "train") -> str:
+def batch_line(config: Config, job: str) -> str:
     t = config.trainer
     sequences = sequences_per_step(config, job)
     per_rank = math.ceil(sequences / t.num_ranks)
