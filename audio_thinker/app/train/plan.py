@@ -6,7 +6,8 @@ sum of its actors' terms: ZeRO model states (DeepSpeed's estimator, trainer/memo
 formula), the reference's weights and forward, vLLM's reservation (gpu_memory_utilization x the GPU) with the KV
 cache left after weights and profiling, and the judge. Formulas and the presets' numbers: docs/placement.md.
 `audio-thinker train` and `sft` run `check_plan` first. An SFT run (`job="sft"`) is its trainer ranks alone.
-Light to import (no torch, no DeepSpeed): `plan` answers at once.
+Light to import (no torch, no DeepSpeed): `plan` answers at once. One module of ~360 lines: the layout and each
+GPU's terms are one computation, read top to bottom.
 """
 
 from __future__ import annotations
