@@ -32,7 +32,7 @@ LORA = LoraConfig(rank=4, alpha=8)
 def trainer_config(**overrides) -> TrainerConfig:
     base = dict(
         num_cpus_per_rank=0.2, lr=1e-2, micro_batch_size=4, beta=0.0, freeze_audio_encoder=True, lora=LORA,
-        timeout_s=300, sync_bucket_mb=1,
+        call_timeout_s=300, sync_bucket_mb=1,
     )  # fmt: skip
     return TrainerConfig(**(base | overrides))
 
