@@ -34,8 +34,10 @@ from audio_thinker.app.data.tiny import (
     build_tokenizer,
     make_tiny_models,
 )
-from audio_thinker.core.families import model_class, render_chat
-from audio_thinker.core.model_shapes import ModelShape, folder_shape, known_config
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.families import model_class
+from audio_thinker.core.model_meta import folder_shape, known_config
+from audio_thinker.core.model_shapes import ModelShape
 from audio_thinker.core.models import load_policy, save_checkpoint_weights
 from audio_thinker.core.presets import load_config
 from rollout.engine import GenerationRequest, SamplingConfig

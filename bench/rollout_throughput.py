@@ -28,7 +28,7 @@ import numpy as np
 
 from audio_thinker.app.data.tiny import ensure_tiny_models
 from audio_thinker.core.config import RolloutConfig
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.protocol import build_instruction
 from rollout.engine import GenerationRequest, SamplingConfig
 

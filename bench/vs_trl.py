@@ -60,7 +60,7 @@ from audio_thinker.app.data.demo import prepare_demo
 from audio_thinker.app.train.launch import prepare_data
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.config import Config
-from audio_thinker.core.families import AUDIO_TOKEN, render_chat
+from audio_thinker.core.chat import AUDIO_TOKEN, render_chat
 from audio_thinker.core.log import quiet_console, setup_logging
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.protocol import build_instruction, is_correct, load_template, parse_response

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from starlette.responses import JSONResponse
 
+from audio_thinker.core.errors import UserError
 from audio_thinker.core.net import is_loopback
 
 API_KEYS_ENV = "AUDIO_THINKER_JUDGE_API_KEYS"
 
 
-class AuthConfigError(ValueError):
+class AuthConfigError(UserError, ValueError):
     """Keys missing, unreadable, or `--no-auth` where it is not allowed."""
 
 

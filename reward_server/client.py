@@ -24,6 +24,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.errors import UserError
 from audio_thinker.core.vocab import ScoreMode
 from reward_server.schemas import (
     InfoResponse,
@@ -45,7 +46,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 M = TypeVar("M", bound=BaseModel)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """A judge call that did not produce results; `status` is the last HTTP status (None: no answer)."""
 
     def __init__(self, message: str, status: int | None = None, detail: Any = None):

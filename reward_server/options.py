@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from audio_thinker.core.config import JudgeLimits, JudgeScoring
-from audio_thinker.core.options import add_model_arguments
+from audio_thinker.core.net import bind_error
+from audio_thinker.core.options import OptionError, add_model_arguments
 from audio_thinker.core.vocab import Dtype, JudgeBackendName
 from reward_server.backends import JudgeBackend, load_backend
 
@@ -90,6 +92,21 @@ class ServeOptions(JudgeLimits, JudgeScoring):
     @property
     def on_ray_serve(self) -> bool:
         return self.replicas is not None or self.autoscale is not None
+
+    def check_inputs(self) -> None:
+        """Before the web stack or a model loads: the model folder (the tokenizer's, with --backend openai) holds
+        a config.json, the API key file is a file, and --port is free on --host (OptionError naming the option)."""
+        option, folder = ("--model", self.model)
+        if self.openai_tokenizer:
+            option, folder = ("--openai-tokenizer", self.openai_tokenizer)
+        if not (Path(folder) / "config.json").is_file():
+            what = "no such folder" if not Path(folder).exists() else "not a Hugging Face model folder (no config.json)"
+            raise OptionError(f"{option} {folder}: {what}")
+        if self.api_key_file is not None and not Path(self.api_key_file).is_file():
+            raise OptionError(f"--api-key-file {self.api_key_file}: no such file")
+        error = None if self.port == 0 else bind_error(self.host, self.port)
+        if error:
+            raise OptionError(f"--port {self.port}: cannot listen on {self.host}:{self.port} ({error}): choose another")
 
     def load(self) -> JudgeBackend:
         return load_backend(

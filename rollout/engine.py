@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from audio_thinker.core.audio import SAMPLE_RATE
-from audio_thinker.core.families import AUDIO_TOKEN
+from audio_thinker.core.chat import AUDIO_TOKEN
 from audio_thinker.core.weights import NamedTensors, named_items, state_checksum
 
 FinishReason = Literal["stop", "length"]

@@ -9,11 +9,14 @@ always whole; a crash mid-save leaves only a temp folder that the next save repl
 also lists every file's size: a checkpoint damaged later (a truncated or missing file) is skipped with a
 warning, never loaded, and the one before it is the resume point. All ranks call
 `save_checkpoint` / `load_checkpoint` / `export_hf` together (they are collective); on several nodes the
-root must be a shared file system.
+root must be a shared file system. `export_offline` writes the same Hugging Face folder from a checkpoint alone,
+in one CPU process (`audio-thinker export`: no Ray, no trainer, no GPU).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import random
 import re
@@ -26,13 +29,17 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from audio_thinker.core.config import LoraConfig
+from audio_thinker.core.families import checkpoint_key, model_class
 from audio_thinker.core.log import get_logger
-from trainer.engine import PolicyEngine
+from audio_thinker.core.models import DTYPES, checkpoint_state, load_policy
+from trainer.engine import DS_TAG, PolicyEngine
 
 log = get_logger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+MODULE_PREFIX = "policy."  # DeepSpeed wraps `CompletionLogprobs(policy)`: its parameter names start so
 # Files of a model folder that are not weights: tokenizer, processor / feature extractor, chat template, ...
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json")
 
@@ -174,27 +181,94 @@ def load_checkpoint(engine: PolicyEngine, folder: str | Path) -> dict:
     return state
 
 
+def _write_folder(out: Path, model_path: Path, config, tensors: dict[str, torch.Tensor]) -> Path:
+    """The Hugging Face folder: every non-weight file of `model_path`, `config` and the tensors; written to a
+    temp folder and renamed over `out`."""
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for src in sorted(model_path.iterdir()):
+        if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copy2(src, tmp / src.name)
+    config.save_pretrained(tmp)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 def export_hf(engine: PolicyEngine, out: str | Path) -> Path:
     """Write a Hugging Face folder of the current policy: safetensors under checkpoint keys (the hub layout both
     `load_policy` and vLLM read), config, and every non-weight file of the source folder (generation config,
     tokenizer, processor / feature extractor, chat template). Atomic like checkpoints; collective."""
     out = Path(out)
-    tmp = out.parent / f".tmp-{out.name}"
     tensors = {}
     for name, tensor in engine.checkpoint_tensors():  # every rank iterates: ZeRO-3 gathers are collective
         if engine.rank == 0:
             tensors[name] = tensor.detach().to("cpu", copy=True).contiguous()
     if engine.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for src in sorted(engine.model_path.iterdir()):
-            if src.is_file() and src.name != "config.json" and not src.name.endswith(WEIGHT_SUFFIXES):
-                shutil.copy2(src, tmp / src.name)
-        engine.policy.config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _write_folder(out, engine.model_path, engine.policy.config, tensors)
         log.info("exported %s policy (%d tensors) to %s", engine.family, len(tensors), out)
     _barrier()
+    return out
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors of which no two share memory (tied weights are two keys of one tensor; safetensors
+    writes each key's own copy, as `export_hf` does)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        value = value.detach().contiguous()
+        if value.data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.data_ptr())
+        out[key] = value
+    return out
+
+
+def _policy_config(model_path: Path, family: str, dtype: str):
+    """The transformers config the trainer's policy has (a full Omni checkpoint: its thinker's), in `dtype`."""
+    model_type = json.loads((model_path / "config.json").read_text()).get("model_type")
+    config = model_class(family, model_type).config_class.from_pretrained(model_path)
+    config = config.thinker_config if model_type == "qwen2_5_omni" else config
+    for part in [config, *(getattr(config, name) for name in config.sub_configs)]:
+        part.dtype = DTYPES[dtype]
+    return config
+
+
+def export_offline(
+    folder: str | Path, out: str | Path, model_path: str | Path, family: str, dtype: str, lora: LoraConfig | None
+) -> Path:
+    """`export_hf`'s folder from a checkpoint alone, in this process on the CPU: DeepSpeed's shards (ZeRO-2 or 3,
+    any number of ranks) consolidated by its zero_to_fp32 and cast to the run's `dtype`, as the trainer's own
+    weights are. A LoRA checkpoint holds only what trained: the base policy is loaded from `model_path` and
+    each adapter merged into its layer (W + alpha / r B A), as `merged_entries` does in the trainer."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # DeepSpeed: only here
+
+    folder, out, model_path = Path(folder), Path(out), Path(model_path)
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # its progress prints would mix with a command's output
+        consolidated = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=DS_TAG)
+    log.debug("zero_to_fp32: %s", said.getvalue())
+    target = DTYPES[dtype]
+    trained = {
+        k.removeprefix(MODULE_PREFIX): v.to(target) if v.is_floating_point() else v for k, v in consolidated.items()
+    }
+    if lora is None:
+        tensors = {checkpoint_key(family, k): v for k, v in trained.items()}
+    else:
+        tensors = checkpoint_state(load_policy(model_path, family, dtype), family)
+        scaling = lora.alpha / lora.rank
+        for name, value in trained.items():
+            layer, adapter, _ = name.partition(".lora_A.")
+            if adapter:
+                b = trained[name.replace(".lora_A.", ".lora_B.")]
+                key = checkpoint_key(family, f"{layer}.weight")
+                weight = tensors[key]
+                tensors[key] = (weight.float() + scaling * (b.float() @ value.float())).to(weight.dtype)
+            elif ".lora_B." not in name:
+                tensors[checkpoint_key(family, name)] = value
+    _write_folder(out, model_path, _policy_config(model_path, family, dtype), _unshared(tensors))
+    log.info("exported %s (%d tensors) to %s, offline", folder, len(tensors), out)
     return out

@@ -1,7 +1,8 @@
-"""Memory of one trainer rank on its GPU, before anything starts: the ZeRO model states from DeepSpeed's own
-estimators, and the activations of one micro-batch from our formula (docs/placement.md states both).
+"""Memory of one trainer rank on its GPU, before anything starts: the ZeRO model states by DeepSpeed's own
+estimators' arithmetic, and the activations of one micro-batch from our formula (docs/placement.md states both).
 
-Bytes throughout; bf16 weights and activations (the GPU trainer's dtype).
+Plain arithmetic, no DeepSpeed or torch import, so that `audio-thinker plan` answers at once (tests/unit/test_plan.py
+checks it against DeepSpeed's estimators). Bytes throughout; bf16 weights and activations (the GPU trainer's dtype).
 """
 
 from __future__ import annotations
@@ -33,19 +34,14 @@ class ModelStates:
 
 
 def deepspeed_model_states(params: int, largest_layer_params: int, zero_stage: int, num_gpus: int) -> int:
-    """DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` GPU bytes per rank, without CPU offload."""
-    # Imported here: DeepSpeed is optional on a machine that only plans (docs/architecture.md).
+    """The GPU bytes per rank of DeepSpeed's `estimate_zero{2,3}_model_states_mem_needs` without CPU offload, on
+    one node of `num_gpus`: ZeRO-2 keeps the bf16 weights whole (2 bytes a parameter), ZeRO-3 only the largest
+    layer gathered (4 bytes a parameter); both shard 18 bytes a parameter of gradients (bf16 + fp32), fp32
+    master weights and Adam moments over the ranks."""
+    sharded = int(18 * params / num_gpus)
     if zero_stage == 2:
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
-
-        _, gpu = estimate_zero2_model_states_mem_needs(params, num_gpus_per_node=num_gpus, cpu_offload=False)
-        return int(gpu)
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-
-    _, gpu, _ = estimate_zero3_model_states_mem_needs(
-        params, largest_layer_params, num_gpus_per_node=num_gpus, cpu_offload=False, cpu_offload_params=False
-    )
-    return int(gpu)
+        return 2 * params + sharded
+    return 4 * largest_layer_params + sharded
 
 
 def model_states(params: int, trainable: int, largest_layer_params: int, zero_stage: int, num_gpus: int) -> ModelStates:

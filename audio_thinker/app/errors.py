@@ -3,8 +3,10 @@ evaluation runner import Ray and torch), so that the CLI can catch them without 
 
 from __future__ import annotations
 
+from audio_thinker.core.errors import UserError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(UserError, RuntimeError):
     """The run cannot continue; the message names the cause and what was saved."""
 
 
@@ -13,9 +15,9 @@ class Preempted(TrainingError):
     command (exit code `preemption.EXIT_PREEMPTED`)."""
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """An evaluation that cannot run as asked; the message says what to change."""
 
 
-class CotError(ValueError):
+class CotError(UserError, ValueError):
     """`make-cot` inputs or outputs that do not fit together (a prompt file, ids, a run made otherwise)."""

@@ -13,10 +13,12 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from audio_thinker.core.errors import UserError
+
 SAMPLE_RATE = 16000
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file that is missing, unreadable, corrupt or empty; the message names the path."""
 
 

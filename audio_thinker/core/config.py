@@ -69,7 +69,14 @@ class DataConfig(Section):
     eval_format: DataFormat = Field(
         "avqa", description="Layout of the held-out manifest (the benchmarks' official layouts)."
     )
-    audio_root: str = Field("artifacts/synthetic", description="Folder that relative audio paths are resolved against.")
+    audio_root: str = Field(
+        "artifacts/synthetic", description="Folder that the training set's relative audio paths are resolved against."
+    )
+    eval_audio_root: str | None = Field(
+        None,
+        description="Folder that the held-out split's relative audio paths are resolved against (None: "
+        "data.audio_root); a benchmark kept apart from the training data (the 7B presets: /data/mmau).",
+    )
     skip_bad_rows: bool = Field(
         False, description="Skip (and count) rows whose audio is missing or corrupt instead of failing."
     )
@@ -79,6 +86,11 @@ class DataConfig(Section):
     max_audio_seconds: float = Field(
         30.0, gt=0, description="Clips are cut to this length (Whisper encoders see 30 s)."
     )
+
+    @property
+    def held_out_audio_root(self) -> str:
+        """Where the held-out split's relative audio paths start: data.eval_audio_root, else data.audio_root."""
+        return self.eval_audio_root or self.audio_root
 
 
 class PromptConfig(Section):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from audio_thinker.core.audio import SAMPLE_RATE
-from audio_thinker.core.families import AUDIO_TOKEN
+from audio_thinker.core.chat import AUDIO_TOKEN
 
 
 def num_audio_tokens(num_frames: int) -> int:

@@ -1,30 +1,15 @@
-"""What differs between the two policy families (Qwen2-Audio, Qwen2.5-Omni thinker), in one place: the chat
-layout, the checkpoint key layout, the transformers classes, how a folder's `model_type` names its family and
-how each runs its audio encoder. Every other module asks here instead of branching on the family name itself."""
+"""What differs between the two policy families (Qwen2-Audio, Qwen2.5-Omni thinker) once a model is loaded, in one
+place: the checkpoint key layout, the transformers classes, where the language model and the audio encoder sit and
+how each runs its audio encoder. The chat layout and the family names of a folder are `core/chat.py`'s (no torch).
+Every other module asks in these two instead of branching on the family name itself."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 import transformers
 from transformers.masking_utils import create_bidirectional_mask
 
-from audio_thinker.core.vocab import FAMILIES
-
-AUDIO_TOKEN = "<|AUDIO|>"
-AUDIO_BOS = "<|audio_bos|>"
-AUDIO_EOS = "<|audio_eos|>"
-SYSTEM_PROMPTS = {
-    "qwen2_audio": "You are a helpful assistant.",
-    "qwen2_5_omni": (
-        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving auditory "
-        "and visual inputs, as well as generating text and speech."
-    ),
-}
-# config.json model_type -> family (the released Omni checkpoint holds thinker + talker; we use its thinker).
-MODEL_TYPES = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni": "qwen2_5_omni", "qwen2_5_omni_thinker": "qwen2_5_omni"}
+from audio_thinker.core.chat import MODEL_TYPES, check_family
 
 # In-memory transformers keys -> checkpoint keys. Qwen2-Audio checkpoints (the hub's and ours) use the layout
 # vLLM reads; transformers 5.19 would save `language_model.model.model.*`, so we write the files ourselves.
@@ -34,33 +19,6 @@ _QWEN2_AUDIO_PREFIXES = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )
-
-
-def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r} ({' or '.join(FAMILIES)})")
-    return family
-
-
-def detect_family(model: str | Path) -> str:
-    """The family of a Hugging Face folder, from its config.json."""
-    config = Path(model) / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{model} is not a Hugging Face model folder (no config.json)")
-    model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"{config}: model_type {model_type!r} is neither Qwen2-Audio nor Qwen2.5-Omni")
-    return MODEL_TYPES[model_type]
-
-
-def render_chat(family: str, instruction: str, system: str | None = None) -> str:
-    """One user turn holding one clip and the instruction, ready for the assistant's reply."""
-    check_family(family)
-    system = SYSTEM_PROMPTS[family] if system is None else system
-    clip = f"{AUDIO_BOS}{AUDIO_TOKEN}{AUDIO_EOS}"
-    user = f"Audio 1: {clip}\n{instruction}" if family == "qwen2_audio" else f"{clip}{instruction}"
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-
 
 # Where each family keeps its language model's decoder layers and its audio encoder (in-memory names).
 _LANGUAGE_MODEL = {"qwen2_audio": "model.language_model", "qwen2_5_omni": "model"}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audio_thinker.core.errors import UserError
 from audio_thinker.core.vocab import normalize_text
 
 # AIR-Bench foundation task names (spelled as in Foundation_meta.json) -> the benchmark's three domains.
@@ -47,7 +48,7 @@ AIR_DOMAINS = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A manifest or row that does not validate; the message names the file, the row and the field."""
 
 
@@ -333,15 +334,33 @@ def read_parquet(path: Path) -> list[dict]:
         raise DataError(f"{path} is not a readable parquet file: {exc}") from None
 
 
+def _one_object(path: Path, text: str) -> None:
+    """A file that is one JSON object holding the rows under a key (not a list, not JSON lines): DataError naming
+    the key, rather than a missing field in 'row 1'."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return  # JSON lines, or not JSON: its rows say so
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if lists:
+        raise DataError(
+            f"{path} is one JSON object with rows under {lists[0]!r}: expected a JSON list of rows or JSON lines "
+            f"(e.g. jq '.{lists[0]}' {path.name})"
+        )
+
+
 def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError."""
+    """(row number, decoded object) pairs; a JSON-lines line that does not decode yields a DataError. UTF-8, with
+    or without a byte-order mark; a .parquet file (MMAU-Pro) by its rows."""
     if path.suffix == ".parquet":
         yield from enumerate(read_parquet(path), start=1)
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"manifest {path} cannot be read: {exc}") from None
+    if text.lstrip().startswith("{"):
+        _one_object(path, text)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -2,19 +2,17 @@
 checkpoint is not on this machine (no weights can be downloaded), and what `bench/gpu_check.py` builds with random
 weights. Each shape is the `config.json` of the released checkpoint, reduced to the keys that size the model, with
 its source. `ModelShape` is what the planner needs of a model: parameter counts and the sizes of its layers.
+
+Plain data and arithmetic (no torch, no transformers), so that `audio-thinker plan` answers at once; a folder on
+this machine is measured by `core/model_meta.py`, which builds the model on the meta device with transformers.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-import transformers
-from transformers.initialization import no_init_weights
-
-from audio_thinker.core.families import MODEL_TYPES, model_class
+from types import SimpleNamespace
+from typing import Any
 
 _WHISPER_LARGE_V3_ENCODER = dict(
     d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
@@ -100,27 +98,16 @@ class ModelShape:
     max_position_embeddings: int
 
 
-def known_config(name: str) -> transformers.PretrainedConfig:
-    """The transformers config of a known shape (to build the model with random weights)."""
-    cls_name, kwargs, _ = KNOWN_SHAPES[name]
-    return getattr(transformers, cls_name)(**kwargs)
+def _attrs(value: Any) -> Any:
+    """A config as attributes: a transformers config as it is, a plain mapping (a KNOWN_SHAPES entry) wrapped."""
+    return SimpleNamespace(**value) if isinstance(value, dict) else value
 
 
-def count_params(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(all parameters, audio encoder parameters, the largest module's own parameters)."""
-    total = sum(p.numel() for p in model.parameters())
-    towers = [m for name, m in model.named_modules() if name.split(".")[-1] == "audio_tower"]
-    audio_params = sum(p.numel() for p in towers[0].parameters()) if towers else 0
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return total, audio_params, largest
-
-
-def _text(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
-    return getattr(config, "text_config", None) or config
-
-
-def _shape(name: str, source: str, config: transformers.PretrainedConfig, counts: tuple[int, int, int]):
-    text = _text(config)
+def shape_of(name: str, source: str, config: Any, counts: tuple[int, int, int]) -> ModelShape:
+    """The planner's shape of a config (a transformers config or a KNOWN_SHAPES mapping) and its counted
+    (parameters, audio encoder parameters, largest layer's parameters)."""
+    config = _attrs(config)
+    text = _attrs(getattr(config, "text_config", None) or config)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     decoder = DecoderShape(
         text.num_hidden_layers, text.hidden_size, text.intermediate_size, text.num_attention_heads,
@@ -129,6 +116,7 @@ def _shape(name: str, source: str, config: transformers.PretrainedConfig, counts
     audio = getattr(config, "audio_config", None)
     encoder = None
     if audio is not None:
+        audio = _attrs(audio)
         encoder = DecoderShape(
             audio.encoder_layers, audio.d_model, audio.encoder_ffn_dim, audio.encoder_attention_heads,
             audio.encoder_attention_heads, audio.d_model // audio.encoder_attention_heads, gated_mlp=False,
@@ -140,31 +128,15 @@ def _shape(name: str, source: str, config: transformers.PretrainedConfig, counts
 
 
 def known_shape(name: str) -> ModelShape:
-    _, _, source = KNOWN_SHAPES[name]
-    return _shape(name, source, known_config(name), KNOWN_COUNTS[name])
-
-
-def folder_shape(path: str | Path) -> ModelShape:
-    """The shape of a Hugging Face folder: its config.json, parameters counted on the meta device (no weights read)."""
-    path = Path(path)
-    raw = json.loads((path / "config.json").read_text())
-    model_type = raw.get("model_type")
-    if model_type in MODEL_TYPES:
-        family = MODEL_TYPES[model_type]
-        config = transformers.AutoConfig.from_pretrained(path)
-        if model_type == "qwen2_5_omni":
-            config = config.thinker_config  # we train the thinker
-        cls = model_class(family)
-    else:
-        config = transformers.AutoConfig.from_pretrained(path)
-        cls = transformers.AutoModelForCausalLM
-    with torch.device("meta"), no_init_weights():  # shapes only: no memory, no initialisation
-        model = cls.from_config(config) if cls is transformers.AutoModelForCausalLM else cls(config)
-    return _shape(path.name, str(path / "config.json"), config, count_params(model))
+    _, kwargs, source = KNOWN_SHAPES[name]
+    return shape_of(name, source, kwargs, KNOWN_COUNTS[name])
 
 
 def resolve_shape(path: str, fallback: str) -> ModelShape:
     """The folder's own shape when it is on this machine, else the known shape `fallback` (the preset's model)."""
     if (Path(path) / "config.json").is_file():
+        # Only for a folder on this machine: transformers builds it on the meta device (seconds, not minutes).
+        from audio_thinker.core.model_meta import folder_shape
+
         return folder_shape(path)
     return known_shape(fallback)

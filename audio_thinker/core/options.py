@@ -22,11 +22,13 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from audio_thinker.core.errors import UserError
+
 M = TypeVar("M", bound=BaseModel)
 _SCALARS = (int, float, str)
 
 
-class OptionError(ValueError):
+class OptionError(UserError, ValueError):
     """Options that do not validate; the message is one line naming the option(s)."""
 
 

@@ -99,6 +99,16 @@ def run_groups(config: Config, node_gpus: float | None = None, with_judge: bool 
     return groups
 
 
+def sft_groups(config: Config) -> list[GroupSpec]:
+    """The actors of `audio-thinker sft`: the trainer ranks only (no rollout, judge or reference), each a plain
+    actor of `trainer.num_gpus_per_rank` (app/train/sft.py reserves no placement group), laid out as PACK."""
+    t = config.trainer
+    cpus, gpus = t.num_cpus_per_rank, t.num_gpus_per_rank
+    bundles = [_bundle(cpus, gpus) for _ in range(t.num_ranks)]
+    slots = [Slot(f"trainer rank {r}", "trainer", r, cpus, gpus) for r in range(t.num_ranks)]
+    return [GroupSpec("trainer ranks", "PACK", bundles, slots, keys="trainer.num_ranks, trainer.num_gpus_per_rank")]
+
+
 def totals(groups: list[GroupSpec]) -> dict[str, float]:
     """CPUs and GPUs that all the groups reserve together."""
     return {res: sum(g.total(res) for g in groups) for res in ("CPU", "GPU")}

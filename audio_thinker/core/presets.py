@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from audio_thinker.core.config import Config
+from audio_thinker.core.errors import UserError
 
 PRESET_DIR = Path(str(resources.files("audio_thinker") / "configs"))
 
@@ -40,7 +41,7 @@ REMOVED = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not validate; the message names the key and the value."""
 
 
@@ -56,17 +57,48 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if path.is_dir():
+        raise ConfigError(f"config {name!s} is a folder, not a YAML file")
     raise ConfigError(f"config {name!s} is neither a file nor a packaged preset ({', '.join(preset_names())})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML keeps the last one
+    silently: a config with two `run:` sections would lose the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what is wrong and where (YAML's own message spans lines and quotes the text)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or type(exc).__name__}{where}"
 
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise ConfigError(f"config file {path} is empty (no --config means the built-in defaults)")
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -147,6 +179,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             prefix = ".".join(str(p) for p in err["loc"][:-1])
             hint = f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
             lines.append(f"  {loc}: unknown key{hint}")
+        elif not err["loc"] and err["type"] == "value_error":  # a check across sections: its message names the keys
+            lines.append(f"  {err['ctx']['error']}")
         else:
             shown = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
             lines.append(f"  {loc}: {err['msg']}{shown}")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from audio_thinker.core.errors import UserError
 from audio_thinker.core.vocab import PROMPT_MODES as MODES
 from audio_thinker.core.vocab import ResponseMode, normalize_text
 
@@ -24,7 +25,7 @@ TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 LETTERS = string.ascii_uppercase
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """An instruction template that cannot be used; the message names the file and the problem."""
 
 

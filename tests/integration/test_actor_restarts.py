@@ -26,7 +26,7 @@ from actors.reference import Reference
 from actors.rollout_pool import RolloutPool
 from audio_thinker.core.config import ReferenceConfig, RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from rollout.engine import GenerationRequest, SamplingConfig
 from trainer.logprobs import PolicyBatch

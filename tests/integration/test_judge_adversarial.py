@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from reward_server import prompts
 from reward_server.app import ServerSettings
 from reward_server.backends import JudgeBackend

@@ -641,20 +641,21 @@ def test_without_keys_only_loopback_clients_are_served():
     assert asyncio.run(post("127.0.0.1")).status_code == 503  # past the guard: the judge is not loaded
 
 
-def test_cli_refuses_to_serve_without_keys_and_fails_on_a_missing_model(tmp_path, monkeypatch, capsys, caplog):
+def test_cli_refuses_to_serve_without_keys_or_a_model_before_it_loads(tmp_path, monkeypatch, capsys, judge_path):
     monkeypatch.delenv(API_KEYS_ENV, raising=False)
+    model = str(judge_path)
     refused = {
-        "no API keys": ["--model", str(tmp_path)],
-        "--backend openai needs --openai-base-url": ["--model", "m", "--backend", "openai", "--no-auth"],
-        "--max-items: max_items (9) > max_queue (8)": ["--model", "m", "--max-items", "9", "--max-queue", "8"],
-        "API key file": ["--model", "m", "--api-key-file", str(tmp_path / "no-keys")],
+        "no API keys": ["--model", model],
+        "--backend openai needs --openai-base-url": ["--model", model, "--backend", "openai", "--no-auth"],
+        "--max-items: max_items (9) > max_queue (8)": ["--model", model, "--max-items", "9", "--max-queue", "8"],
+        "--api-key-file": ["--model", model, "--api-key-file", str(tmp_path / "no-keys")],
+        f"--model {tmp_path / 'missing'}: no such folder": ["--model", str(tmp_path / "missing"), "--no-auth"],
+        f"--model {tmp_path}: not a Hugging Face model folder": ["--model", str(tmp_path), "--no-auth"],
     }
     for message, argv in refused.items():
-        assert cli_main(["serve-judge", *argv]) == 2
+        assert cli_main(["serve-judge", *argv, "--port", "0"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("audio-thinker serve-judge: ") and err.count("\n") == 1 and message in err
-    assert cli_main(["serve-judge", "--model", str(tmp_path / "missing"), "--no-auth", "--port", "0"]) == 1
-    assert "failed to load" in caplog.text and "does not exist" in caplog.text
 
 
 def test_asgi_factory_reads_the_environment(judge_path, monkeypatch):

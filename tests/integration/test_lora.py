@@ -12,7 +12,8 @@ import torch
 
 from audio_thinker.core.config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import audio_tower_prefix, language_model_prefix, render_chat
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.families import audio_tower_prefix, language_model_prefix
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.presets import ConfigError, load_config
 from trainer.engine import freeze, trainable_parameters

@@ -1,7 +1,8 @@
 """LoRA in the DeepSpeed trainer group (Ray actors on CPU, tiny Qwen2-Audio, audio encoder frozen): the weights
 it sends are the merged full weights under the original checkpoint's names (ZeRO-2 and ZeRO-3 alike), the
-checkpoint holds the adapters only and a resume restores them, and the export loads in both rollout engines with
-the trainer's log-probs."""
+checkpoint holds the adapters only and a resume restores them, the offline export (`audio-thinker export`: no Ray)
+merges them into the base as the trainer does, and the export loads in both rollout engines with the trainer's
+log-probs."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from safetensors.torch import load_file
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.core.config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import checkpoint_key, render_chat
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.families import checkpoint_key
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.weights import state_checksum
 from rollout.engine import GenerationRequest, SamplingConfig
 from rollout.weight_sync import receive_published
+from trainer.checkpoint import export_offline
 from trainer.logprobs import PolicyBatch
 
 pytestmark = pytest.mark.slow
@@ -29,7 +32,7 @@ LORA = LoraConfig(rank=4, alpha=8)
 def trainer_config(**overrides) -> TrainerConfig:
     base = dict(
         num_cpus_per_rank=0.2, lr=1e-2, micro_batch_size=4, beta=0.0, freeze_audio_encoder=True, lora=LORA,
-        timeout_s=300, sync_bucket_mb=1,
+        call_timeout_s=300, sync_bucket_mb=1,
     )  # fmt: skip
     return TrainerConfig(**(base | overrides))
 
@@ -102,6 +105,19 @@ def test_checkpoint_holds_the_adapters_and_resume_restores_them(groups, tmp_path
         assert group.weights_checksum() != saved
         state = group.load_checkpoint(folder)
         assert group.weights_checksum() == saved and group.status()["step"] == state["step"] == 2
+
+
+def test_offline_export_of_a_lora_checkpoint_is_the_trainers_export(groups, tmp_path):
+    path, zero2, zero3, _ = groups
+    for name, group in (("zero2", zero2), ("zero3", zero3)):
+        folder = group.save_checkpoint(tmp_path / name / "checkpoints")
+        trainer = load_file(str(group.export(tmp_path / name / "trainer") / "model.safetensors"))
+        offline = export_offline(folder, tmp_path / name / "offline", path, FAMILY, "float32", LORA)
+        weights = load_file(str(offline / "model.safetensors"))
+        assert set(weights) == set(trainer)
+        for key, tensor in trainer.items():
+            torch.testing.assert_close(weights[key], tensor, rtol=0, atol=1e-6, msg=f"{name} {key}")
+        assert (offline / "config.json").read_text() == (tmp_path / name / "trainer" / "config.json").read_text()
 
 
 def test_export_loads_in_both_engines_with_the_trainers_logprobs(groups, tmp_path):

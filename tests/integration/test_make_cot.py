@@ -170,6 +170,6 @@ def test_make_cot_captions_over_http_and_retries_a_failed_caption_on_a_rerun(man
 def test_make_cot_refuses_a_prompt_without_its_placeholders(manifest, tmp_path, capsys):
     prompt = tmp_path / "mine.txt"
     prompt.write_text("Explain {question} given {caption}.")
-    args = ["make-cot", "--data", str(manifest), "--captioner", "x", "--rationale-url", "http://127.0.0.1:9"]
+    args = ["make-cot", "--data", str(manifest), "--captioner", "http://127.0.0.1:9", "--rationale-url", "http://127.0.0.1:9"]
     assert main([*args, "--out", str(tmp_path / "o.jsonl"), "--rationale-prompt", str(prompt)]) == 2
     assert "lacks the placeholder(s) {choices}, {answer}" in capsys.readouterr().err

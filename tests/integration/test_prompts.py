@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoProcessor
 
 from audio_thinker.core.encoding import PromptEncoder, num_audio_tokens
-from audio_thinker.core.families import AUDIO_TOKEN, render_chat
+from audio_thinker.core.chat import AUDIO_TOKEN, render_chat
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 
 MESSAGES = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Which tone is highest?"}]}]

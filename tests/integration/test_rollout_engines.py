@@ -13,7 +13,8 @@ import torch
 
 from audio_thinker.core.audio import load_audio, write_audio
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import model_key, render_chat
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.families import model_key
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.protocol import build_instruction
 from audio_thinker.core.weights import state_checksum

@@ -30,7 +30,7 @@ from actors.rollout_worker import RolloutWorker
 from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import publish

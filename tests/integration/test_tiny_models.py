@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
-from audio_thinker.app.data.tiny import MODEL_NAMES, TAG_TOKENS
+from audio_thinker.app.data.options import TINY_MODELS
+from audio_thinker.app.data.tiny import TAG_TOKENS
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import checkpoint_key, model_key, render_chat
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.families import checkpoint_key, model_key
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 
 
@@ -38,6 +40,13 @@ def test_cli_builds_deterministic_folders(tmp_path: Path, capsys):
         assert _digest(tmp_path / "a" / name) == _digest(tmp_path / "b" / name)
     assert main(["make-tiny", "--out", str(tmp_path / "c"), "--seed", "1", "--only", "qwen3_judge"]) == 0
     assert _digest(tmp_path / "c" / "qwen3_judge") != _digest(tmp_path / "a" / "qwen3_judge")
+    # An existing model folder is replaced only when asked: the demo's warmed-up policies live in artifacts/tiny.
+    capsys.readouterr()
+    assert main(["make-tiny", "--out", str(tmp_path / "c"), "--only", "qwen3_judge"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _digest(tmp_path / "c" / "qwen3_judge") != _digest(tmp_path / "a" / "qwen3_judge")
+    assert main(["make-tiny", "--out", str(tmp_path / "c"), "--only", "qwen3_judge", "--overwrite"]) == 0
+    assert _digest(tmp_path / "c" / "qwen3_judge") == _digest(tmp_path / "a" / "qwen3_judge")
 
 
 def test_tokenizer_has_protocol_and_audio_tokens(tiny_models):
@@ -102,7 +111,7 @@ def test_qwen3_judge_loads_and_generates(tiny_models):
 
 
 def test_all_three_are_built(tiny_models):
-    assert set(tiny_models) == set(MODEL_NAMES)
+    assert set(tiny_models) == set(TINY_MODELS)
     for path in tiny_models.values():
         assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
 

@@ -28,6 +28,7 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 from ray.util.state import list_actors, list_nodes
 
+from audio_thinker.app.cli.main import main
 from audio_thinker.app.eval.rescore import rescore_records
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
@@ -126,12 +127,14 @@ def uninterrupted(cli_run) -> Path:
     reference for the resumed job below."""
     run, proc, log = cli_run
     assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
+    # The closing line's command works as printed: the executable the run was started with (`make demo`:
+    # .venv/bin/audio-thinker, which is not on PATH).
+    (watch,) = [line for line in log.read_text().splitlines() if line.startswith("watch it: ")]
+    assert Path(watch.split()[2]).is_file() and watch.split()[3:5] == ["dashboard", "--runs"], watch
     return run
 
 
-def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_path):
-    from audio_thinker.app.train.export import export_run
-
+def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_path, capsys):
     out = uninterrupted
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
@@ -148,10 +151,14 @@ def test_a_cli_run_writes_every_step_and_exports_the_policy(uninterrupted, tmp_p
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))[-1].endswith("4")
     assert json.loads((out / "status.json").read_text())["state"] == "finished"
     check_timeline(out, STEPS)
-    # The trained policy is exported at the end; `audio-thinker export` of the last checkpoint writes the same.
+    # The trained policy is exported at the end; `audio-thinker export` of the last checkpoint (offline: DeepSpeed's
+    # two ZeRO-2 shards consolidated in this process, no Ray) writes the same bytes.
     final = (out / "final" / "model.safetensors").read_bytes()
-    again = export_run(out, step=None, out=tmp_path / "again")
+    again = tmp_path / "again"
+    assert main(["export", "--run", str(out), "--out", str(again)]) == 0
+    assert capsys.readouterr().out == f"{again}\n"
     assert (again / "model.safetensors").read_bytes() == final
+    assert (again / "config.json").read_text() == (out / "final" / "config.json").read_text()
     assert (again / "config.json").is_file() and (again / "tokenizer.json").is_file()
 
 

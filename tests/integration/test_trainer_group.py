@@ -19,7 +19,7 @@ from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.core.config import ReferenceConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.weights import state_checksum

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 from trainer.grpo import grpo_loss
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, _lm_head_at, collate, compute_logprobs, pad_ragged

@@ -149,17 +149,3 @@ def test_traceback_only_at_debug(capsys, caplog, monkeypatch, manifest):
     assert main(["--log-level", "DEBUG", *argv]) == 2
     assert any(r.exc_info and "no row has a prediction" in str(r.exc_info[1]) for r in caplog.records)
     assert capsys.readouterr().err.count("audio-thinker eval: ") == 2
-
-
-def test_export_calls_export_run_and_prints_the_folder(monkeypatch, capsys, tmp_path):
-    calls = []
-
-    def export_run(run_dir, step, out):
-        calls.append((run_dir, step, out))
-        return run_dir / "final"
-
-    monkeypatch.setitem(sys.modules, "audio_thinker.app.train.export", types.SimpleNamespace(export_run=export_run))
-    assert main(["export", "--run", str(tmp_path)]) == 0
-    assert main(["export", "--run", str(tmp_path), "--step", "3", "--out", str(tmp_path / "hf")]) == 0
-    assert calls == [(tmp_path, None, None), (tmp_path, 3, tmp_path / "hf")]
-    assert capsys.readouterr().out == f"{tmp_path / 'final'}\n" * 2

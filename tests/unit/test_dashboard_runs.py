@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from audio_thinker.app.dashboard.server import create_app
 from audio_thinker.app.dashboard.synthetic_run import write_synthetic_run
 from audio_thinker.app.train.run_dir import RunDir
 from audio_thinker.app.train.timeline import Timeline
+from conftest import free_port
 
 
 def line(step: int, **extra) -> str:
@@ -171,7 +173,7 @@ def test_relative_audio_root_resolves_against_the_working_directory_then_the_run
 
 
 def args(tmp_path, **kw) -> argparse.Namespace:
-    base = dict(runs=str(tmp_path), host="127.0.0.1", port=0, token_file=None, stale_after=600.0)
+    base = dict(runs=str(tmp_path), host="127.0.0.1", port=free_port(), token_file=None, stale_after=600.0)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -193,6 +195,18 @@ def test_a_public_host_needs_a_token(tmp_path, capsys):
     assert check_args(args(tmp_path, host="0.0.0.0", token_file=str(token))) == ("s3cret", None)
     token.write_text("\n")
     assert "no token" in check_args(args(tmp_path, host="0.0.0.0", token_file=str(token)))[1]
+
+
+def test_a_busy_port_is_refused_before_the_address_is_printed(tmp_path, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert run_dashboard(args(tmp_path, port=port)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in captured.err
+    assert "choose another --port" in captured.err
 
 
 def test_downsampling_keeps_ends_and_spikes_within_the_budget():

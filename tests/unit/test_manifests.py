@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from audio_thinker.app.cli.parsers import build_parser
 from audio_thinker.app.train.plan import make_plan
 from audio_thinker.core.placement import run_groups, totals
 from audio_thinker.core.presets import load_config
@@ -81,8 +82,11 @@ def test_the_validation_catches_a_misspelt_key():
 def test_the_rayjob_runs_the_planned_config_on_the_resources_the_planner_counts():
     job = rayjob()
     argv = shlex.split(job["spec"]["entrypoint"])
-    assert argv[:3] == ["audio-thinker", "train", "--config"]
-    config = load_config(argv[3], argv[4:])
+    assert argv[0] == "audio-thinker"
+    args = build_parser().parse_args(argv[1:])
+    # A restarted job finds its run and resumes it; the first start finds none and starts it.
+    assert args.command == "train" and args.resume_if_exists and not args.resume
+    config = load_config(args.config, args.overrides)
     assert make_plan(config, config.run.gpu_memory_gb * 1e9).problems == []
     spec = job["spec"]["rayClusterSpec"]
     assert spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"  # the driver only: no model on the head

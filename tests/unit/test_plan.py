@@ -11,7 +11,8 @@ from transformers.initialization import no_init_weights
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.train.plan import make_plan
-from audio_thinker.core.model_shapes import KNOWN_COUNTS, count_params, known_config, known_shape
+from audio_thinker.core.model_meta import count_params, known_config
+from audio_thinker.core.model_shapes import KNOWN_COUNTS, KNOWN_SHAPES, known_shape, shape_of
 from audio_thinker.core.presets import load_config
 from trainer.memory import deepspeed_model_states, model_states, training_activations
 
@@ -37,6 +38,27 @@ def test_stored_counts_are_what_transformers_builds_from_the_stored_shape():
     with torch.device("meta"), no_init_weights():
         model = transformers.Qwen3ForCausalLM(known_config("Qwen3-8B"))
     assert count_params(model) == KNOWN_COUNTS["Qwen3-8B"]
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_SHAPES))
+def test_known_shapes_read_without_transformers_are_what_transformers_reads(name):
+    _, _, source = KNOWN_SHAPES[name]
+    assert known_shape(name) == shape_of(name, source, known_config(name), KNOWN_COUNTS[name])
+
+
+@pytest.mark.parametrize("zero_stage, gpus", [(2, 1), (2, 4), (3, 5), (3, 8)])
+def test_our_zero_arithmetic_is_deepspeeds_estimator(zero_stage, gpus):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    if zero_stage == 2:
+        _, expected = estimate_zero2_model_states_mem_needs(P_OMNI, num_gpus_per_node=gpus, cpu_offload=False)
+    else:
+        _, expected, _ = estimate_zero3_model_states_mem_needs(
+            P_AUDIO, L_AUDIO, num_gpus_per_node=gpus, cpu_offload=False, cpu_offload_params=False
+        )
+    params, largest = (P_OMNI, L_OMNI) if zero_stage == 2 else (P_AUDIO, L_AUDIO)
+    assert deepspeed_model_states(params, largest, zero_stage, gpus) == int(expected)
 
 
 def test_zero_model_states_are_deepspeeds_split_by_its_multipliers():
@@ -126,3 +148,22 @@ def test_an_actor_left_without_a_gpu_or_a_ninth_gpu_is_refused(capsys):
     assert "the reference model do not fit: the run's actors need 9 GPUs, run.num_gpus=8" in capsys.readouterr().err
     assert main(["plan", "--config", "qwen2.5-omni-7b", *separate, "run.num_gpus=9"]) == 0  # nodes of 8 and 1
     assert "node 1 GPU 0: reference model (1): " in capsys.readouterr().out
+
+
+def test_an_sft_config_is_planned_as_sft_runs_it(capsys):
+    """sft-a: 8 trainer ranks of one GPU each, nothing else (SFT starts no rollout worker, judge or reference);
+    as a GRPO run the same config would need 11 GPUs and is refused."""
+    config = load_config("sft-a")
+    plan = make_plan(config, 96e9, job="sft")
+    assert plan.problems == [] and plan.cpu_actors == []
+    assert [g.actors for g in plan.gpus] == [[f"trainer rank {r} (1)"] for r in range(8)]
+    gpu = _gpu(plan, 0)
+    assert gpu["trainer optimizer states"] == int(12 * P_AUDIO / 8) and "reference weights" not in gpu
+    # sft.batch_size=16 over 8 ranks: 2 sequences each, in micro-batches of 1.
+    batch = plan.lines[0]
+    assert "sft.batch_size=16 sequences per step" in batch and "<= 2 each, in micro-batches of 1" in batch
+    assert main(["plan", "--config", "sft-a"]) == 0
+    assert "planned as `audio-thinker sft`" in capsys.readouterr().out
+    assert main(["plan", "--config", "sft-a", "--job", "train"]) == 2
+    assert "the rollout workers do not fit: the run's actors need 11 GPUs" in capsys.readouterr().err
+    assert main(["plan", "--config", "qwen2-audio-7b", "--job", "sft"]) == 0  # any config, as `sft` would run it

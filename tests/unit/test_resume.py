@@ -10,8 +10,9 @@ import pytest
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.train.resume import CHANGES_FILE, record_changes, resume_config
+from audio_thinker.app.train.resume import CHANGES_FILE, record_changes, resume_config, start_config
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
+from audio_thinker.core.options import OptionError
 from audio_thinker.core.presets import dump_config, load_config
 
 
@@ -123,3 +124,27 @@ def test_synthetic_data_is_never_written_over_an_existing_split(tmp_path):
     assert digest(tmp_path) == before
     assert write_synthetic_dataset(tmp_path, n=3, seed=1, overwrite=True) == manifest
     assert digest(tmp_path) != before
+
+
+def test_resume_needs_a_saved_run_and_resume_if_exists_starts_one_when_there_is_none(saved_run, tmp_path):
+    typo = tmp_path / "rnu"  # a mistyped run.output_dir: never a fresh run in place of the one meant
+    for argv, resume in (([f"run.output_dir={typo}"], True), ([f"run.output_dir={typo}", "run.resume=true"], False)):
+        with pytest.raises(TrainingError, match=f"run.output_dir={typo} holds no saved run"):
+            start_config(None, argv, resume=resume)
+    fresh, changes = start_config(None, [f"run.output_dir={typo}", "run.total_steps=7"], resume_if_exists=True)
+    assert (fresh.run.resume, fresh.run.total_steps, changes) == (False, 7, {})
+    resumed, _ = start_config(None, [f"run.output_dir={saved_run}"], resume_if_exists=True)
+    assert (resumed.run.resume, resumed.run.total_steps, resumed.run.seed) == (True, 2, 5)  # the saved run
+
+
+def test_a_config_change_without_a_resume_and_a_new_run_over_an_old_one_are_refused(saved_run):
+    with pytest.raises(OptionError, match="--allow-config-change: only with --resume"):
+        start_config(None, [f"run.output_dir={saved_run}"], allow_config_change=True)
+    with pytest.raises(OptionError, match="choose one"):
+        start_config(None, [f"run.output_dir={saved_run}"], resume=True, resume_if_exists=True)
+    (saved_run / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    with pytest.raises(TrainingError, match="already holds a run: --resume to continue it"):
+        start_config(None, [f"run.output_dir={saved_run}"])
+    config, changes = start_config(None, [f"run.output_dir={saved_run}", "run.total_steps=3"], resume=True,
+                                   allow_config_change=True)  # fmt: skip
+    assert config.run.total_steps == 3 and changes == {"run.total_steps": (2, 3)}

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from audio_thinker.core.net import is_loopback
+from audio_thinker.core.net import bind_error, is_loopback
 
 DEFAULT_PORT = 8377  # neither Ray's dashboard (8265) nor TensorBoard (6006)
 
@@ -36,6 +36,13 @@ def check_args(args: argparse.Namespace) -> tuple[str | None, str | None]:
         return None, f"--host {args.host} is not loopback: pass --token-file FILE (or bind to 127.0.0.1)"
     if not Path(args.runs).is_dir():
         return None, f"--runs {args.runs} is not a folder"
+    if not 0 < args.port < 65536:
+        return None, f"--port {args.port}: expected 1..65535"
+    if args.stale_after <= 0:
+        return None, f"--stale-after {args.stale_after:g}: expected seconds > 0"
+    error = bind_error(args.host, args.port)
+    if error:
+        return None, f"--port {args.port}: cannot listen on {args.host}:{args.port} ({error}): choose another --port"
     return token, None
 
 

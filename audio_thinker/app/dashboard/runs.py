@@ -205,7 +205,8 @@ class Run:
     def warnings(self) -> list[str]:
         out = self.metrics.warnings()
         if (self.path / "status.json").is_file() and self.marker() is None:
-            out.append('status.json is not {"state": "running" | "finished" | "failed", ...}; the state is inferred')
+            states = " | ".join(f'"{s}"' for s in ("running", *ENDED))
+            out.append(f'status.json is not {{"state": {states}, ...}}; the state is inferred')
         if self.config_warning:
             out.append(self.config_warning)
         if not self.gone and not (self.path / "config.yaml").is_file():

@@ -134,6 +134,9 @@ def prepare_avqa(options: AvqaOptions) -> dict:
     if not annotations.is_file():
         raise FileNotFoundError(f"--annotations {annotations} is not a file")
     rows, bad_rows = read_annotations(annotations)
+    if not rows:  # an empty file, not JSON, or no row in AVQA's layout: nothing to extract, no manifest to write
+        first = f"{len(bad_rows)} invalid, the first: {bad_rows[0]['reason']}" if bad_rows else "it holds no rows"
+        raise DataError(f"--annotations {annotations}: no valid AVQA row ({first})")
     names = sorted({r["video_name"] for r in rows})
     audio_dir = out / AUDIO_DIR
     audio_dir.mkdir(parents=True, exist_ok=True)

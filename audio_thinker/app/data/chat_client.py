@@ -9,11 +9,13 @@ import json
 
 import httpx
 
+from audio_thinker.core.errors import UserError
+
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 30.0
 
 
-class ChatError(RuntimeError):
+class ChatError(UserError, RuntimeError):
     """A completion that failed (after the retries, for transient failures); the message names the cause."""
 
 

@@ -27,11 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 from audio_thinker.app.data.chat_client import ChatClient, ChatError
-from audio_thinker.app.data.options import CotOptions
+from audio_thinker.app.data.options import CotOptions, is_url
 from audio_thinker.app.errors import CotError
 from audio_thinker.core.audio import wav_bytes
 from audio_thinker.core.data import Dataset, load_dataset
-from audio_thinker.core.families import detect_family, render_chat
+from audio_thinker.core.chat import detect_family, render_chat
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.progress import progress
 from audio_thinker.core.protocol import format_choices
@@ -120,10 +120,6 @@ def _rewrite(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
-
-
-def is_url(captioner: str) -> bool:
-    return captioner.startswith(("http://", "https://"))
 
 
 def _client(options: CotOptions, url: str) -> ChatClient:

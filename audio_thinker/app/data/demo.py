@@ -58,7 +58,7 @@ def prepare_models(config: Config) -> None:
     if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
         log.warning(
             "tiny policy %s was built with %d format warm-up steps, model.tiny_warmup_steps=%d: using it as is "
-            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d)",
+            "(rebuild: audio-thinker make-tiny --out %s --warmup-steps %d --overwrite)",
             m.policy_path,
             built["warmup_steps"],
             m.tiny_warmup_steps,

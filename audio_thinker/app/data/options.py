@@ -3,9 +3,26 @@ from; light to import (pydantic only), so that `--help` and option errors come w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from audio_thinker.core.chat import detect_family
+from audio_thinker.core.options import OptionError
 from audio_thinker.core.vocab import Dtype, EngineName
+
+TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")  # `make-tiny`'s folders, one per model
+
+
+def check_tiny_out(out: str | Path, only: list[str] | None, overwrite: bool) -> None:
+    """`make-tiny` replaces no model folder it was not asked to (`--overwrite`): the demo's warmed-up policies
+    live in artifacts/tiny, and an untrained copy over them would go unnoticed until the rewards stay flat."""
+    for name in only or TINY_MODELS:
+        folder = Path(out) / name
+        if folder.exists() and not overwrite:
+            raise FileExistsError(
+                f"--out {out}: {folder} exists (pass --overwrite to replace it, or choose another --out)"
+            )
 
 
 class AvqaOptions(BaseModel):
@@ -65,3 +82,29 @@ class CotOptions(BaseModel):
     )
     dtype: Dtype | None = Field(None, description="Captioner weights dtype (none: bfloat16 on GPU, float32 on CPU).")
     device: str | None = Field(None, description="Torch device of the transformers engine (none: cuda if available).")
+
+    def check_inputs(self) -> None:
+        """Fail fast, before a model loads: the files exist, the captioner hears audio, --out is no folder."""
+        prompts = [("--caption-prompt", self.caption_prompt), ("--rationale-prompt", self.rationale_prompt)]
+        for option, path in [("--data", self.data), *prompts]:
+            if path is None or Path(path).is_file():
+                continue
+            if Path(path).is_dir():
+                raise OptionError(f"{option} {path} is a folder, not a file")
+            raise OptionError(f"{option} {path}: no such file")
+        if self.audio_root is not None and not Path(self.audio_root).is_dir():
+            raise OptionError(f"--audio-root {self.audio_root}: no such folder")
+        if Path(self.out).is_dir():
+            raise OptionError(f"--out {self.out} is a folder: name the jsonl file to write")
+        if not is_url(self.captioner):
+            try:
+                detect_family(self.captioner)
+            except (OSError, ValueError) as exc:
+                raise OptionError(
+                    f"--captioner: {exc} (the captioner hears the clips: a Qwen2-Audio or Qwen2.5-Omni folder, "
+                    "or the URL of an endpoint serving one)"
+                ) from None
+
+
+def is_url(captioner: str) -> bool:
+    return captioner.startswith(("http://", "https://"))

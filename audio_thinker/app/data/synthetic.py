@@ -292,7 +292,9 @@ def write_synthetic_dataset(
     out_dir = Path(out_dir)
     existing = [p for p in (out_dir / f"{split}.jsonl", out_dir / "audio" / split) if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists: the synthetic {split} split is not written over it")
+        raise FileExistsError(
+            f"{existing[0]} exists: the synthetic {split} split is not written over it (--overwrite replaces it)"
+        )
     split_key = zlib.crc32(split.encode())
     rows = []
     for i in progress(range(n), desc=f"synthetic {split}", total=n, unit="clip"):

@@ -37,13 +37,13 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from audio_thinker.app.data.options import TINY_MODELS, check_tiny_out
 from audio_thinker.app.data.tiny_warmup import format_warmup
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import save_checkpoint_weights
 
 log = get_logger(__name__)
 
-MODEL_NAMES = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
 POLICY_NAMES = ("qwen2_audio", "qwen2_5_omni")
 PROVENANCE_FILE = "tiny.json"
 
@@ -300,27 +300,29 @@ def _provenance(name: str, seed: int, warmup_steps: int) -> dict:
 
 
 def make_tiny_models(
-    out: str | Path, seed: int = 0, only: list[str] | None = None, warmup_steps: int = 0
+    out: str | Path, seed: int = 0, only: list[str] | None = None, warmup_steps: int = 0, overwrite: bool = False
 ) -> dict[str, Path]:
-    """Build the tiny models into `out/<name>/`; each folder is written to a temp path and then renamed.
+    """Build the tiny models into `out/<name>/`; each folder is written to a temp path and then renamed. A model
+    folder that exists is replaced only with `overwrite` (FileExistsError).
 
     `warmup_steps` > 0 gives the two policies that many steps of format warm-up (`format_warmup`); 0 keeps
     them purely random-init.
     """
     out = Path(out)
-    names = list(only) if only else list(MODEL_NAMES)
-    unknown = set(names) - set(MODEL_NAMES)
+    names = list(only) if only else list(TINY_MODELS)
+    unknown = set(names) - set(TINY_MODELS)
     if unknown:
-        raise ValueError(f"unknown tiny model(s) {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
+        raise ValueError(f"unknown tiny model(s) {sorted(unknown)}; choose from {list(TINY_MODELS)}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    check_tiny_out(out, names, overwrite)
     tokenizer = build_tokenizer(seed)
     paths = {}
     for name in names:
         final = out / name
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model_seed = seed + MODEL_NAMES.index(name)
+        model_seed = seed + TINY_MODELS.index(name)
         if name in POLICY_NAMES:
             _BUILDERS[name](tmp, tokenizer, model_seed, warmup_steps)
         else:
@@ -342,7 +344,7 @@ def read_provenance(folder: str | Path) -> dict | None:
 def ensure_tiny_models(out: str | Path, seed: int = 0, warmup_steps: int = 0) -> dict[str, Path]:
     """Build only the tiny models that are missing under `out` (used by the demo and the driver)."""
     out = Path(out)
-    missing = [n for n in MODEL_NAMES if not (out / n / "config.json").is_file()]
+    missing = [n for n in TINY_MODELS if not (out / n / "config.json").is_file()]
     if missing:
         make_tiny_models(out, seed=seed, only=missing, warmup_steps=warmup_steps)
-    return {n: out / n for n in MODEL_NAMES}
+    return {n: out / n for n in TINY_MODELS}

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.protocol import build_instruction
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, collate

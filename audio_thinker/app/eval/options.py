@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from audio_thinker.app.errors import EvalError
-from audio_thinker.core.families import detect_family
+from audio_thinker.core.chat import detect_family
 from audio_thinker.core.options import add_model_arguments
 from audio_thinker.core.vocab import AnswerExtraction, Benchmark, Dtype, EngineName, PromptMode
 
@@ -72,6 +72,12 @@ class EvalOptions(BaseModel):
         """Fail fast on inputs that do not exist, before an engine loads; returns the policy's family."""
         if not Path(self.data).is_file():
             raise FileNotFoundError(f"--data {self.data} is not a file")
+        if Path(self.data).stat().st_size == 0:
+            raise EvalError(f"--data {self.data} is empty")
+        if self.template_file is not None and not Path(self.template_file).is_file():
+            raise FileNotFoundError(f"--template-file {self.template_file} is not a file")
+        if self.out is not None and Path(self.out).is_file():
+            raise EvalError(f"--out {self.out} is a file, not a folder")
         if self.audio_root is not None and not Path(self.audio_root).is_dir():
             raise FileNotFoundError(f"--audio-root {self.audio_root} is not a folder")
         try:

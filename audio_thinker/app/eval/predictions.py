@@ -150,7 +150,7 @@ def _decoded_rows(path: Path) -> list[tuple[int, object]]:
     if path.suffix == ".parquet":
         return list(enumerate(read_parquet(path), start=1))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read: {exc}") from None
     try:
@@ -163,7 +163,8 @@ def _decoded_rows(path: Path) -> list[tuple[int, object]]:
             return list(enumerate(whole, start=1))
         if not isinstance(whole, dict):
             raise DataError(f"{path} holds a JSON {type(whole).__name__}, not rows")
-        if "\n" in text.strip():
+        rows_inside = any(isinstance(v, list) and v and all(isinstance(x, dict) for x in v) for v in whole.values())
+        if "\n" in text.strip() or rows_inside:  # one line holding rows under a key is no JSON-lines row either
             raise DataError(f"{path} holds one JSON object (keys: {', '.join(list(whole)[:6])}), not rows")
     rows = []
     for line_no, line in enumerate(text.splitlines(), start=1):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from audio_thinker.core.manifests import DataError
 from audio_thinker.core.protocol import is_correct, parse_response
 from audio_thinker.core.rewards import SampleError, SampleVerdict, check_step, compute_rewards
 
@@ -98,22 +98,12 @@ def rescore_records(
     }
 
 
-def _fail(message: str) -> int:
-    print(f"audio-thinker rewards: {message}", file=sys.stderr)
-    return 2
-
-
-def run_rescore(args: argparse.Namespace) -> int:
-    """CLI handler: read JSONL, print one JSON object; bad input is one stderr line and exit code 2."""
-    path = Path(args.input)
+def run_rescore(path: Path, args: argparse.Namespace) -> dict:
+    """CLI handler: the JSONL file's result object; bad input raises DataError naming the file, line and field."""
     try:
-        check_step(args.step, args.total_steps)
-    except ValueError as exc:
-        return _fail(str(exc))
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        return _fail(f"cannot read {path}: {exc}")
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     records, line_of = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -121,16 +111,14 @@ def run_rescore(args: argparse.Namespace) -> int:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            return _fail(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})")
+            raise DataError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
         line_of.append(number)
     if not records:
-        return _fail(f"{path}: no records")
+        raise DataError(f"{path}: no records")
     try:
         # `--invalid-accuracy` (worst|zero) is registered by the CLI; a parser without it gets the default.
-        result = rescore_records(records, args.step, args.total_steps, args.variant, args.invalid_accuracy)
+        return rescore_records(records, args.step, args.total_steps, args.variant, args.invalid_accuracy)
     except RecordError as exc:
-        return _fail(f"{path}:{line_of[exc.index]}: field {exc.field!r}: {exc.message}")
+        raise DataError(f"{path}:{line_of[exc.index]}: field {exc.field!r}: {exc.message}") from None
     except ValueError as exc:
-        return _fail(str(exc))
-    print(json.dumps(result))
-    return 0
+        raise DataError(str(exc)) from None

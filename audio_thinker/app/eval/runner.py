@@ -34,7 +34,7 @@ from audio_thinker.app.eval.report import BENCH_TITLES, PLOT_NAME, plot_no_think
 from audio_thinker.app.eval.scoring import score_row
 from audio_thinker.core.accuracy import aggregate
 from audio_thinker.core.data import Dataset, load_dataset
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.progress import progress
 from audio_thinker.core.protocol import build_instruction, load_template, parse_response

@@ -153,8 +153,8 @@ def _eval_args(plan: RowPlan, bench: BenchFile, options: AblateOptions) -> list[
         args.append("--letter-choices")
     if c.prompt.template_file is not None:
         args += ["--template-file", str(Path(c.prompt.template_file).resolve())]
-    if bench.data == c.data.eval_manifest:  # the held-out split: its audio paths are relative to data.audio_root
-        args += ["--audio-root", str(Path(c.data.audio_root).resolve())]
+    if bench.data == c.data.eval_manifest:  # the held-out split: its audio paths start at data.eval_audio_root
+        args += ["--audio-root", str(Path(c.data.held_out_audio_root).resolve())]
     return args
 
 

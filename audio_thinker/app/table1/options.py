@@ -117,6 +117,7 @@ class ReportOptions(BaseModel):
     )
     out: str = Field(description="Folder to write table1.md, table1.json and the figures into.")
     compare: list[str] = Field(default_factory=list, description=COMPARE_HELP)
+    overwrite: bool = Field(False, description="Replace the table1.md and table1.json that --out holds.")
 
     def pairs(self) -> list[tuple[str, str]]:
         return parse_pairs(self.compare)

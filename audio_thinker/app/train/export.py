@@ -1,8 +1,9 @@
 """`audio-thinker export`: any kept checkpoint of a run as a Hugging Face folder (both engines and
 `audio-thinker eval` load it). The trained policy of a finished run is already in `<run>/final/`.
 
-The checkpoint is DeepSpeed's sharded state, so the export loads it the way the run saved it: a trainer group
-of the same size (the run's `trainer` config) on a local Ray instance, or the cluster of RAY_ADDRESS.
+Offline: DeepSpeed's sharded state is consolidated on the CPU of this machine (trainer/checkpoint.py,
+`export_offline`), whatever the number of ranks that wrote it; no Ray, trainer group or GPU starts. The run's
+saved config names the policy's family, dtype and LoRA settings, and, for a LoRA run, the base model folder.
 """
 
 from __future__ import annotations
@@ -10,16 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ray
-
-from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.app.errors import TrainingError
-from audio_thinker.app.train.launch import connect_ray
-from audio_thinker.core.log import get_logger
+from audio_thinker.app.train.run_dir import CONFIG_FILE
 from audio_thinker.core.presets import load_config
-from trainer.checkpoint import STATE_FILE, checkpoint_dir, list_checkpoints
-
-log = get_logger(__name__)
+from trainer.checkpoint import STATE_FILE, checkpoint_dir, export_offline, list_checkpoints
 
 
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:
@@ -34,28 +29,23 @@ def find_checkpoint(run_dir: Path, step: int | None) -> Path:
     return folder
 
 
-def export_run(run_dir: Path, step: int | None = None, out: Path | None = None) -> Path:
+def export_run(run_dir: Path, step: int | None = None, out: Path | None = None, overwrite: bool = False) -> Path:
     """Export the checkpoint of `step` (default the latest) to `out` (default <run>/final for the latest,
-    <run>/export-step-N otherwise); returns the folder."""
+    <run>/export-step-N otherwise); an existing `out` is replaced only with `overwrite`. Returns the folder."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise TrainingError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = load_config(run_dir / "config.yaml", saved_run=True)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise TrainingError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    config = load_config(run_dir / CONFIG_FILE, saved_run=True)
     folder = find_checkpoint(run_dir, step)
     state = json.loads((folder / STATE_FILE).read_text())
     out = Path(out) if out else run_dir / ("final" if step is None else f"export-step-{state['extra']['step']}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists (pass --overwrite to replace it, or --out DIR)")
     m = config.model
-    trainer_cfg = config.trainer.model_copy(update={"num_ranks": state["world_size"]})
-    owns_ray = connect_ray()
-    trainer = None
-    try:
-        trainer = PolicyTrainerGroup(m.policy_path, m.family, trainer_cfg, config.run.total_steps, m.dtype).ready()
-        trainer.load_checkpoint(folder)
-        path = trainer.export(out)
-    finally:
-        if trainer is not None:
-            trainer.shutdown()
-        if owns_ray:
-            ray.shutdown()
-    log.info("exported %s to %s", folder, path)
-    return path
+    model_path = Path(state.get("model_path") or m.policy_path)
+    if not (model_path / "config.json").is_file():
+        raise TrainingError(
+            f"{folder}: the policy folder it was trained from, {model_path}, is gone (its config, tokenizer and "
+            "processor files go into the export)"
+        )
+    return export_offline(folder, out, model_path, m.family, m.dtype, config.trainer.lora)

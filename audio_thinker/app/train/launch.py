@@ -54,9 +54,11 @@ def check_inputs(config: Config, needs_judge_model: bool = True) -> None:
 def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
     """The training set and the held-out split (None without `data.eval_manifest`)."""
     d = config.data
-    kwargs = dict(audio_root=Path(d.audio_root), skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
-    train = load_dataset(d.train_manifest, "avqa", **kwargs)
-    held_out = load_dataset(d.eval_manifest, d.eval_format, **kwargs) if d.eval_manifest else None
+    kwargs = dict(skip_bad_rows=d.skip_bad_rows, max_seconds=d.max_audio_seconds)
+    train = load_dataset(d.train_manifest, "avqa", Path(d.audio_root), **kwargs)
+    held_out = None
+    if d.eval_manifest:
+        held_out = load_dataset(d.eval_manifest, d.eval_format, Path(d.held_out_audio_root), **kwargs)
     return train, held_out
 
 

@@ -5,7 +5,9 @@ on `run.num_gpus` GPUs in nodes of `run.gpus_per_node` the way Ray's packing fil
 sum of its actors' terms: ZeRO model states (DeepSpeed's estimator, trainer/memory.py), training activations (our
 formula), the reference's weights and forward, vLLM's reservation (gpu_memory_utilization x the GPU) with the KV
 cache left after weights and profiling, and the judge. Formulas and the presets' numbers: docs/placement.md.
-`audio-thinker train` runs `check_plan` first.
+`audio-thinker train` and `sft` run `check_plan` first. An SFT run (`job="sft"`) is its trainer ranks alone.
+Light to import (no torch, no DeepSpeed): `plan` answers at once. One module of ~360 lines: the layout and each
+GPU's terms are one computation, read top to bottom.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.core.config import Config
 from audio_thinker.core.model_shapes import FAMILY_SHAPES, JUDGE_SHAPE, ModelShape, resolve_shape
-from audio_thinker.core.placement import GroupSpec, run_groups
+from audio_thinker.core.placement import GroupSpec, run_groups, sft_groups
 from trainer.memory import BF16, LOGIT_BYTES, layer_activation_bytes, model_states, training_activations
 
 GB = 1e9
@@ -153,11 +155,25 @@ def _gb(x: float) -> str:
     return f"{x / GB:.1f}"
 
 
-def trainer_terms(config: Config, shape: ModelShape) -> list[Term]:
+def job_of(config: Config, job: str = "auto") -> str:
+    """"train" or "sft"; "auto": sft when the config names an `sft:` section (the sft-* presets do), else train."""
+    if job != "auto":
+        return job
+    return "sft" if "sft" in config.model_fields_set else "train"
+
+
+def sequences_per_step(config: Config, job: str) -> int:
+    """The sequences one optimizer step trains on: sft.batch_size, or the questions' samples."""
+    if job == "sft":
+        return config.sft.batch_size
+    return config.run.questions_per_step * config.rollout.samples_per_question
+
+
+def trainer_terms(config: Config, shape: ModelShape, job: str) -> list[Term]:
     t = config.trainer
     trainable = shape.params - (shape.audio_encoder_params if t.freeze_audio_encoder else 0)
     states = model_states(shape.params, trainable, shape.largest_layer_params, t.zero_stage, t.num_ranks)
-    sequences = config.run.questions_per_step * config.rollout.samples_per_question
+    sequences = sequences_per_step(config, job)
     micro = min(t.micro_batch_size, math.ceil(sequences / t.num_ranks))
     seq, completion, enc = sequence_lengths(config)
     encoder = None if t.freeze_audio_encoder else shape.audio_encoder
@@ -180,13 +196,18 @@ def trainer_terms(config: Config, shape: ModelShape) -> list[Term]:
     return terms
 
 
-def batch_line(config: Config) -> str:
+def batch_line(config: Config, job: str) -> str:
     t = config.trainer
-    sequences = config.run.questions_per_step * config.rollout.samples_per_question
+    sequences = sequences_per_step(config, job)
     per_rank = math.ceil(sequences / t.num_ranks)
+    batch = (
+        f"sft.batch_size={sequences} sequences per step (audio-thinker sft: trainer ranks only)"
+        if job == "sft"
+        else f"{config.run.questions_per_step} questions x {config.rollout.samples_per_question} samples = "
+        f"{sequences} completions per step"
+    )
     return (
-        f"batch: {config.run.questions_per_step} questions x {config.rollout.samples_per_question} samples = "
-        f"{sequences} completions per step; {t.num_ranks} trainer ranks take <= {per_rank} each, in micro-batches "
+        f"batch: {batch}; {t.num_ranks} trainer ranks take <= {per_rank} each, in micro-batches "
         f"of {min(t.micro_batch_size, per_rank)}"
     )
 
@@ -247,10 +268,11 @@ def judge_terms(config: Config, shape: ModelShape, capacity: float) -> tuple[lis
     ], None
 
 
-def make_plan(config: Config, capacity: float | None) -> Plan:
-    groups = run_groups(config)
+def make_plan(config: Config, capacity: float | None, job: str = "train") -> Plan:
+    """The plan of `config` run as `audio-thinker train` (job="train") or `audio-thinker sft` (job="sft")."""
+    groups = sft_groups(config) if job == "sft" else run_groups(config)
     gpus, where, unplaced = layout(config, groups)
-    problems, lines = [], [batch_line(config)]
+    problems, lines = [], [batch_line(config, job)]
     gpu_run = config.run.num_gpus > 0
     need = sum(b.get("GPU", 0.0) for g in groups for b in g.bundles)
     for name in unplaced:
@@ -265,7 +287,7 @@ def make_plan(config: Config, capacity: float | None) -> Plan:
         for actor in cpu_actors:
             problems.append(f"{actor} has no GPU on a GPU run (run.num_gpus={config.run.num_gpus}): give it one")
     policy = resolve_shape(config.model.policy_path, FAMILY_SHAPES[config.model.family])
-    trainer = trainer_terms(config, policy)
+    trainer = trainer_terms(config, policy, job)
     lines.append(f"policy: {policy.name}, {policy.params / 1e9:.2f} B parameters (shape: {policy.source})")
     judge_on_gpu = any(s.role == "judge" for g in groups for s in g.slots)
     judge_shape = resolve_shape(config.model.judge_path, JUDGE_SHAPE) if judge_on_gpu else None
@@ -329,12 +351,12 @@ def capacity_of(config: Config) -> float | None:
     return gpu_memory_from_nvidia_smi()
 
 
-def check_plan(config: Config) -> Plan:
+def check_plan(config: Config, job: str = "train") -> Plan:
     """The plan of a config; TrainingError (exit code 2) naming the first problem when a GPU run does not fit."""
     capacity = capacity_of(config)
     if config.run.num_gpus > 0 and capacity is None:
         raise TrainingError("run.gpu_memory_gb is unset and nvidia-smi reports no GPU: set the size of one GPU")
-    plan = make_plan(config, capacity)
+    plan = make_plan(config, capacity, job)
     if plan.problems:
         extra = f" (and {len(plan.problems) - 1} more: audio-thinker plan)" if len(plan.problems) > 1 else ""
         raise TrainingError(f"plan: {plan.problems[0]}{extra}")

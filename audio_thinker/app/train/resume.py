@@ -3,6 +3,11 @@ the run *is* (its schedule, data, model, rewards, optimisation) is refused unles
 
 Harmless settings (timeouts, evaluation and checkpoint cadence, resources, logging) may change on a resume;
 an allowed change of a run-defining key is logged and appended to `<run>/config_changes.jsonl`.
+
+A resume needs a saved run: `--resume` (or `run.resume=true`) on a folder without one is refused, so that a
+mistyped `run.output_dir` never starts a new run in place of the one meant; a job that a scheduler restarts and
+that may or may not find its run says so with `--resume-if-exists`. A new run is refused a folder that already
+holds one.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import time
 from pathlib import Path
 
 from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.train.run_dir import CONFIG_FILE, RunDir
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
+from audio_thinker.core.options import OptionError
 from audio_thinker.core.presets import load_config
 
 log = get_logger(__name__)
@@ -60,6 +67,7 @@ RUN_DEFINING = (
 CHANGES_FILE = "config_changes.jsonl"
 
 
+
 def flatten(config: Config) -> dict[str, object]:
     return {
         f"{section}.{key}": value
@@ -85,15 +93,15 @@ def resume_config(
 
     Without `config_file` the run's saved config plus `overrides` is the new config; with one, that file plus
     `overrides` (as on the first command line) must agree with the saved config on every run-defining key.
-    A run directory without a saved config is a fresh run.
+    A run directory without a saved config is refused (TrainingError naming it).
     """
     new = load_config(config_file, [*overrides, "run.resume=true"])
-    if not new.run.output_dir:
-        raise TrainingError("resume needs the run directory: add run.output_dir=<the run's directory>")
-    saved_path = Path(new.run.output_dir) / "config.yaml"
-    if not saved_path.is_file():
-        log.warning("resume: %s has no config.yaml, starting a new run there", new.run.output_dir)
-        return new, {}
+    saved_path = saved_config(new)
+    if saved_path is None:
+        raise TrainingError(
+            f"resume: run.output_dir={new.run.output_dir} holds no saved run (no config.yaml): check the folder, or "
+            "leave out --resume (and run.resume) to start a new run there"
+        )
     saved = load_config(saved_path, saved_run=True)
     if config_file is None:
         new = load_config(saved_path, [*overrides, "run.resume=true"], saved_run=True)
@@ -105,6 +113,48 @@ def resume_config(
             "the saved run, or pass --allow-config-change to change it on purpose (recorded in the run directory)"
         )
     return new, changes
+
+
+def saved_config(config: Config) -> Path | None:
+    """The saved config.yaml of the run in `run.output_dir`, None when it holds none; a resume needs the folder."""
+    if not config.run.output_dir:
+        raise TrainingError("resume needs the run directory: add run.output_dir=<the run's directory>")
+    path = Path(config.run.output_dir) / CONFIG_FILE
+    return path if path.is_file() else None
+
+
+def start_config(
+    config_file: str | None,
+    overrides: list[str],
+    resume: bool = False,
+    resume_if_exists: bool = False,
+    allow_config_change: bool = False,
+) -> tuple[Config, dict[str, tuple[object, object]]]:
+    """`train` and `sft`: the config to start with and its allowed run-defining changes, by the resume options.
+
+    `--resume` (or `run.resume=true`) continues a saved run and is refused without one; `--resume-if-exists`
+    continues one when `run.output_dir` holds it and starts there otherwise; without either a folder that holds
+    a run is refused. `--allow-config-change` without a resume option is refused."""
+    if resume and resume_if_exists:
+        raise OptionError("--resume and --resume-if-exists: choose one")
+    config = load_config(config_file, overrides)
+    resume = resume or config.run.resume
+    if allow_config_change and not (resume or resume_if_exists):
+        raise OptionError("--allow-config-change: only with --resume or --resume-if-exists")
+    if resume_if_exists:
+        if saved_config(config) is None:
+            log.info("--resume-if-exists: %s holds no saved run, starting it", config.run.output_dir)
+            config.run.resume = False
+            return config, {}
+        return resume_config(config_file, overrides, allow_config_change)
+    if resume:
+        return resume_config(config_file, overrides, allow_config_change)
+    if config.run.output_dir and RunDir(config.run.output_dir).logged_steps():
+        raise TrainingError(
+            f"run.output_dir={config.run.output_dir} already holds a run: --resume to continue it, or choose "
+            "another run.output_dir"
+        )
+    return config, {}
 
 
 def record_changes(run_dir: str | Path, changes: dict[str, tuple[object, object]]) -> None:

@@ -29,6 +29,7 @@ log = get_logger(__name__)
 
 
 RUN_STATES = ("running", "finished", "failed", "preempted")
+CONFIG_FILE = "config.yaml"
 
 
 def default_output_dir(name: str) -> Path:
@@ -49,7 +50,7 @@ class RunDir:
     def create(self, config: Config) -> RunDir:
         for folder in (self.path, self.rollouts, self.checkpoints, self.tensorboard):
             folder.mkdir(parents=True, exist_ok=True)
-        dump_config(config, self.path / "config.yaml")
+        dump_config(config, self.path / CONFIG_FILE)
         return self
 
     def write_status(self, state: str, message: str | None = None) -> None:

@@ -21,7 +21,7 @@ from audio_thinker.app.train.timeline import Phase, Timeline
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import AudioQuestion, Dataset
 from audio_thinker.core.encoding import EncodedPrompt, PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.protocol import build_instruction, is_correct, load_template, parse_response
 from audio_thinker.core.records import RolloutRecord
 from rollout.engine import GenerationRequest, Sample, SamplingConfig

@@ -32,7 +32,7 @@ from audio_thinker.app.train.sft_data import load_sft_data, sft_target
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import Dataset
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import render_chat
+from audio_thinker.core.chat import render_chat
 from audio_thinker.core.log import STEPS, get_logger
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer
 from audio_thinker.core.progress import progress
