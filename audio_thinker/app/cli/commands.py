@@ -178,13 +178,14 @@ def ablate(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     options = model_from_args(ReportOptions, args)
+    pairs = options.pairs()
     runs = [input_folder("--runs", r) for r in options.runs]
     out = output_folder("--out", options.out)
     if not options.overwrite:
         refuse_existing("--out", [out / "table1.md", out / "table1.json"])
     from audio_thinker.app.table1.report import write_report  # matplotlib: only when this command runs
 
-    for path in write_report(runs, out, options.pairs()):
+    for path in write_report(runs, out, pairs):
         print(path)
     return 0
 
