@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from reward_server.prompts import ALL_LABELS, label_token_ids
 from reward_server.scoring import BackendError
@@ -32,8 +35,6 @@ _LOAD_LOCK = threading.Lock()
 
 def load_tokenizer(path: str) -> Any:
     """The judge's Hugging Face tokenizer; a missing folder is an error that names it."""
-    from transformers import AutoTokenizer
-
     if not Path(path).is_dir():
         raise FileNotFoundError(
             f"judge model folder {path} does not exist (build the tiny one with `audio-thinker make-tiny`)"
@@ -49,8 +50,6 @@ def redact_url(url: str) -> str:
 
 
 def _max_positions(path: str) -> int:
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(path)
     n = getattr(config, "max_position_embeddings", None)
     if not isinstance(n, int) or n < 2:
@@ -131,9 +130,6 @@ class TransformersBackend(JudgeBackend):
         dtype: str | None = None,
         max_batch_tokens: int = 32768,
     ):
-        import torch
-        from transformers import AutoModelForCausalLM
-
         super().__init__(model_path, model_path)
         self.max_prompt_tokens = _max_positions(model_path) - 1
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -166,8 +162,6 @@ class TransformersBackend(JudgeBackend):
         return out
 
     def _forward(self, seqs: list[Sequence[int]]) -> np.ndarray:
-        import torch
-
         if any(len(s) == 0 for s in seqs):
             raise BackendError("empty judging prompt")
         width = max(len(s) for s in seqs)
@@ -271,8 +265,6 @@ class OpenAIBackend(JudgeBackend):
         timeout_s: float = 60.0,
         max_prompt_tokens: int | None = None,
     ):
-        import httpx
-
         super().__init__(model, tokenizer_path)
         self.where = redact_url(base_url)  # what errors (and so logs) say: no user:password@
         self.max_prompt_tokens = max_prompt_tokens or _max_positions(tokenizer_path) - 1
@@ -284,8 +276,6 @@ class OpenAIBackend(JudgeBackend):
         self.label_text = [self.tokenizer.decode([t]) for t in self.label_ids]
 
     def label_logprobs(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        import httpx
-
         body: dict[str, Any] = {
             "model": self.model,
             "prompt": [list(ids) for ids in prompt_ids],

@@ -16,7 +16,7 @@ import uvicorn
 
 from reward_server.app import ServerSettings, create_app
 from reward_server.auth import check_auth_setup, load_api_keys
-from reward_server.backends import JudgeBackend
+from reward_server.backends import JudgeBackend, load_backend
 from reward_server.options import ServeOptions
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,34 @@ class ServerThread:
         self.stop()
 
 
+def backend_loader(options: ServeOptions) -> Callable[[], JudgeBackend]:
+    """The backend that `serve-judge`'s options name, loaded when the server starts (in its worker thread)."""
+    return lambda: load_backend(
+        options.backend,
+        options.model,
+        openai_base_url=options.openai_base_url,
+        tokenizer=options.openai_tokenizer,
+        device=options.device,
+        dtype=options.dtype,
+        top_logprobs=options.openai_top_logprobs,
+        max_model_len=options.max_model_len,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        enforce_eager=options.enforce_eager,
+    )
+
+
 def run_serve_judge(options: ServeOptions) -> int:
     """Serve until SIGINT/SIGTERM; 1 when the model fails to load. Raises AuthConfigError for refused keys."""
     settings = ServerSettings(
         **options.limits().model_dump(), score_mode=options.score_mode, api_keys=load_api_keys(options.api_key_file)
     )
     server = build_server(
-        options.load, settings, host=options.host, port=options.port, no_auth=options.no_auth, log_level="info"
+        backend_loader(options),
+        settings,
+        host=options.host,
+        port=options.port,
+        no_auth=options.no_auth,
+        log_level="info",
     )
     log.info(
         "judge on http://%s:%d (%s backend, %s); loading the model",

@@ -15,7 +15,6 @@ from audio_thinker.core.config import JudgeLimits, JudgeScoring
 from audio_thinker.core.net import bind_error
 from audio_thinker.core.options import OptionError, add_model_arguments
 from audio_thinker.core.vocab import Dtype, JudgeBackendName
-from reward_server.backends import JudgeBackend, load_backend
 
 
 class ServeOptions(JudgeLimits, JudgeScoring):
@@ -107,20 +106,6 @@ class ServeOptions(JudgeLimits, JudgeScoring):
         error = None if self.port == 0 else bind_error(self.host, self.port)
         if error:
             raise OptionError(f"--port {self.port}: cannot listen on {self.host}:{self.port} ({error}): choose another")
-
-    def load(self) -> JudgeBackend:
-        return load_backend(
-            self.backend,
-            self.model,
-            openai_base_url=self.openai_base_url,
-            tokenizer=self.openai_tokenizer,
-            device=self.device,
-            dtype=self.dtype,
-            top_logprobs=self.openai_top_logprobs,
-            max_model_len=self.max_model_len,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            enforce_eager=self.enforce_eager,
-        )
 
 
 def add_serve_parser(

@@ -13,6 +13,7 @@ from audio_thinker.app.train.launch import connect_ray
 from audio_thinker.core.log import get_logger
 from reward_server.app import ServerSettings
 from reward_server.auth import check_auth_setup, load_api_keys
+from reward_server.cli import backend_loader
 from reward_server.options import ServeOptions
 
 log = get_logger(__name__)
@@ -37,7 +38,7 @@ def run_on_ray_serve(options: ServeOptions) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         deployment = JudgeDeployment(
-            options.load,
+            backend_loader(options),
             settings,
             scaling(options),
             host=options.host,
