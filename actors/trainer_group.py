@@ -30,7 +30,8 @@ from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightSender, WeightsHandle, free_port, publish
 from trainer.checkpoint import capture_rng, export_hf, load_checkpoint, save_checkpoint
-from trainer.engine import PolicyEngine, merge_rank_metrics, merge_update_metrics
+from trainer.engine import PolicyEngine
+from trainer.update_metrics import merge_rank_metrics, merge_update_metrics
 from trainer.logprobs import PolicyBatch
 
 log = get_logger(__name__)

@@ -159,11 +159,16 @@ class CompletionLogprobs(torch.nn.Module):
     the loss is built from); the reference model uses it as is. The audio encoder runs once per clip of
     `input_features` ([C, mel, frames]); row r reads clip `clip_index[r]`, so G samples of one question share
     one encoding and its gradient is the sum of theirs, as when each sample encoded its own copy.
+
+    `router_aux=True` (a mixture-of-experts policy) also keeps the router's load-balancing loss of the last forward
+    in `router_aux_loss` (transformers' Switch-Transformer loss over the real tokens; `trainer.router_aux_loss_coef`).
     """
 
-    def __init__(self, policy: torch.nn.Module):
+    def __init__(self, policy: torch.nn.Module, router_aux: bool = False):
         super().__init__()
         self.policy = policy
+        self.router_aux = router_aux
+        self.router_aux_loss: torch.Tensor | None = None
 
     def forward(
         self,
@@ -178,11 +183,13 @@ class CompletionLogprobs(torch.nn.Module):
     ) -> torch.Tensor:
         clips = audio_embeddings(self.policy, input_features, feature_attention_mask)
         embeds = merge_audio_embeddings(self.policy, input_ids, clips, clip_index)
+        extra = {"output_router_logits": True} if self.router_aux else {}
         with _lm_head_at(self.policy.lm_head, positions):
-            logits = forward_with_audio_embeddings(
-                self.policy, input_ids, attention_mask, embeds, feature_attention_mask[clip_index]
-            ).logits
-        logits = logits.float() / temperature
+            out = forward_with_audio_embeddings(
+                self.policy, input_ids, attention_mask, embeds, feature_attention_mask[clip_index], **extra
+            )
+        self.router_aux_loss = out.aux_loss if self.router_aux else None
+        logits = out.logits.float() / temperature
         picked = logits.gather(-1, targets[..., None]).squeeze(-1)
         return picked - torch.logsumexp(logits, dim=-1)
 

@@ -217,8 +217,7 @@ def audio_embeddings(policy, input_features: torch.Tensor, feature_attention_mas
         _, lengths = policy.audio_tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
         return list(hidden.split(lengths.tolist()))
     if family == "qwen3_omni":  # the encoder takes the clips' real frames only, concatenated
-        hidden = policy.get_audio_features(input_features, feature_attention_mask, return_dict=True).last_hidden_state
-        return list(hidden.split([qwen3_omni_audio_tokens(int(n)) for n in feature_attention_mask.sum(-1)]))
+        return _qwen3_omni_audio_embeddings(policy, input_features, feature_attention_mask)
     model = policy.model
     tower = model.audio_tower
     feat_lengths, lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
@@ -232,6 +231,23 @@ def audio_embeddings(policy, input_features: torch.Tensor, feature_attention_mas
     )
     hidden = model.multi_modal_projector(tower(input_features, attention_mask=mask).last_hidden_state)
     return [hidden[k, :n] for k, n in enumerate(lengths.tolist())]
+
+
+def _qwen3_omni_audio_embeddings(policy, features: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Qwen3-Omni's encoder pads every 100-frame chunk of a batch to the batch's longest chunk before its convs,
+    and sizes its attention windows by it, so a clip shorter than 1 s encodes differently next to a longer clip
+    than alone (transformers and vLLM alike). Every batch is encoded here as one holding a full chunk (what any
+    batch with a clip of 1 s or more is): a batch of short clips gets a silent 100-frame clip, whose output is
+    dropped. A clip's embeddings then do not depend on the micro-batch it is in."""
+    frames = mask.sum(-1)
+    full = 2 * QWEN3_OMNI_N_WINDOW
+    short = bool((frames < full).all())
+    if short:
+        features = torch.cat([features, torch.zeros_like(features[:1])])
+        mask = torch.cat([mask, (torch.arange(mask.shape[-1], device=mask.device) < full).to(mask.dtype)[None]])
+    hidden = policy.get_audio_features(features, mask, return_dict=True).last_hidden_state
+    clips = list(hidden.split([qwen3_omni_audio_tokens(int(n)) for n in mask.sum(-1)]))
+    return clips[:-1] if short else clips
 
 
 def merge_audio_embeddings(

@@ -16,7 +16,8 @@ from audio_thinker.core.models import load_policy
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import SyncEndpoint, WeightReceiver, WeightSender, free_port, pack_buckets, unpack
 from trainer.checkpoint import capture_rng, latest_checkpoint, list_checkpoints, restore_rng
-from trainer.engine import freeze, lr_factor, merge_update_metrics
+from trainer.engine import freeze, lr_factor
+from trainer.update_metrics import merge_update_metrics
 
 
 def test_lr_factor_hand_values():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from audio_thinker.core.presets import ConfigError, load_config
-from trainer.engine import merge_rank_metrics, merge_update_metrics
+from trainer.update_metrics import merge_rank_metrics, merge_update_metrics
 from trainer.grpo import grpo_loss, merge_stats
 from trainer.off_policy import importance_weights, merge_mismatch, mismatch_metrics, mismatch_sums
 
