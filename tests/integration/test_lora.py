@@ -93,7 +93,7 @@ def test_a_step_moves_only_the_trained_tensors(freeze_audio_encoder, tiny_models
     for _ in range(2):  # B starts at zero: the second step moves A as well
         inputs = collate(batch, [0, 1, 2])
         mask = inputs.pop("mask")
-        logp = module(**inputs)
+        logp = module(**inputs, temperature=1.0)
         loss = -(logp * mask * torch.tensor(batch.advantages)[:, None]).sum()
         optimizer.zero_grad()
         loss.backward()

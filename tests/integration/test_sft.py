@@ -86,7 +86,7 @@ def test_sft_lowers_the_loss_exports_and_resumes_exactly(ray_session, tiny_model
     inputs = collate(batch, range(len(batch)))
     mask = inputs.pop("mask")
     with torch.no_grad():
-        logp = CompletionLogprobs(load_policy(policy, "qwen2_audio", "float32"))(**inputs)
+        logp = CompletionLogprobs(load_policy(policy, "qwen2_audio", "float32"))(**inputs, temperature=1.0)
     assert logged[0]["sft/tokens"] == int(mask.sum())
     assert logged[0]["sft/loss"] == pytest.approx(float(-(logp * mask).sum() / mask.sum()), rel=1e-4)
 

@@ -154,7 +154,7 @@ def test_on_policy_old_logprobs_equal_a_separate_old_pass(case):
     results = []
     for old in (None, separate):
         model.zero_grad()
-        logp = module(**inputs)
+        logp = module(**inputs, temperature=1.0)
         loss, stats = grpo_loss(logp, logp.detach() if old is None else old, ref, adv, mask, beta=0.04)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
