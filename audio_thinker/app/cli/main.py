@@ -56,7 +56,7 @@ USER_ERRORS = (
     FileExistsError,
 )
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")
+TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge", "qwen3_omni")
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
@@ -250,13 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         choices=TINY_MODELS,
         default=None,
-        help="build only these models (default: all three)",
+        help="build only these models (default: all four)",
     )
     p.add_argument(
         "--warmup-steps",
         type=int,
         default=0,
-        help="steps of supervised format warm-up for the two policies, so that they write well-formed "
+        help="steps of supervised format warm-up for the three policies, so that they write well-formed "
         "<think>/<answer> responses (default: 0, pure random init; the CPU demo uses 150)",
     )
     p.set_defaults(func=_make_tiny)

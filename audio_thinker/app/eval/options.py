@@ -20,7 +20,9 @@ class EvalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only).")
+    model: str = Field(
+        description="Policy folder (Qwen2-Audio, or a Qwen2.5-Omni / Qwen3-Omni folder, full or thinker-only)."
+    )
     bench: Benchmark = Field(description="Benchmark layout of --data.")
     data: str = Field(
         description="The benchmark's file (mmau-test-mini.json, MMAR-meta.json, Foundation_meta.json, ...)."

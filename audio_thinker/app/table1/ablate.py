@@ -23,7 +23,7 @@ from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.table1.jobs import run_command
 from audio_thinker.app.table1.options import AblateOptions, BenchFile
 from audio_thinker.app.table1.report import ROW_FILE, write_report
-from audio_thinker.app.table1.rows import ROW_KEYS, Row, rows
+from audio_thinker.app.table1.rows import ROW_KEYS, Row, all_rows
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.options import OptionError
@@ -55,7 +55,7 @@ def _absolute(preset: str | None) -> list[str]:
 
 
 def _check_rows(names: list[str], family: str) -> list[Row]:
-    table = rows()
+    table = all_rows()
     picked = []
     for name in names:
         if name not in table:

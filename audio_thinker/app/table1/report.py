@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.eval.report import BENCH_TITLES, DIFFICULTY_ORDER, ordered
-from audio_thinker.app.table1.rows import paper_table, row_of_config, rows
+from audio_thinker.app.table1.rows import all_rows, paper_table, row_of_config
 from audio_thinker.core.presets import load_config
 
 ROW_FILE = "row.json"
@@ -80,7 +80,7 @@ def run_entry(run: Path) -> dict:
         ours[bench] = _ours(results, bench)
         rates = results["no_think_rate"]
         no_think[bench] = {**rates["by_difficulty"], "all": rates["total"]}
-    paper = rows().get(identity["row"])
+    paper = all_rows().get(identity["row"])
     return {
         "row": identity["row"], "method": identity["method"], "family": identity["family"], "run": str(run),
         "ours": ours, "no_think_rate": no_think, "paper": paper.paper if paper is not None else {},
