@@ -32,7 +32,7 @@ from peft.tuners.lora import LoraLayer, ParamWrapper
 from transformers import AutoConfig
 
 from audio_thinker.core.config import LoraConfig
-from audio_thinker.core.families import audio_tower_prefix, language_model_prefix, model_class
+from audio_thinker.core.families import audio_tower_prefix, checkpoint_items, language_model_prefix, model_class
 
 ADAPTER = "default"  # peft's adapter name; one adapter per policy
 # Target names that mean a fused expert parameter (`<layer>.mlp.experts.<parameter>`) where the layer has one.
@@ -212,6 +212,27 @@ def _wrapper_of(layers: dict, owner: str, leaf: str) -> str | None:
         if layer is not None and not isinstance(layer, ParamWrapper) and leaf == "weight":
             return name
     return None
+
+
+def merged_checkpoint(
+    base: torch.nn.Module, family: str, lora: LoraConfig, trained: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors of a LoRA policy from its base model and a checkpoint's trained tensors (peft's names:
+    the adapters, and the audio encoder when it trained), merged as the trainer's `checkpoint_tensors` merges them
+    (every family, Qwen3-Omni's expert adapters included): for an export from a checkpoint alone. `base` is wrapped
+    in place."""
+    apply_lora(base, family, lora, train_audio_encoder=any(".lora_" not in k for k in trained))
+    state = base.state_dict()
+    unknown = sorted(set(trained) - set(state))
+    if unknown:
+        raise KeyError(f"{unknown[:3]}: not tensors of the {family} policy with these adapters")
+    with torch.no_grad():
+        for name, value in trained.items():
+            state[name].copy_(value)
+    out = {}
+    for entry in merged_entries(base):
+        out.update(checkpoint_items(family, entry.name, entry.merge([state[s] for s in entry.sources])))
+    return out
 
 
 def adapters_disabled(module: torch.nn.Module) -> Callable:

@@ -19,7 +19,7 @@ from audio_thinker.app.cli.main import main
 from audio_thinker.app.train.plan import make_plan
 from audio_thinker.core.config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import audio_embeddings, qwen3_omni_audio_tokens, render_chat
+from audio_thinker.core.families import audio_embeddings, checkpoint_items, qwen3_omni_audio_tokens, render_chat
 from audio_thinker.core.fused_experts import fuse_experts
 from audio_thinker.core.model_shapes import KNOWN_COUNTS, count_params, folder_shape, known_config, moe_language_params
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
@@ -281,3 +281,26 @@ def test_lora_preset_fits_one_node_and_tp8_is_refused(capsys):
     assert "tensor_parallel_size=8 does not divide the 20 attention heads of the Qwen3-Omni audio encoder" in (
         capsys.readouterr().err
     )
+
+
+def test_a_lora_checkpoints_trained_tensors_merge_offline_as_in_the_trainer(path):
+    """What an export from a checkpoint alone needs: the base model and the trained tensors give the trainer's
+    merged checkpoint, experts included."""
+    from trainer.lora import merged_checkpoint
+
+    lora = LoraConfig(rank=4, alpha=8)
+    policy = load_policy(path, FAMILY, "float32")
+    freeze(policy, True)
+    apply_lora(policy, FAMILY, lora, train_audio_encoder=False)
+    gen = torch.Generator().manual_seed(2)
+    for name, p in policy.named_parameters():
+        if ".lora_" in name:
+            p.data = torch.randn(p.shape, generator=gen) * 0.1
+    state = policy.state_dict()
+    live = {}
+    for e in merged_entries(policy):
+        live.update(checkpoint_items(FAMILY, e.name, e.merge([state[s] for s in e.sources])))
+    trained = {k: v.clone() for k, v in policy.named_parameters() if v.requires_grad}
+    offline = merged_checkpoint(load_policy(path, FAMILY, "float32"), FAMILY, lora, trained)
+    assert offline.keys() == live.keys() == set(load_file(str(path / "model.safetensors")))
+    assert all(torch.equal(offline[k], live[k]) for k in live)
