@@ -1,9 +1,9 @@
 """The one interface both rollout engines (vLLM, transformers) implement, and what goes in and out of it.
 
-A request is a rendered chat prompt (one `<|AUDIO|>` placeholder) plus its 16 kHz mono clip; the engine
-returns `n` samples per request, each with the exact prompt token ids the model saw (audio placeholder
-expanded), so the trainer can rebuild what was generated. Engine log-probs are those of the raw model
-distribution (before temperature and top-p), i.e. the policy's own log-probs.
+A request is a rendered chat prompt (one audio placeholder: `<|AUDIO|>`, or Qwen3-Omni's `<|audio_pad|>`) plus
+its 16 kHz mono clip; the engine returns `n` samples per request, each with the exact prompt token ids the model
+saw (audio placeholder expanded), so the trainer can rebuild what was generated. Engine log-probs are those of the
+raw model distribution (before temperature and top-p), i.e. the policy's own log-probs.
 
 Weights arrive as (checkpoint key, tensor) pairs in the layout of the model folder's `model.safetensors`
 (see `audio_thinker.core.models.checkpoint_key`) with an integer version (the optimizer step). The base class
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from audio_thinker.core.audio import SAMPLE_RATE
-from audio_thinker.core.chat import AUDIO_TOKEN
+from audio_thinker.core.chat import prompt_audio_token
 from audio_thinker.core.weights import NamedTensors, named_items, state_checksum
 
 FinishReason = Literal["stop", "length"]
@@ -35,6 +35,9 @@ FinishReason = Literal["stop", "length"]
 MULTIMODAL_TOKENS = (
     "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
     "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>",
+    # Qwen3-Omni's names for the same placeholders
+    "<|audio_pad|>", "<|audio_start|>", "<|audio_end|>",
+    "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
 )
 
 
@@ -47,9 +50,10 @@ class GenerationRequest:
     seed: int | None = None  # same seed, same samples (vLLM: per request; transformers: per batch)
 
     def __post_init__(self) -> None:
-        if self.prompt.count(AUDIO_TOKEN) != 1:
-            found = self.prompt.count(AUDIO_TOKEN)
-            raise ValueError(f"request prompt must hold exactly one {AUDIO_TOKEN} placeholder, found {found}")
+        try:
+            prompt_audio_token(self.prompt)
+        except ValueError as exc:
+            raise ValueError(f"request {exc}") from None
         audio = np.asarray(self.audio)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
-from audio_thinker.core.encoding import PromptEncoder
-from audio_thinker.core.families import audio_embeddings, checkpoint_key, merge_audio_embeddings
-from audio_thinker.core.models import DTYPES, load_feature_extractor, load_policy, load_tokenizer
+from audio_thinker.core.encoding import PromptEncoder, stack_features
+from audio_thinker.core.families import audio_embeddings, merge_audio_embeddings
+from audio_thinker.core.models import DTYPES, checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from rollout.engine import (
     GenerationEngine,
     GenerationRequest,
@@ -89,8 +89,9 @@ class TransformersEngine(GenerationEngine):
         self.banned_ids = banned_token_ids(tokenizer)
         self.dtype = DTYPES[dtype]
         self.model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
-        # state_dict() tensors share storage with the parameters: copying into them updates the model.
-        self._state = {checkpoint_key(family, k): v for k, v in self.model.state_dict().items()}
+        # state_dict() tensors (and the per-expert views of fused experts) share storage with the parameters:
+        # copying into them updates the model.
+        self._state = checkpoint_state(self.model, family)
 
     @property
     def expected_weights(self) -> Mapping[str, tuple[int, ...]]:
@@ -104,8 +105,8 @@ class TransformersEngine(GenerationEngine):
         pads = [width - len(e.input_ids) for e in encoded]
         input_ids = torch.tensor([[self.pad_id] * p + e.input_ids for p, e in zip(pads, encoded)])
         attention_mask = torch.tensor([[0] * p + [1] * len(e.input_ids) for p, e in zip(pads, encoded)])
-        features = torch.from_numpy(np.stack([e.input_features for e in encoded])).to(self.dtype)
-        feature_mask = torch.from_numpy(np.stack([e.feature_attention_mask for e in encoded]))
+        stacked, stacked_mask = stack_features(encoded)
+        features, feature_mask = torch.from_numpy(stacked).to(self.dtype), torch.from_numpy(stacked_mask)
         decoding = (dict(do_sample=False) if sampling.greedy
                     else dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0))
         config = GenerationConfig(

@@ -7,6 +7,9 @@ own `load_weights` (which repacks them for the CPU kernels), then the encoder ca
 the clip's hash, computed with the old weights) and the prefix cache are reset. Without the encoder-cache
 reset a repeated clip either reuses stale audio embeddings or kills the engine with "Encoder cache miss".
 
+The Omni thinkers (thinker-only folders; audio-only prompts where torchvision is missing) need the help of
+`rollout/vllm_omni.py`, which this adapter asks for.
+
 Each request carries its own seed, so a request gives the same samples whatever batch it is in. Log-probs are
 vLLM's default `raw_logprobs`: the model's distribution before temperature and top-p. Text is decoded here
 from the token ids (vLLM's incremental detokenizer holds back a trailing partial UTF-8 character), so both
@@ -15,9 +18,11 @@ engines define `Sample.text` the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +31,7 @@ from safetensors import safe_open
 from transformers import AutoConfig
 
 from audio_thinker.core.audio import SAMPLE_RATE
+from audio_thinker.core.chat import check_family, check_tensor_parallel
 from audio_thinker.core.models import load_tokenizer
 from rollout.engine import (
     GenerationEngine,
@@ -35,6 +41,7 @@ from rollout.engine import (
     banned_token_ids,
     stop_token_ids,
 )
+from rollout.vllm_omni import OMNI, first_expert_gates, register_thinker, repack_cpu_experts, thinker_as_full_config
 
 MIN_VLLM_VERSION = (0, 11)
 TESTED_VLLM_VERSION = "0.32.0"
@@ -42,8 +49,8 @@ TESTED_VLLM_VERSION = "0.32.0"
 REQUIRED_API = (
     ("LLM", "collective_rpc"), ("LLM", "reset_prefix_cache"), ("LLMEngine", "reset_encoder_cache"),
 )
-# Parts of a full Qwen2.5-Omni checkpoint that are not the thinker (the policy we train and sample from).
-OMNI_NON_THINKER = ("talker.", "token2wav.")
+# Parts of a full Omni checkpoint that are not the thinker (the policy we train and sample from).
+OMNI_NON_THINKER = ("talker.", "token2wav.", "code2wav.")
 CPU_KV_SEQUENCES = 64  # full-length sequences the CPU KV cache holds: more than a tiny step's 32 samples at once
 MIN_CPU_KV_BYTES = 64 * 2**20
 
@@ -78,8 +85,8 @@ def import_vllm():
 def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, ...]]:
     """Checkpoint key -> shape of the policy tensors in a model folder, read from the safetensors headers.
 
-    For Qwen2.5-Omni the keys are the thinker's own (a full checkpoint's `thinker.` prefix removed, talker and
-    token2wav left out): that is the layout the trainer sends (audio_thinker.core.models.checkpoint_key).
+    For the Omni families the keys are the thinker's own (a full checkpoint's `thinker.` prefix removed, talker,
+    token2wav and code2wav left out): that is the layout the trainer sends (audio_thinker.core.models.checkpoint_state).
     """
     files = sorted(Path(model_path).glob("*.safetensors"))
     if not files:
@@ -89,9 +96,9 @@ def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, 
         with safe_open(str(file), "pt") as f:
             names = f.keys()  # a safe_open handle is not iterable itself
             for key in names:
-                if family == "qwen2_5_omni" and key.startswith(OMNI_NON_THINKER):
+                if family in OMNI and key.startswith(OMNI_NON_THINKER):
                     continue
-                name = key.removeprefix("thinker.") if family == "qwen2_5_omni" else key
+                name = key.removeprefix("thinker.") if family in OMNI else key
                 shapes[name] = tuple(f.get_slice(key).get_shape())
     return shapes
 
@@ -107,8 +114,16 @@ def cpu_kv_cache_bytes(model_path: str | Path, dtype: str, max_model_len: int) -
 
 
 def vllm_weight_name(family: str, key: str) -> str:
-    """Checkpoint key -> the name vLLM's load_weights expects (its Omni thinker maps a `thinker.` prefix)."""
+    """Checkpoint key -> the name vLLM's load_weights expects (its Qwen2.5-Omni thinker maps only `thinker.*`;
+    its Qwen3-Omni thinker maps the thinker's own keys too)."""
     return "thinker." + key if family == "qwen2_5_omni" else key
+
+
+def folder_audio_heads(model_path: str | Path) -> int | None:
+    """The audio encoder's attention heads in a folder's config.json (a full Omni folder's thinker), if any."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    audio = config.get("thinker_config", config).get("audio_config") or {}
+    return audio.get("encoder_attention_heads")
 
 
 class VLLMEngine(GenerationEngine):
@@ -123,8 +138,8 @@ class VLLMEngine(GenerationEngine):
         seed: int = 0,
         cpu_threads: int | None = None,
     ) -> None:
-        if family not in ("qwen2_audio", "qwen2_5_omni"):
-            raise ValueError(f"unknown model family {family!r} (qwen2_audio or qwen2_5_omni)")
+        check_family(family)
+        check_tensor_parallel(family, folder_audio_heads(model_path), tensor_parallel_size)
         # In-process engine core: weights go in as tensors; must be set before vLLM reads its environment.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm()
@@ -146,10 +161,14 @@ class VLLMEngine(GenerationEngine):
         kv_bytes = None
         if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kv_bytes = cpu_kv_cache_bytes(model_path, dtype, max_model_len)
+        omni = {}
+        if family in OMNI:  # thinker-only folders; audio-only prompts (no image or video profiling)
+            register_thinker(family)
+            omni = dict(hf_overrides=thinker_as_full_config, limit_mm_per_prompt={"audio": 1, "image": 0, "video": 0})
         self.llm = vllm.LLM(
             model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-            limit_mm_per_prompt={"audio": 1},
+            **({"limit_mm_per_prompt": {"audio": 1}} | omni),
             enforce_eager=current_platform.is_cpu(),  # no torch.compile / CUDA graphs on CPU
             # A prompt split over steps rewinds its seeded generator, which CPU generators cannot do.
             enable_chunked_prefill=not current_platform.is_cpu(),
@@ -199,6 +218,9 @@ class VLLMEngine(GenerationEngine):
         self.llm.collective_rpc(
             "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
         )
+        if self.family == "qwen3_omni" and self.device.type == "cpu":  # vLLM's CPU experts miss their repack
+            gates = first_expert_gates(named)
+            self.llm.collective_rpc("apply_model", args=(partial(repack_cpu_experts, first_gates=gates),))
         self.llm.llm_engine.reset_encoder_cache()
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache after the reload (requests running?)")

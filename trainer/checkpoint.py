@@ -30,10 +30,12 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from audio_thinker.core.config import LoraConfig
-from audio_thinker.core.families import checkpoint_key, model_class
+from audio_thinker.core.chat import FULL_OMNI_TYPES
+from audio_thinker.core.families import checkpoint_items, model_class
 from audio_thinker.core.log import get_logger
-from audio_thinker.core.models import DTYPES, checkpoint_state, load_policy
+from audio_thinker.core.models import DTYPES, load_policy
 from trainer.engine import DS_TAG, PolicyEngine
+from trainer.lora import merged_checkpoint
 
 log = get_logger(__name__)
 
@@ -232,7 +234,7 @@ def _policy_config(model_path: Path, family: str, dtype: str):
     """The transformers config the trainer's policy has (a full Omni checkpoint: its thinker's), in `dtype`."""
     model_type = json.loads((model_path / "config.json").read_text()).get("model_type")
     config = model_class(family, model_type).config_class.from_pretrained(model_path)
-    config = config.thinker_config if model_type == "qwen2_5_omni" else config
+    config = config.thinker_config if model_type in FULL_OMNI_TYPES else config
     for part in [config, *(getattr(config, name) for name in config.sub_configs)]:
         part.dtype = DTYPES[dtype]
     return config
@@ -256,19 +258,9 @@ def export_offline(
         k.removeprefix(MODULE_PREFIX): v.to(target) if v.is_floating_point() else v for k, v in consolidated.items()
     }
     if lora is None:
-        tensors = {checkpoint_key(family, k): v for k, v in trained.items()}
-    else:
-        tensors = checkpoint_state(load_policy(model_path, family, dtype), family)
-        scaling = lora.alpha / lora.rank
-        for name, value in trained.items():
-            layer, adapter, _ = name.partition(".lora_A.")
-            if adapter:
-                b = trained[name.replace(".lora_A.", ".lora_B.")]
-                key = checkpoint_key(family, f"{layer}.weight")
-                weight = tensors[key]
-                tensors[key] = (weight.float() + scaling * (b.float() @ value.float())).to(weight.dtype)
-            elif ".lora_B." not in name:
-                tensors[checkpoint_key(family, name)] = value
+        tensors = {key: t for k, v in trained.items() for key, t in checkpoint_items(family, k, v)}
+    else:  # the adapters merged into the base as the trainer merges them (Qwen3-Omni's experts included)
+        tensors = merged_checkpoint(load_policy(model_path, family, dtype), family, lora, trained)
     _write_folder(out, model_path, _policy_config(model_path, family, dtype), _unshared(tensors))
     log.info("exported %s (%d tensors) to %s, offline", folder, len(tensors), out)
     return out

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from audio_thinker.core.config import BenchToggles, TrainerConfig
-from audio_thinker.core.families import checkpoint_key
+from audio_thinker.core.families import checkpoint_items
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
 from trainer.build_lock import SHM_COMM_OP, build_guard, extensions_dir
@@ -156,7 +156,7 @@ class PolicyEngine:
         if cfg.lora is not None:
             self.peft = apply_lora(policy, family, cfg.lora, train_audio_encoder=not cfg.freeze_audio_encoder)
             self.frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
-        module = CompletionLogprobs(policy)
+        module = CompletionLogprobs(policy, router_aux=cfg.router_aux_loss_coef > 0)
         optimizer = torch.optim.AdamW(
             [p for p in module.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -204,7 +204,7 @@ class PolicyEngine:
         on-policy (old = the current log-probs, detached: ratio 1), which is exact for one update per batch.
         `engine_logprobs` are the behaviour policy of `trainer.is_correction` (required unless `none`) and of the
         mismatch metrics (whenever given), against the old log-probs as the proximal policy.
-        Returns this rank's partial sums; `merge_rank_metrics` combines the ranks'.
+        Returns this rank's partial sums; `trainer.merge_metrics.merge_rank_metrics` combines the ranks'.
         """
         cfg = self.cfg
         if batch.advantages is None:
@@ -224,7 +224,7 @@ class PolicyEngine:
         self.engine.train()
         lr = self.lr
         denominator = self._loss_denominator(batch, len(chunks), num_sequences)
-        loss_sum, parts, mismatch = 0.0, [], []
+        loss_sum, parts, mismatch, router = 0.0, [], [], []
         for k in range(num_micro_batches):
             real = k < len(chunks)
             idx = chunks[k] if real else chunks[0]
@@ -252,10 +252,13 @@ class PolicyEngine:
                 is_correction=cfg.is_correction,
                 is_cap=cfg.is_cap,
             )
-            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            aux = self._router_aux(len(chunks)) if real else 0.0
+            self.engine.backward((loss + aux) * self.world_size, scale_wrt_gas=False)
             if real:
                 loss_sum += float(loss.detach())
                 parts.append(stats)
+                if cfg.router_aux_loss_coef > 0:
+                    router.append(float(self.engine.module.router_aux_loss))
                 if behav is not None:
                     mismatch.append(mismatch_sums(old, behav, mask, cfg.is_correction, cfg.is_cap))
         self.engine.step()
@@ -264,6 +267,7 @@ class PolicyEngine:
             "loss": loss_sum,
             "stats": merge_stats(parts),
             "mismatch": merge_mismatch(mismatch) if mismatch else None,
+            "router_aux": (sum(router), len(router)) if router else None,
             "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "step": self.step,
@@ -299,6 +303,14 @@ class PolicyEngine:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "step": self.step,
         }
+
+    def _router_aux(self, num_chunks: int) -> torch.Tensor | float:
+        """`trainer.router_aux_loss_coef` x this micro-batch's load-balancing loss / (real micro-batches x ranks): the
+        gradient DeepSpeed averages over ranks is then the coefficient times the mean of the ranks' means."""
+        coef = self.cfg.router_aux_loss_coef
+        if coef == 0:
+            return 0.0
+        return coef * self.engine.module.router_aux_loss / (num_chunks * self.world_size)
 
     def _loss_denominator(self, batch: PolicyBatch, num_chunks: int, num_sequences: int) -> float:
         """The step's normaliser of `grpo_loss`; bnpo and dapo count micro-batches / tokens over every rank, as TRL
@@ -336,7 +348,8 @@ class PolicyEngine:
 
     def checkpoint_tensors(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
         """Full weights under checkpoint keys, on the engine's device; with LoRA the adapted layers merged
-        (W + alpha / r B A) under their original names, so every consumer sees a plain checkpoint.
+        (W + alpha / r B A) under their original names, so every consumer sees a plain checkpoint (Qwen3-Omni's fused
+        experts as one tensor per expert, `core.families.checkpoint_items`).
 
         Every rank must run the iteration to the end: under ZeRO-3 each group of up to `bucket_bytes` is gathered
         collectively (and copied out before it is partitioned again). Under ZeRO-2 the tensors that need no merge
@@ -352,7 +365,8 @@ class PolicyEngine:
         size = 0
         for entry in entries + [None]:
             if entry is not None and not any(hasattr(tensors[s], "ds_id") for s in entry.sources):
-                yield checkpoint_key(self.family, entry.name), entry.merge([tensors[s].detach() for s in entry.sources])
+                merged = entry.merge([tensors[s].detach() for s in entry.sources])
+                yield from checkpoint_items(self.family, entry.name, merged)
                 continue
             if entry is not None:
                 group.append(entry)
@@ -361,7 +375,8 @@ class PolicyEngine:
                 params = [tensors[s] for e in group for s in e.sources]
                 with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                     copies = [e.merge([tensors[s].data for s in e.sources]).detach().clone() for e in group]
-                yield from ((checkpoint_key(self.family, e.name), t) for e, t in zip(group, copies))
+                for e, t in zip(group, copies):
+                    yield from checkpoint_items(self.family, e.name, t)
                 group, size = [], 0
 
     def save_state(self, folder: str | Path, client_state: dict) -> None:

@@ -1,10 +1,10 @@
-"""Log-probs of completion tokens under a Qwen2-Audio / Qwen2.5-Omni policy, with the prompt's audio features.
+"""Log-probs of completion tokens under a policy (any family), with the prompt's audio features.
 
 A `PolicyBatch` is what the rollout hands to the trainer: the prompts of a step (expanded token ids and Whisper
 features, shared by the G samples of a question) and, per sequence, the completion token ids and optional
 per-token arrays (advantage, old / reference / engine log-probs).
 
-Sequences are right-padded: every real token keeps the positions (and, for Qwen2.5-Omni, the rope index) it
+Sequences are right-padded: every real token keeps the positions (and, for the Omni thinkers, the rope index) it
 had unpadded, and padding only ever follows real tokens, which causal attention never looks at. The LM head runs
 only at the positions that predict completion tokens, so memory does not grow with the ~750 audio tokens of a
 30 s clip times the vocabulary.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from audio_thinker.core.encoding import EncodedPrompt
+from audio_thinker.core.encoding import EncodedPrompt, stack_features
 from audio_thinker.core.families import audio_embeddings, forward_with_audio_embeddings, merge_audio_embeddings
 
 # Any id works as right padding (padded positions are masked and come after all real tokens), except the
@@ -120,12 +120,12 @@ def collate(
     rows_prompt = [batch.prompt_index[i] for i in indices]
     used = list(dict.fromkeys(rows_prompt)) if share_clips else rows_prompt
     clip_index = [used.index(p) for p in rows_prompt] if share_clips else list(range(b))
-    prompts = [batch.prompts[p] for p in used]
+    features, feature_masks = stack_features([batch.prompts[p] for p in used])
     return {
         "input_ids": input_ids.to(device),
         "attention_mask": attention_mask.to(device),
-        "input_features": torch.from_numpy(np.stack([p.input_features for p in prompts])).to(device),
-        "feature_attention_mask": torch.from_numpy(np.stack([p.feature_attention_mask for p in prompts])).to(device),
+        "input_features": torch.from_numpy(features).to(device),
+        "feature_attention_mask": torch.from_numpy(feature_masks).to(device),
         "clip_index": torch.tensor(clip_index, dtype=torch.long).to(device),
         "positions": positions.to(device),
         "targets": targets.to(device),
@@ -159,11 +159,16 @@ class CompletionLogprobs(torch.nn.Module):
     the loss is built from); the reference model uses it as is. The audio encoder runs once per clip of
     `input_features` ([C, mel, frames]); row r reads clip `clip_index[r]`, so G samples of one question share
     one encoding and its gradient is the sum of theirs, as when each sample encoded its own copy.
+
+    `router_aux=True` (a mixture-of-experts policy) also keeps the router's load-balancing loss of the last forward
+    in `router_aux_loss` (transformers' Switch-Transformer loss over the real tokens; `trainer.router_aux_loss_coef`).
     """
 
-    def __init__(self, policy: torch.nn.Module):
+    def __init__(self, policy: torch.nn.Module, router_aux: bool = False):
         super().__init__()
         self.policy = policy
+        self.router_aux = router_aux
+        self.router_aux_loss: torch.Tensor | None = None
 
     def forward(
         self,
@@ -178,11 +183,13 @@ class CompletionLogprobs(torch.nn.Module):
     ) -> torch.Tensor:
         clips = audio_embeddings(self.policy, input_features, feature_attention_mask)
         embeds = merge_audio_embeddings(self.policy, input_ids, clips, clip_index)
+        extra = {"output_router_logits": True} if self.router_aux else {}
         with _lm_head_at(self.policy.lm_head, positions):
-            logits = forward_with_audio_embeddings(
-                self.policy, input_ids, attention_mask, embeds, feature_attention_mask[clip_index]
-            ).logits
-        logits = logits.float() / temperature
+            out = forward_with_audio_embeddings(
+                self.policy, input_ids, attention_mask, embeds, feature_attention_mask[clip_index], **extra
+            )
+        self.router_aux_loss = out.aux_loss if self.router_aux else None
+        logits = out.logits.float() / temperature
         picked = logits.gather(-1, targets[..., None]).squeeze(-1)
         return picked - torch.logsumexp(logits, dim=-1)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audio_thinker.core.config import LoraConfig
 from audio_thinker.core.model_shapes import DecoderShape
 
 BF16 = 2
@@ -90,3 +91,22 @@ def training_activations(
     kept = sum(s.layers * n * BF16 * s.hidden for s, n in stacks)
     recompute = max(n * layer_activation_bytes(s) for s, n in stacks)
     return Activations(checkpointed=b * (kept + recompute) + logits, full=b * full + logits, logits=logits)
+
+
+def lora_parameters(shape: DecoderShape, lora: LoraConfig) -> int:
+    """Adapter parameters `trainer.lora` adds to a decoder, by hand: rank x (in + out) per targeted linear layer of
+    every layer; a mixture of experts adapts each expert's fused gate/up weight (gate_proj or up_proj named) and its
+    down weight, rank x (in + out) per expert (trainer/lora.py; tested against peft's count)."""
+    h, q, kv, r = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim, lora.rank
+    sizes = {"q_proj": h + q, "k_proj": h + kv, "v_proj": h + kv, "o_proj": q + h}
+    names = set(lora.target_modules)
+    if shape.experts:
+        i = shape.expert_intermediate
+        per_layer = shape.experts * ((h + 2 * i) * bool(names & {"gate_proj", "up_proj", "gate_up_proj"})
+                                     + (i + h) * ("down_proj" in names))  # fmt: skip
+    else:
+        sizes |= {"gate_proj": h + shape.intermediate, "up_proj": h + shape.intermediate,
+                  "down_proj": shape.intermediate + h}  # fmt: skip
+        per_layer = 0
+    per_layer += sum(sizes[n] for n in names if n in sizes)
+    return shape.layers * r * per_layer

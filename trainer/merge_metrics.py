@@ -30,6 +30,9 @@ def merge_rank_metrics(parts: list[dict]) -> dict:
     mismatch = [p["mismatch"] for p in parts if p["mismatch"] is not None]
     if mismatch:
         out["mismatch"] = merge_mismatch(mismatch)
+    router = [p["router_aux"] for p in parts if p.get("router_aux") is not None]
+    if router:  # the load-balancing loss, mean over the update's micro-batches (trainer.router_aux_loss_coef > 0)
+        out["actor/router_aux_loss"] = sum(s for s, _ in router) / sum(n for _, n in router)
     return out
 
 

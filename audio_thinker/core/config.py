@@ -37,7 +37,11 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    family: ModelFamily = Field("qwen2_audio", description="Policy architecture: Qwen2-Audio or Qwen2.5-Omni thinker.")
+    family: ModelFamily = Field(
+        "qwen2_audio",
+        description="Policy architecture: Qwen2-Audio, the Qwen2.5-Omni thinker or the Qwen3-Omni (mixture-of-experts) "
+        "thinker.",
+    )
     policy_path: str = Field(
         "artifacts/tiny/qwen2_audio",
         description="Hugging Face folder of the policy (a hub checkpoint on a cluster, the tiny model here).",
@@ -346,6 +350,15 @@ class TrainerConfig(Section):
         "plus numerical noise, and a cap of 1 would truncate (decoupled: drop) about half of those tokens; finite, "
         "as untruncated weights have unbounded variance.",
     )
+    router_aux_loss_coef: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Weight of the router's load-balancing loss (transformers' Switch-Transformer loss over the "
+        "step's real tokens) added to the GRPO loss; mixture-of-experts policies only (model.family=qwen3_omni). "
+        "0 (off): the released router is balanced and a few hundred RL updates at lr 1e-6 barely move it, while "
+        "the loss pulls the policy off the RL objective and changes routing between syncs (docs/trainer.md).",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
     lora: LoraConfig | None = Field(
@@ -536,6 +549,11 @@ class Config(Section):
             )
         r = self.rollout
         t = self.trainer
+        if t.router_aux_loss_coef > 0 and self.model.family != "qwen3_omni":
+            raise ValueError(
+                f"trainer.router_aux_loss_coef={t.router_aux_loss_coef}: model.family={self.model.family} has no "
+                "experts to balance (only qwen3_omni has)"
+            )
         if t.max_completion_length is not None and t.max_completion_length < r.max_new_tokens:
             raise ValueError(
                 f"trainer.max_completion_length={t.max_completion_length} < rollout.max_new_tokens="

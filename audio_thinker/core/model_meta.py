@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers.initialization import no_init_weights
 
-from audio_thinker.core.chat import MODEL_TYPES
+from audio_thinker.core.chat import FULL_OMNI_TYPES, MODEL_TYPES
 from audio_thinker.core.families import model_class
 from audio_thinker.core.model_shapes import KNOWN_SHAPES, ModelShape, shape_of
 
@@ -38,7 +38,7 @@ def folder_shape(path: str | Path) -> ModelShape:
     model_type = raw.get("model_type")
     config = transformers.AutoConfig.from_pretrained(path)
     if model_type in MODEL_TYPES:
-        if model_type == "qwen2_5_omni":
+        if model_type in FULL_OMNI_TYPES:
             config = config.thinker_config  # we train the thinker
         cls = model_class(MODEL_TYPES[model_type])
     else:

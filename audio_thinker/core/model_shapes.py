@@ -52,6 +52,30 @@ KNOWN_SHAPES: dict[str, tuple[str, dict, str]] = {
         ),
         "https://huggingface.co/Qwen/Qwen2.5-Omni-7B/blob/main/config.json (thinker_config)",
     ),
+    # ---- Qwen3-Omni: the mixture-of-experts thinker (docs/placement.md counts it by hand) ----
+    "Qwen3-Omni-30B-A3B thinker": (
+        "Qwen3OmniMoeThinkerConfig",
+        dict(
+            audio_config=dict(
+                d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
+                max_source_positions=1500, output_dim=2048, n_window=50, n_window_infer=800,
+                downsample_hidden_size=480, conv_chunksize=500,
+            ),
+            vision_config=dict(
+                depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3, patch_size=16,
+                spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048, num_position_embeddings=2304,
+                deepstack_visual_indexes=[8, 16, 24],
+            ),
+            text_config=dict(
+                vocab_size=152064, hidden_size=2048, moe_intermediate_size=768, num_hidden_layers=48,
+                num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+                decoder_sparse_step=1, mlp_only_layers=[], max_position_embeddings=65536, tie_word_embeddings=False,
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [24, 20, 20],
+                                 "interleaved": True},
+            ),
+        ),
+        "https://huggingface.co/Qwen/Qwen3-Omni-30B-A3B-Instruct/blob/main/config.json (thinker_config)",
+    ),
     "Qwen3-8B": (
         "Qwen3Config",
         dict(
@@ -62,13 +86,18 @@ KNOWN_SHAPES: dict[str, tuple[str, dict, str]] = {
         "https://huggingface.co/Qwen/Qwen3-8B-Base/blob/main/config.json",
     ),
 }  # fmt: skip
-FAMILY_SHAPES = {"qwen2_audio": "Qwen2-Audio-7B-Instruct", "qwen2_5_omni": "Qwen2.5-Omni-7B thinker"}
+FAMILY_SHAPES = {
+    "qwen2_audio": "Qwen2-Audio-7B-Instruct",
+    "qwen2_5_omni": "Qwen2.5-Omni-7B thinker",
+    "qwen3_omni": "Qwen3-Omni-30B-A3B thinker",
+}
 JUDGE_SHAPE = "Qwen3-8B"
 # Counted on the meta device from KNOWN_SHAPES: (all parameters, audio encoder, the largest single layer).
 KNOWN_COUNTS = {
     "Qwen2-Audio-7B-Instruct": (8_397_094_912, 636_968_960, 639_107_072),
     "Qwen2.5-Omni-7B thinker": (8_931_813_888, 639_647_232, 544_997_376),
     "Qwen3-8B": (8_190_735_360, 0, 622_329_856),
+    "Qwen3-Omni-30B-A3B thinker": (31_719_205_488, 647_927_168, 603_979_776),  # largest: one layer's 128 experts
 }
 
 
@@ -78,11 +107,14 @@ class DecoderShape:
 
     layers: int
     hidden: int
-    intermediate: int
+    intermediate: int  # the MLP width one token goes through (a mixture of experts: experts_per_token x expert's)
     heads: int
     kv_heads: int
     head_dim: int
     gated_mlp: bool  # SwiGLU (gate, up, down) rather than fc1 / fc2
+    experts: int = 0  # experts per layer (0: a dense MLP)
+    experts_per_token: int = 0
+    expert_intermediate: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +128,7 @@ class ModelShape:
     decoder: DecoderShape
     audio_encoder: DecoderShape | None
     max_position_embeddings: int
+    language_params: tuple[int, int] = (0, 0)  # a mixture of experts: the language model's (all, run per token)
 
 
 def _attrs(value: Any) -> Any:
@@ -109,9 +142,12 @@ def shape_of(name: str, source: str, config: Any, counts: tuple[int, int, int]) 
     config = _attrs(config)
     text = _attrs(getattr(config, "text_config", None) or config)
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    experts, per_token = getattr(text, "num_experts", 0) or 0, getattr(text, "num_experts_per_tok", 0) or 0
+    mlp = per_token * text.moe_intermediate_size if experts else text.intermediate_size
     decoder = DecoderShape(
-        text.num_hidden_layers, text.hidden_size, text.intermediate_size, text.num_attention_heads,
-        text.num_key_value_heads, head_dim, gated_mlp=True,
+        text.num_hidden_layers, text.hidden_size, mlp, text.num_attention_heads, text.num_key_value_heads, head_dim,
+        gated_mlp=True, experts=experts, experts_per_token=per_token,
+        expert_intermediate=getattr(text, "moe_intermediate_size", 0) if experts else 0,
     )  # fmt: skip
     audio = getattr(config, "audio_config", None)
     encoder = None
@@ -124,7 +160,21 @@ def shape_of(name: str, source: str, config: Any, counts: tuple[int, int, int]) 
     return ModelShape(
         name, source, *counts, vocab=text.vocab_size, decoder=decoder, audio_encoder=encoder,
         max_position_embeddings=text.max_position_embeddings,
+        language_params=moe_language_params(text) if experts else (0, 0),
     )  # fmt: skip
+
+
+def moe_language_params(text: Any) -> tuple[int, int]:
+    """(all, per token) parameters of a Qwen3-MoE language model with every layer sparse, by hand: per layer q, k,
+    v, o, the q/k norms, two RMSNorms, the router (E x h) and E experts of 3 x h x i, of which a token runs k;
+    plus the embedding, the final norm and the LM head (untied). docs/placement.md writes it out."""
+    h, i, layers = text.hidden_size, text.moe_intermediate_size, text.num_hidden_layers
+    q, kv = text.num_attention_heads * text.head_dim, text.num_key_value_heads * text.head_dim
+    shared = 2 * h * q + 2 * h * kv + 2 * text.head_dim + 2 * h + text.num_experts * h
+    head = text.vocab_size * h * (1 if text.tie_word_embeddings else 2) + h
+    expert = 3 * h * i
+    every, active = shared + text.num_experts * expert, shared + text.num_experts_per_tok * expert
+    return layers * every + head, layers * active + head
 
 
 def known_shape(name: str) -> ModelShape:

@@ -1,4 +1,5 @@
-"""Loading policies (Qwen2-Audio, Qwen2.5-Omni thinker) and their tokenizer / feature extractor from a folder.
+"""Loading policies (Qwen2-Audio, the Qwen2.5-Omni and Qwen3-Omni thinkers) and their tokenizer / feature extractor
+from a folder.
 
 One code path for the tiny local models and the real hub checkpoints on a cluster.
 """
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, WhisperFeatureExtractor
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, WhisperFeatureExtractor
 
-from audio_thinker.core.families import checkpoint_key, model_class
+from audio_thinker.core.families import checkpoint_items, model_class
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,10 +26,17 @@ def _check_folder(path: str | Path) -> Path:
 
 
 def load_policy(path: str | Path, family: str, dtype: str, device: str | torch.device = "cpu"):
-    """The policy model in eval mode. A full Qwen2.5-Omni checkpoint yields its thinker (no talker)."""
+    """The policy model in eval mode. A full Omni checkpoint yields its thinker: Qwen2.5-Omni's is loaded whole
+    and the thinker kept; a full Qwen3-Omni folder gives the thinker class its `thinker_config`, and the class
+    reads only the `thinker.*` weights (the talker and code2wav are never built)."""
     path = _check_folder(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    model = model_class(family, model_type).from_pretrained(path, dtype=DTYPES[dtype])
+    cls = model_class(family, model_type)
+    if model_type == "qwen3_omni_moe":
+        thinker_config = AutoConfig.from_pretrained(path).thinker_config
+        model = cls.from_pretrained(path, config=thinker_config, dtype=DTYPES[dtype])
+    else:
+        model = cls.from_pretrained(path, dtype=DTYPES[dtype])
     if model_type == "qwen2_5_omni":  # the released checkpoint: thinker + talker + token2wav
         model = model.thinker
     return model.to(device).eval()
@@ -45,8 +53,9 @@ def load_feature_extractor(path: str | Path) -> WhisperFeatureExtractor:
 
 
 def checkpoint_state(model: torch.nn.Module, family: str) -> dict[str, torch.Tensor]:
-    """The model's weights under checkpoint keys: what the export writes and what the engines load."""
-    return {checkpoint_key(family, k): v for k, v in model.state_dict().items()}
+    """The model's weights under checkpoint keys: what the export writes and what the engines load (Qwen3-Omni's
+    fused experts as one tensor per expert, views of the parameters)."""
+    return dict(item for k, v in model.state_dict().items() for item in checkpoint_items(family, k, v))
 
 
 def save_checkpoint_weights(model: torch.nn.Module, family: str, folder: str | Path) -> None:

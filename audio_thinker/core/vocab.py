@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ModelFamily = Literal["qwen2_audio", "qwen2_5_omni"]
+ModelFamily = Literal["qwen2_audio", "qwen2_5_omni", "qwen3_omni"]
 PromptMode = Literal["adaptive", "think", "no_think"]
 ResponseMode = Literal["think", "no_think", "invalid"]
 RewardVariant = Literal["grpo", "grpo_cot", "atar", "atar_cr", "atar_cr_tr"]

@@ -276,7 +276,7 @@ def test_batch_seed_depends_on_every_seed():
 
 def test_requests_and_sampling_are_validated():
     audio = np.zeros(160, dtype=np.float32)
-    with pytest.raises(ValueError, match="exactly one <\\|AUDIO\\|>"):
+    with pytest.raises(ValueError, match="exactly one audio placeholder"):
         GenerationRequest("no placeholder", audio)
     with pytest.raises(ValueError, match="mono 1-D array"):
         GenerationRequest("<|AUDIO|>", np.zeros((160, 2), dtype=np.float32))

@@ -110,7 +110,7 @@ def test_qwen3_judge_loads_and_generates(tiny_models):
     assert out.shape[0] == 8
 
 
-def test_all_three_are_built(tiny_models):
+def test_every_tiny_model_is_built(tiny_models):
     assert set(tiny_models) == set(TINY_MODELS)
     for path in tiny_models.values():
         assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
@@ -179,8 +179,8 @@ def test_driver_builds_missing_tiny_policies_with_the_configured_warmup(tmp_path
     paths = [f"model.policy_path={tmp_path / 'qwen2_audio'}", f"model.judge_path={tmp_path / 'qwen3_judge'}"]
     prepare_models(load_config(overrides=[*paths, "model.tiny_warmup_steps=2"]))
     assert read_provenance(tmp_path / "qwen2_audio")["warmup_steps"] == 2
-    assert read_provenance(tmp_path / "qwen2_5_omni")["warmup_steps"] == 2
     assert read_provenance(tmp_path / "qwen3_judge")["warmup_steps"] == 0  # the judge is never warmed up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2_audio", "qwen3_judge"]  # only what the config names
     with caplog.at_level("WARNING"):
         prepare_models(load_config(overrides=[*paths, "model.tiny_warmup_steps=5"]))  # present: not rebuilt
     assert read_provenance(tmp_path / "qwen2_audio")["warmup_steps"] == 2

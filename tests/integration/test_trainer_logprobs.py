@@ -1,4 +1,4 @@
-"""Completion log-probs of both policy families: padded micro-batches equal one unpadded forward per sequence."""
+"""Completion log-probs of every policy family: padded micro-batches equal one unpadded forward per sequence."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from audio_thinker.core.models import load_feature_extractor, load_policy, load_
 from trainer.grpo import grpo_loss
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, _lm_head_at, collate, compute_logprobs, pad_ragged
 
-FAMILIES = ["qwen2_audio", "qwen2_5_omni"]
+FAMILIES = ["qwen2_audio", "qwen2_5_omni", "qwen3_omni"]
 
 
 def make_batch(path, family: str) -> PolicyBatch:
@@ -129,7 +129,7 @@ def test_each_clip_encoded_once_gives_the_per_sample_loss_and_gradients(case):
     assert shared["input_features"].shape[0] == 2 and shared["clip_index"].tolist() == [0, 1, 0, 1]
     mask = shared.pop("mask")
     module = CompletionLogprobs(model)
-    loss, grads = loss_and_grads(model, module(**shared), mask)
+    loss, grads = loss_and_grads(model, module(**shared, temperature=1.0), mask)
     expected_loss, expected = loss_and_grads(model, per_sample_logprobs(model, shared), mask)
     assert loss == pytest.approx(expected_loss, abs=1e-5)
     assert grads.keys() == expected.keys() and any("audio_tower" in n for n in grads)
@@ -138,7 +138,8 @@ def test_each_clip_encoded_once_gives_the_per_sample_loss_and_gradients(case):
     unshared = collate(batch, range(4), share_clips=False)
     assert unshared["input_features"].shape[0] == 4 and unshared["clip_index"].tolist() == [0, 1, 2, 3]
     unshared.pop("mask")
-    torch.testing.assert_close(module(**unshared), module(**shared), rtol=0, atol=1e-5)
+    unshared_logp, shared_logp = module(**unshared, temperature=1.0), module(**shared, temperature=1.0)
+    torch.testing.assert_close(unshared_logp, shared_logp, rtol=0, atol=1e-5)
 
 
 def test_on_policy_old_logprobs_equal_a_separate_old_pass(case):

@@ -152,6 +152,21 @@ def test_omni_rows_run_on_the_omni_family():
     ]
 
 
+def test_qwen3_omni_rows_are_ours_with_the_papers_methods_and_no_paper_numbers():
+    overrides = ["model.family=qwen3_omni", "model.policy_path=artifacts/tiny/qwen3_omni"]
+    names = ["base", "grpo", "grpo-cot", "atar", "atar-cr", "atar-cr-tr"]
+    plans = plan_ablation(AblateOptions(rows=[f"qwen3-omni-{n}" for n in names], out="/tmp/x"), overrides)[2]
+    got = [(p.row.name, p.row.paper, p.config.reward.variant, p.config.prompt.mode) for p in plans[1:]]
+    assert got == [
+        ("qwen3-omni-grpo", {}, "grpo", "no_think"), ("qwen3-omni-grpo-cot", {}, "grpo_cot", "think"),
+        ("qwen3-omni-atar", {}, "atar", "adaptive"), ("qwen3-omni-atar-cr", {}, "atar_cr", "adaptive"),
+        ("qwen3-omni-atar-cr-tr", {}, "atar_cr_tr", "adaptive"),
+    ]  # fmt: skip
+    assert plans[0].train_args is None and all(row_of_config(p.config, "grpo") == p.row for p in plans[1:])
+    with pytest.raises(OptionError, match=r"qwen3-omni-atar is a qwen3_omni row .* model.family=qwen2_audio"):
+        plan_ablation(AblateOptions(rows="qwen3-omni-atar"), [])
+
+
 def results(sound: float, music: float, speech: float, total: float, rates: dict[str, float | None]) -> dict:
     """A results.json as older runs wrote it: accuracies without counts or intervals."""
     acc = {"sound": sound, "music": music, "speech": speech}

@@ -99,13 +99,13 @@ def _data_parsers(sub, common) -> None:
     p.add_argument("--out", required=True, help="folder to write one Hugging Face folder per model into (required)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed; output is deterministic (default: 0)")
     p.add_argument(
-        "--only", nargs="*", choices=TINY_MODELS, default=None, help="build only these models (default: all three)"
+        "--only", nargs="*", choices=TINY_MODELS, default=None, help="build only these models (default: all four)"
     )
     p.add_argument(
         "--warmup-steps",
         type=int,
         default=0,
-        help="steps of supervised format warm-up for the two policies, so that they write well-formed "
+        help="steps of supervised format warm-up for the three policies, so that they write well-formed "
         "<think>/<answer> responses (default: 0, pure random init; the CPU demo uses 150)",
     )
     p.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
+from audio_thinker.app.data.options import TINY_MODELS
 from audio_thinker.app.data.tiny import ensure_tiny_models, read_provenance
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.core.config import Config
@@ -50,10 +51,12 @@ def prepare_models(config: Config) -> None:
     """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
     `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
     m = config.model
-    missing = [p for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
+    missing = [Path(p) for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
     if missing and m.make_tiny_if_missing:
-        for folder in sorted({str(Path(p).parent) for p in missing}):
-            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps)
+        for folder in sorted({p.parent for p in missing}):
+            # the models the config names (a tiny model's folder is its name), else every tiny model
+            names = tuple(p.name for p in missing if p.parent == folder and p.name in TINY_MODELS) or TINY_MODELS
+            ensure_tiny_models(folder, seed=config.run.seed, warmup_steps=m.tiny_warmup_steps, names=names)
     built = read_provenance(m.policy_path)
     if built is not None and built["warmup_steps"] != m.tiny_warmup_steps:
         log.warning(

@@ -11,7 +11,8 @@ from audio_thinker.core.chat import detect_family
 from audio_thinker.core.options import OptionError
 from audio_thinker.core.vocab import Dtype, EngineName
 
-TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge")  # `make-tiny`'s folders, one per model
+# `make-tiny`'s folders, one per model; model k is seeded with seed + k, so a new model goes last
+TINY_MODELS = ("qwen2_audio", "qwen2_5_omni", "qwen3_judge", "qwen3_omni")
 
 
 def check_tiny_out(out: str | Path, only: list[str] | None, overwrite: bool) -> None:

@@ -1,17 +1,19 @@
 """Tiny random-init models for tests and the CPU demo (no weights can be downloaded here).
 
-`make_tiny_models(out)` writes three standard Hugging Face folders, seeded and deterministic:
+`make_tiny_models(out)` writes four standard Hugging Face folders, seeded and deterministic:
 - `qwen2_audio`: Qwen2AudioForConditionalGeneration with its Qwen2AudioProcessor (Whisper features,
   128 mel bins, 30 s padding) and chat template, saved in the hub key layout that vLLM reads;
 - `qwen2_5_omni`: Qwen2_5OmniThinkerForConditionalGeneration with tokenizer, Whisper feature extractor and
   chat template (its own processor class needs torchvision, which this machine cannot have);
-- `qwen3_judge`: Qwen3ForCausalLM with the same tokenizer.
+- `qwen3_judge`: Qwen3ForCausalLM with the same tokenizer;
+- `qwen3_omni`: Qwen3OmniMoeThinkerForConditionalGeneration (4 experts, top-2), a thinker-only folder with the
+  tokenizer plus Qwen3-Omni's placeholder tokens (`app/data/tiny_qwen3_omni.py`).
 
 Sizes respect what vLLM's CPU backend needs (head_dim 32) and what the real checkpoints look like
 (untied embeddings for Qwen2-Audio). The same loading code reads the real checkpoints from a path.
 
 Random-init policies never write a well-formed response, so every reward of the CPU demo would be 0 and GRPO
-would have nothing to learn from. `warmup_steps > 0` adds a supervised format warm-up to the two policies
+would have nothing to learn from. `warmup_steps > 0` adds a supervised format warm-up to the policies
 (`format_warmup`): teacher forcing on synthetic questions rendered through the project's real prompt path, with
 targets that are well formed but carry a random choice, so the model learns the format, not the answers.
 Each folder records how it was built in `tiny.json` (seed, warm-up steps).
@@ -34,17 +36,21 @@ from transformers import (
     Qwen2AudioProcessor,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
     WhisperFeatureExtractor,
 )
 
 from audio_thinker.app.data.options import TINY_MODELS, check_tiny_out
+from audio_thinker.app.data.tiny_qwen3_omni import CHAT_TEMPLATE as QWEN3_OMNI_CHAT_TEMPLATE
+from audio_thinker.app.data.tiny_qwen3_omni import NAMED_TOKENS as QWEN3_OMNI_NAMED_TOKENS
+from audio_thinker.app.data.tiny_qwen3_omni import qwen3_omni_tokenizer, save_tokenizer, tiny_config
 from audio_thinker.app.data.tiny_warmup import format_warmup
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import save_checkpoint_weights
 
 log = get_logger(__name__)
 
-POLICY_NAMES = ("qwen2_audio", "qwen2_5_omni")
+POLICY_NAMES = ("qwen2_audio", "qwen2_5_omni", "qwen3_omni")  # TINY_MODELS: model k is seeded with seed + k
 PROVENANCE_FILE = "tiny.json"
 
 # Special tokens in the order Qwen checkpoints use them; the tags of our protocol are ordinary added tokens
@@ -98,6 +104,13 @@ QWEN2_5_OMNI_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+# The placeholders the released Qwen2.5-Omni tokenizer names in its tokenizer_config.json.
+QWEN2_5_OMNI_NAMED_TOKENS = {
+    "audio_bos_token": "<|audio_bos|>", "audio_token": "<|AUDIO|>", "audio_eos_token": "<|audio_eos|>",
+    "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+}  # fmt: skip
 
 _CORPUS_WORDS = (
     "the audio clip question answer choice which how many what is louder higher lower pitch tone beep beeps "
@@ -272,9 +285,7 @@ def make_qwen2_5_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) ->
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     _write_json(out / "generation_config.json", _generation_config(tokenizer))
-    tokenizer.chat_template = QWEN2_5_OMNI_CHAT_TEMPLATE
-    tokenizer.save_pretrained(out)
-    tokenizer.chat_template = None
+    save_tokenizer(tokenizer, out, QWEN2_5_OMNI_CHAT_TEMPLATE, QWEN2_5_OMNI_NAMED_TOKENS)
     _feature_extractor().save_pretrained(out)
     return out
 
@@ -291,7 +302,27 @@ def make_qwen3_judge(out: Path, tokenizer, seed: int) -> Path:
     return out
 
 
-_BUILDERS = {"qwen2_audio": make_qwen2_audio, "qwen2_5_omni": make_qwen2_5_omni, "qwen3_judge": make_qwen3_judge}
+def make_qwen3_omni(out: Path, tokenizer, seed: int, warmup_steps: int = 0) -> Path:
+
+    tok = qwen3_omni_tokenizer(tokenizer)
+    model = _init(Qwen3OmniMoeThinkerForConditionalGeneration(tiny_config(tok, _text_config(tok, tie=False),
+                                                                          TINY_AUDIO_ENCODER)), seed)
+    if warmup_steps:
+        format_warmup(model, "qwen3_omni", tok, _feature_extractor(), warmup_steps, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)  # the experts one matrix each, the released layout
+    _write_json(out / "generation_config.json", _generation_config(tok))
+    save_tokenizer(tok, out, QWEN3_OMNI_CHAT_TEMPLATE, QWEN3_OMNI_NAMED_TOKENS)
+    _feature_extractor().save_pretrained(out)
+    return out
+
+
+_BUILDERS = {
+    "qwen2_audio": make_qwen2_audio,
+    "qwen2_5_omni": make_qwen2_5_omni,
+    "qwen3_judge": make_qwen3_judge,
+    "qwen3_omni": make_qwen3_omni,
+}
 
 
 def _provenance(name: str, seed: int, warmup_steps: int) -> dict:
@@ -305,7 +336,7 @@ def make_tiny_models(
     """Build the tiny models into `out/<name>/`; each folder is written to a temp path and then renamed. A model
     folder that exists is replaced only with `overwrite` (FileExistsError).
 
-    `warmup_steps` > 0 gives the two policies that many steps of format warm-up (`format_warmup`); 0 keeps
+    `warmup_steps` > 0 gives the policies that many steps of format warm-up (`format_warmup`); 0 keeps
     them purely random-init.
     """
     out = Path(out)
@@ -341,10 +372,12 @@ def read_provenance(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def ensure_tiny_models(out: str | Path, seed: int = 0, warmup_steps: int = 0) -> dict[str, Path]:
-    """Build only the tiny models that are missing under `out` (used by the demo and the driver)."""
+def ensure_tiny_models(
+    out: str | Path, seed: int = 0, warmup_steps: int = 0, names: tuple[str, ...] = TINY_MODELS
+) -> dict[str, Path]:
+    """Build only those of the tiny models `names` that are missing under `out` (used by the demo)."""
     out = Path(out)
-    missing = [n for n in TINY_MODELS if not (out / n / "config.json").is_file()]
+    missing = [n for n in names if not (out / n / "config.json").is_file()]
     if missing:
         make_tiny_models(out, seed=seed, only=missing, warmup_steps=warmup_steps)
-    return {n: out / n for n in TINY_MODELS}
+    return {n: out / n for n in names}

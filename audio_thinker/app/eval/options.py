@@ -20,7 +20,9 @@ class EvalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Policy folder (Qwen2-Audio or Qwen2.5-Omni, full or thinker-only).")
+    model: str = Field(
+        description="Policy folder (Qwen2-Audio, or a Qwen2.5-Omni / Qwen3-Omni folder, full or thinker-only)."
+    )
     bench: Benchmark = Field(
         description="Benchmark of --data: mmau (the paper's MMAU test-mini release), mmau-v05.15.25 (its revised "
         "release), mmau-pro (its multiple-choice part), mmar, mmsu, air (AIR-Bench foundation), synthetic."

@@ -26,7 +26,7 @@ from audio_thinker.app.table1.jobs import run_command
 from audio_thinker.app.table1.options import AblateOptions, BenchFile
 from audio_thinker.app.table1.compare import comparison_lines
 from audio_thinker.app.table1.report import build_table, write_table
-from audio_thinker.app.table1.rows import ROW_KEYS, Row, rows
+from audio_thinker.app.table1.rows import ROW_KEYS, Row, all_rows
 from audio_thinker.app.table1.runs import ROW_FILE
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
@@ -63,7 +63,7 @@ def _absolute(preset: str | None) -> list[str]:
 
 
 def _check_rows(names: list[str], family: str) -> list[Row]:
-    table = rows()
+    table = all_rows()
     picked = []
     for name in names:
         if name not in table:

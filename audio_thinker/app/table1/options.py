@@ -58,7 +58,8 @@ class AblateOptions(BaseModel):
     rows: list[str] = Field(
         description="Comma-separated rows of Table 1: sft-a,sft-b,grpo-a,grpo-b,model-a,model-b,model-c "
         "(Qwen2-Audio), sft-c,sft-d,grpo-c,grpo-d,model-d,model-e,model-f (Qwen2.5-Omni), the base models "
-        "qwen2-audio-base / qwen2.5-omni-base."
+        "qwen2-audio-base / qwen2.5-omni-base; ours for Qwen3-Omni (no paper numbers): qwen3-omni-base, "
+        "qwen3-omni-grpo, qwen3-omni-grpo-cot, qwen3-omni-atar, qwen3-omni-atar-cr, qwen3-omni-atar-cr-tr."
     )
     sft_preset: str | None = Field(
         None, description="Config the SFT rows (`audio-thinker sft`) start from, e.g. sft-a (none: --preset)."

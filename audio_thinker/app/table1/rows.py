@@ -1,4 +1,5 @@
-"""The rows of the paper's Table 1: what a run of each row changes in a config, and the paper's numbers.
+"""The rows of the paper's Table 1: what a run of each row changes in a config, and the paper's numbers; and rows
+of our own for the Qwen3-Omni family (the same methods, no paper numbers: the paper trains two other models).
 
 The numbers are data (`paper.json`, with their source and the paper's own inconsistencies noted), read
 here and nowhere else. A row is trained by GRPO with one reward variant and prompt mode (`train`), by SFT
@@ -33,6 +34,15 @@ BASE_METHOD = "-"
 # What the rows set: a user override of one of these would make the run another row.
 ROW_KEYS = ("reward.variant", "prompt.mode", "sft.target")
 Kind = Literal["base", "grpo", "sft"]
+# Rows of our own (not in the paper): the Qwen3-Omni thinker as it is and under each GRPO reward variant.
+QWEN3_OMNI_ROWS = {
+    "qwen3-omni-base": BASE_METHOD,
+    "qwen3-omni-grpo": "GRPO",
+    "qwen3-omni-grpo-cot": "GRPO+CoT",
+    "qwen3-omni-atar": "GRPO+ATAR",
+    "qwen3-omni-atar-cr": "GRPO+ATAR+CR",
+    "qwen3-omni-atar-cr-tr": "GRPO+ATAR+CR+TR",
+}
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,16 @@ def rows() -> dict[str, Row]:
     }
 
 
+def all_rows() -> dict[str, Row]:
+    """Every row `ablate` runs: the paper's, then ours for Qwen3-Omni (their paper numbers empty)."""
+    return rows() | {name: Row(name, "qwen3_omni", method, {}) for name, method in QWEN3_OMNI_ROWS.items()}
+
+
 def row_of_config(config: Config, kind: Kind) -> Row | None:
     """The row a `train` (kind grpo) or `sft` run's config is, by family and the keys its rows set; None: none."""
     c = config
     values = {"reward.variant": c.reward.variant, "prompt.mode": c.prompt.mode, "sft.target": c.sft.target}
-    for row in rows().values():
+    for row in all_rows().values():
         if row.kind == kind and row.family == config.model.family:
             if all(values[key] == value for key, value in (o.split("=", 1) for o in row.overrides)):
                 return row

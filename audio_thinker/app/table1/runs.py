@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio_thinker.app.errors import EvalError
-from audio_thinker.app.table1.rows import row_of_config, rows
+from audio_thinker.app.table1.rows import all_rows, row_of_config
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.stats import mean_interval, wilson_percent
 
@@ -134,7 +134,7 @@ def row_entry(group: list[RunRecord]) -> dict:
         levels = list(dict.fromkeys(level for r in rates for level in r))
         no_think[bench] = {level: cell([r.get(level, (None, None))[0] for r in rates],
                                        [r.get(level, (None, None))[1] for r in rates]) for level in levels}
-    paper = rows().get(first.row)
+    paper = all_rows().get(first.row)
     return {
         "row": first.row, "method": first.method, "family": first.family,
         "runs": [{"seed": r.seed, "run": str(r.path)} for r in group],

@@ -19,13 +19,20 @@ from dataclasses import dataclass, field
 
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.core.config import Config
+from audio_thinker.core.chat import AUDIO_CLIPS, audio_token_count, check_tensor_parallel
 from audio_thinker.core.model_shapes import FAMILY_SHAPES, JUDGE_SHAPE, ModelShape, resolve_shape
 from audio_thinker.core.placement import GroupSpec, run_groups, sft_groups
-from trainer.memory import BF16, LOGIT_BYTES, layer_activation_bytes, model_states, training_activations
+from trainer.memory import (
+    BF16,
+    LOGIT_BYTES,
+    layer_activation_bytes,
+    lora_parameters,
+    model_states,
+    training_activations,
+)
 
 GB = 1e9
-AUDIO_TOKENS_PER_SECOND = 25  # both policies: Whisper's 50 frames/s, pooled by 2 before the LLM
-ENCODER_FRAMES_PER_SECOND = 50  # positions the audio encoder runs on
+MEL_FRAMES_PER_SECOND = 100  # the feature extractor's 10 ms hop
 PROMPT_TEXT_TOKENS = 256  # chat template, system prompt, instruction, question and choices (an allowance)
 PROCESS_OVERHEAD = 2 * GB  # per process on a GPU: CUDA context, NCCL / allocator reserve (an allowance)
 # vLLM's defaults for the offline LLM class on a GPU of 70 GiB or more: the profiling batch and the sequences
@@ -144,11 +151,16 @@ def layout(config: Config, groups: list[GroupSpec]) -> tuple[list[Gpu], dict[str
 def sequence_lengths(config: Config) -> tuple[int, int, int]:
     """(prompt + completion tokens the trainer sees, completion tokens, audio-encoder positions) of the longest
     sequence: a clip of data.max_audio_seconds, the prompt allowance, rollout.max_new_tokens (capped by the
-    context rollout.max_model_len)."""
+    context rollout.max_model_len). Audio tokens follow the family's rule: Whisper's 25 per second (its encoder
+    runs on 50 positions per second), Qwen3-Omni's 13 per 100 frames (its encoder runs on those 13)."""
     seconds = config.data.max_audio_seconds
     completion = config.rollout.max_new_tokens
-    prompt = int(seconds * AUDIO_TOKENS_PER_SECOND) + PROMPT_TEXT_TOKENS
-    return min(prompt + completion, config.rollout.max_model_len), completion, int(seconds * ENCODER_FRAMES_PER_SECOND)
+    family = config.model.family
+    frames = int(seconds * MEL_FRAMES_PER_SECOND)
+    audio = audio_token_count(AUDIO_CLIPS[family][1], frames)
+    encoder = audio if family == "qwen3_omni" else frames // 2
+    prompt = audio + PROMPT_TEXT_TOKENS
+    return min(prompt + completion, config.rollout.max_model_len), completion, encoder
 
 
 def _gb(x: float) -> str:
@@ -169,9 +181,19 @@ def sequences_per_step(config: Config, job: str) -> int:
     return config.run.questions_per_step * config.rollout.samples_per_question
 
 
+def trainable_params(config: Config, shape: ModelShape) -> int:
+    """What the trainer keeps gradients and AdamW states for: everything (the audio encoder unless frozen), or with
+    `trainer.lora` the adapters (by hand, trainer/memory.py) plus the audio encoder unless frozen."""
+    t = config.trainer
+    audio = 0 if t.freeze_audio_encoder else shape.audio_encoder_params
+    if t.lora is not None:
+        return lora_parameters(shape.decoder, t.lora) + audio
+    return shape.params - shape.audio_encoder_params + audio
+
+
 def trainer_terms(config: Config, shape: ModelShape, job: str) -> list[Term]:
     t = config.trainer
-    trainable = shape.params - (shape.audio_encoder_params if t.freeze_audio_encoder else 0)
+    trainable = trainable_params(config, shape)
     states = model_states(shape.params, trainable, shape.largest_layer_params, t.zero_stage, t.num_ranks)
     sequences = sequences_per_step(config, job)
     micro = min(t.micro_batch_size, math.ceil(sequences / t.num_ranks))
@@ -289,6 +311,18 @@ def make_plan(config: Config, capacity: float | None, job: str = "train") -> Pla
     policy = resolve_shape(config.model.policy_path, FAMILY_SHAPES[config.model.family])
     trainer = trainer_terms(config, policy, job)
     lines.append(f"policy: {policy.name}, {policy.params / 1e9:.2f} B parameters (shape: {policy.source})")
+    if policy.decoder.experts:
+        d, (language, active) = policy.decoder, policy.language_params
+        lines.append(
+            f"  mixture of experts: {d.experts} per layer, {d.experts_per_token} per token: the language model's "
+            f"{language / 1e9:.2f} B parameters, {active / 1e9:.2f} B active per token (docs/placement.md)"
+        )
+    lines.append(f"  trainer: {trainable_params(config, policy) / 1e9:.3f} B trainable parameters")
+    heads = policy.audio_encoder.heads if policy.audio_encoder else None
+    try:
+        check_tensor_parallel(config.model.family, heads, config.rollout.tensor_parallel_size)
+    except ValueError as exc:
+        problems.append(str(exc))
     judge_on_gpu = any(s.role == "judge" for g in groups for s in g.slots)
     judge_shape = resolve_shape(config.model.judge_path, JUDGE_SHAPE) if judge_on_gpu else None
     if judge_shape is not None:

@@ -1,0 +1,139 @@
+"""Qwen3-Omni under the real training stack: a two-rank ZeRO-3 DeepSpeed group with LoRA on attention and on the
+experts (the reference equals the initial policy, one step moves the adapted weights only, the export gives the
+trainer's log-probs), and `audio-thinker train model.family=qwen3_omni` end to end on the tiny default: vLLM
+rollout worker, judge, reference, evaluation, the router's load-balancing loss, `final/` loaded by both engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from actors.reference import Reference
+from actors.trainer_group import PolicyTrainerGroup
+from audio_thinker.core.config import LoraConfig, ReferenceConfig, TrainerConfig
+from audio_thinker.core.encoding import PromptEncoder
+from audio_thinker.core.chat import render_chat
+from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
+from audio_thinker.core.weights import state_checksum
+from rollout.engine import GenerationRequest, SamplingConfig
+from rollout.weight_sync import receive_published
+from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
+
+pytestmark = pytest.mark.slow
+
+FAMILY = "qwen3_omni"
+ROOT = Path(__file__).resolve().parents[2]
+PARITY = 1e-4  # engine vs trainer log-probs, as for the other families
+STEPS = 2
+
+
+def make_batch(path, seed: int) -> PolicyBatch:
+    enc = PromptEncoder(load_tokenizer(path), load_feature_extractor(path))
+    rng = np.random.default_rng(seed)
+    clips = [(rng.standard_normal(12000 + 8000 * q) * 0.1).astype(np.float32) for q in range(2)]
+    prompts = [enc.encode(render_chat(FAMILY, f"Question {q}: what do you hear?"), c) for q, c in enumerate(clips)]
+    completions = [rng.integers(20, 600, size=int(rng.integers(2, 7))).tolist() for _ in range(4)]
+    return PolicyBatch(prompts, [0, 0, 1, 1], completions, advantages=[1.0, -0.5, 0.75, -1.0])
+
+
+def test_zero3_lora_on_the_experts_trains_and_exports(ray_session, tiny_models, tmp_path):
+    path = tiny_models[FAMILY]
+    cfg = TrainerConfig(num_ranks=2, num_cpus_per_rank=0.2, zero_stage=3, lr=1e-2, micro_batch_size=2, beta=0.04,
+                        freeze_audio_encoder=True, lora=LoraConfig(rank=4, alpha=8), call_timeout_s=600)  # fmt: skip
+    group = PolicyTrainerGroup(path, FAMILY, cfg, 4, "float32")
+    reference = Reference(path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=600), 2, "float32")
+    try:
+        source = state_checksum(load_file(str(path / "model.safetensors")))
+        assert group.weights_checksum() == source == reference.weights_checksum()  # merged, per-expert layout
+        batch = make_batch(path, 1)
+        batch.ref_logprobs = reference.compute_logprobs(batch, 1.0)
+        initial = dict(receive_published(group.publish_weights(0)))
+        metrics = group.train_step(batch, 1.0)
+        after = dict(receive_published(group.publish_weights(1)))
+        out = group.export(tmp_path / "policy")
+        remote = group.compute_logprobs(batch, 1.0)
+    finally:
+        group.shutdown()
+        reference.close()
+    assert metrics["actor/sequences"] == 4 and np.isfinite(metrics["actor/loss"])
+    moved = {k for k in after if not torch.equal(after[k], initial[k])}
+    assert any(".experts." in k for k in moved) and any("self_attn.q_proj" in k for k in moved)
+    assert not any(k.startswith(("audio_tower.", "visual.")) or ".mlp.gate." in k or "norm" in k for k in moved)
+    assert set(load_file(str(out / "model.safetensors"))) == set(after)
+    local = compute_logprobs(CompletionLogprobs(load_policy(out, FAMILY, "float32")), batch, 2, "cpu", 1.0)
+    for a, b in zip(local, remote):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def warm_qwen3_omni(tmp_path_factory) -> Path:
+    """The tiny Qwen3-Omni thinker after the CPU demo's format warm-up (150 steps, about 40 s on 2 cores)."""
+    from audio_thinker.app.data.tiny import make_tiny_models
+    from audio_thinker.core.presets import load_config
+
+    steps = load_config().model.tiny_warmup_steps
+    return make_tiny_models(tmp_path_factory.mktemp("warm-q3o"), only=[FAMILY], warmup_steps=steps)[FAMILY]
+
+
+@pytest.fixture(scope="module")
+def omni_run(tiny_run, warm_qwen3_omni, tmp_path_factory):
+    """`audio-thinker train` of STEPS tiny steps on the warm Qwen3-Omni (the suite's tiny-run overrides, vLLM
+    rollout, the router's load-balancing loss on), as a subprocess in its own process group."""
+    work = tmp_path_factory.mktemp("omni-run")
+    run, log = work / "runs" / "omni", work / "train.log"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    args = [*tiny_run(run, STEPS), "model.family=qwen3_omni", f"model.policy_path={warm_qwen3_omni}",
+            "trainer.router_aux_loss_coef=0.01"]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(bin_dir / "audio-thinker"), "train", *args], cwd=work, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        assert proc.wait(timeout=1500) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return run
+
+
+def test_train_runs_end_to_end_and_final_loads_in_both_engines(omni_run, warm_qwen3_omni):
+    from rollout.hf_engine import TransformersEngine
+    from rollout.vllm_engine import VLLMEngine
+
+    metrics = [json.loads(line) for line in (omni_run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    assert json.loads((omni_run / "status.json").read_text())["state"] == "finished"
+    assert sum(m["judge/items"] for m in metrics) > 0  # the warm policy thinks: the judge scored it
+    assert any(k.startswith("eval/") for k in metrics[-1])
+    for m in metrics:
+        assert m["actor/router_aux_loss"] > 0 and m["sync/bytes"] > 0
+        # vLLM's log-probs (behaviour) against the trainer's: equal within the other families' tolerance
+        assert abs(m["actor/logprob_mismatch_mean"]) < PARITY and m["mismatch/kl"] < PARITY
+    final = omni_run / "final"
+    assert json.loads((final / "config.json").read_text())["model_type"] == "qwen3_omni_moe_thinker"
+    warm_keys = set(load_file(str(warm_qwen3_omni / "model.safetensors")))
+    assert set(load_file(str(final / "model.safetensors"))) == warm_keys  # the released layout: experts one each
+    model = load_policy(final, FAMILY, "float32")
+    encoder = PromptEncoder(load_tokenizer(final), load_feature_extractor(final))
+    prompt = render_chat(FAMILY, "Which sound do you hear?")
+    audio = (np.random.default_rng(0).standard_normal(24000) * 0.1).astype(np.float32)
+    engines = (TransformersEngine(final, FAMILY, "float32"), VLLMEngine(final, FAMILY, "float32", max_model_len=1024))
+    request, sampling = GenerationRequest(prompt, audio, seed=5), SamplingConfig(n=2, max_new_tokens=8)
+    for engine in engines:
+        try:
+            (group,) = engine.generate([request], sampling)
+        finally:
+            engine.close()
+        batch = PolicyBatch([encoder.encode(prompt, audio)], [0, 0], [s.token_ids for s in group])
+        for s, lp in zip(group, compute_logprobs(CompletionLogprobs(model), batch, 2, "cpu", 1.0)):
+            np.testing.assert_allclose(np.asarray(s.logprobs), lp, atol=PARITY)
