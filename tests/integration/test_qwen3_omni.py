@@ -22,7 +22,8 @@ from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import qwen3_omni_audio_tokens, render_chat
 from audio_thinker.core.families import audio_embeddings, checkpoint_items
 from audio_thinker.core.fused_experts import fuse_experts
-from audio_thinker.core.model_shapes import KNOWN_COUNTS, count_params, folder_shape, known_config, moe_language_params
+from audio_thinker.core.model_meta import count_params, folder_shape, known_config
+from audio_thinker.core.model_shapes import KNOWN_COUNTS, moe_language_params
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.presets import load_config
 from rollout.engine import GenerationRequest, SamplingConfig
