@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -22,12 +21,11 @@ from audio_thinker.app.errors import CotError, EvalError, Preempted, TrainingErr
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions, add_eval_parser
 from audio_thinker.app.eval.scoring import score_file
 from audio_thinker.app.train.preemption import EXIT_PREEMPTED
-from audio_thinker.app.train.resume import record_changes, resume_config
-from audio_thinker.app.train.run_dir import default_output_dir
+from audio_thinker.app.cli.run_options import add_run_arguments, run_config
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions, add_table1_parsers
 from audio_thinker.core.audio import AudioError
-from audio_thinker.core.config import Config, RewardConfig
-from audio_thinker.core.log import quiet_console, setup_logging
+from audio_thinker.core.config import RewardConfig
+from audio_thinker.core.log import setup_logging
 from audio_thinker.core.manifests import DataError
 from audio_thinker.core.options import OptionError, add_model_arguments, model_from_args
 from audio_thinker.core.presets import ConfigError, load_config
@@ -133,34 +131,16 @@ def _eval(args: argparse.Namespace) -> int:
     return run_eval_command(spec, family)
 
 
-def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Path, Path | None]:
-    """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
-    run's saved config.yaml is the base, app/train/resume.py), its run directory, and where actor logs go."""
-    config = load_config(args.config, args.overrides)
-    if args.resume or config.run.resume:
-        config, changes = resume_config(args.config, args.overrides, args.allow_config_change)
-        record_changes(config.run.output_dir, changes)
-    if not os.environ.get("RAY_ADDRESS"):
-        # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if config.run.output_dir is None:
-        config.run.output_dir = str(default_output_dir(default_name.format(name=config.run.name)))
-    run_dir = Path(config.run.output_dir)
-    actor_logs = None if args.verbose else run_dir / "logs"
-    if actor_logs is not None:
-        quiet_console(actor_logs / "driver.log")
-    return config, run_dir, actor_logs
-
-
 def _train(args: argparse.Namespace) -> int:
-    config, run_dir, actor_logs = _run_config(args, "{name}")
+    start = run_config(args, "{name}")
+    config, run_dir = start.config, start.run_dir
     from audio_thinker.app.data.demo import prepare_demo  # torch/Ray: loaded only when this command runs
     from audio_thinker.app.train.driver import run_training
     from audio_thinker.app.train.plan import check_plan
 
     check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
     prepare_demo(config)  # the tiny models and synthetic set of the CPU default, where missing
-    run_training(config, actor_logs=actor_logs)
+    run_training(config, actor_logs=start.actor_logs, declared=start.declared)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
     return 0
@@ -185,12 +165,13 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sft(args: argparse.Namespace) -> int:
-    config, run_dir, actor_logs = _run_config(args, "sft-{name}")
+    start = run_config(args, "sft-{name}", sft=True)
+    config, run_dir = start.config, start.run_dir
     from audio_thinker.app.data.demo import prepare_demo  # torch/Ray/DeepSpeed: loaded only when this command runs
     from audio_thinker.app.train.sft import run_sft
 
     prepare_demo(config, with_eval=False)  # the tiny policy and synthetic training split of the CPU default
-    run_sft(config, actor_logs=actor_logs)
+    run_sft(config, actor_logs=start.actor_logs, declared=start.declared)
     print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     return 0
 
@@ -326,29 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs the embedded tiny CPU run when no --config is given. Joins the Ray cluster of RAY_ADDRESS, "
         "else starts a local one. Overrides: section.key=value, e.g. run.total_steps=10 reward.variant=atar_cr.",
     )
-    p.add_argument(
-        "--config", default=None, help="YAML config or preset name (default: none, the embedded tiny CPU run)"
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in run.output_dir from its last checkpoint, with the config saved in that run "
-        "directory; an override that changes what the run is (steps, seed, data, model, rewards, lr ...) is "
-        "refused (default: off)",
-    )
-    p.add_argument(
-        "--allow-config-change",
-        action="store_true",
-        help="with --resume: accept run-defining changes; they are logged and recorded in the run directory's "
-        "config_changes.jsonl (default: off)",
-    )
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="show every log line, the actors' and engines' too, on the console (default: off: the progress bar, "
-        "one line per step and warnings; the rest goes to the run directory's logs/)",
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    add_run_arguments(p, "the embedded tiny CPU run")
     p.set_defaults(func=_train)
 
     ablate, report = add_table1_parsers(sub, parents=[common])
@@ -363,19 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         "<answer>X</answer> (sft.target=cot) targets with the DeepSpeed trainer of `train`; same run directory, "
         "checkpoints, resume and export. Presets: sft-a, sft-b, sft-c, sft-d (the paper's Table 1 rows).",
     )
-    p.add_argument("--config", default=None, help="YAML config or preset name (default: none, the tiny CPU run)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in run.output_dir from its last checkpoint, with its saved config (default: off)",
-    )
-    p.add_argument(
-        "--allow-config-change",
-        action="store_true",
-        help="with --resume: accept run-defining changes, recorded in config_changes.jsonl (default: off)",
-    )
-    p.add_argument("--verbose", action="store_true", help="show every log line on the console (default: off)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides (default: none)")
+    add_run_arguments(p, "the tiny CPU run")
     p.set_defaults(func=_sft)
 
     p = sub.add_parser(

@@ -24,6 +24,7 @@ from audio_thinker.app.table1.jobs import run_command
 from audio_thinker.app.table1.options import AblateOptions, BenchFile
 from audio_thinker.app.table1.report import ROW_FILE, write_report
 from audio_thinker.app.table1.rows import ROW_KEYS, Row, rows
+from audio_thinker.app.train.rehearsal import rehearsal_config
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.options import OptionError
@@ -81,7 +82,11 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
         raise OptionError(f"override {', '.join(clash)}: set by each row of Table 1 (remove it, or run `train`)")
     if any(o.split("=", 1)[0] in ("run.output_dir", "run.name", "run.resume") for o in overrides):
         raise OptionError("overrides run.output_dir / run.name / run.resume: ablate sets them (use --out)")
-    base = load_config(options.preset, overrides)
+    def load(preset: str | None, keys: list[str], sft: bool = False) -> Config:
+        """A row's config, with the rehearsal's swaps under --rehearse (app/train/rehearsal.py)."""
+        return rehearsal_config(preset, keys, sft)[0] if options.rehearse else load_config(preset, keys)
+
+    base = load(options.preset, overrides)
     out = Path(options.out or f"runs/ablate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     benches = options.benchmarks()
     if not benches:
@@ -106,14 +111,14 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
                 data = [f"data.train_manifest={Path(options.cot_data).resolve()}"]
         run_keys = [*row.overrides, *data, *overrides, f"run.output_dir={folder}", f"run.name={row.name}"]
         try:
-            config = load_config(preset, run_keys)
+            config = load(preset, run_keys, sft=row.kind == "sft")
         except ConfigError as exc:
             raise ConfigError(f"row {row.name}: {exc}") from None
         if config.model.family != row.family:
             raise OptionError(f"--rows {row.name}: --sft-preset {preset} trains model.family={config.model.family}, "
                               f"the row is {row.family}")
-        command = "sft" if row.kind == "sft" else "train"
-        plans.append(RowPlan(row, folder, config, [command, *_absolute(preset), *run_keys]))
+        command = ["sft" if row.kind == "sft" else "train", *(["--rehearse"] if options.rehearse else [])]
+        plans.append(RowPlan(row, folder, config, [*command, *_absolute(preset), *run_keys]))
     return out, benches, plans
 
 

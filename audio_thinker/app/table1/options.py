@@ -59,6 +59,11 @@ class AblateOptions(BaseModel):
     )
     eval_limit: int | None = Field(None, ge=1, description="Evaluate the first N questions of each benchmark only.")
     eval_engine: EngineName = Field("transformers", description="Generation engine of the evaluations.")
+    rehearse: bool = Field(
+        False,
+        description="Rehearse every row here (`train --rehearse`, `sft --rehearse`; docs/placement.md): the preset's "
+        "topology on the tiny models, each row evaluated on the swapped data.",
+    )
 
     @field_validator("rows", mode="before")
     @classmethod

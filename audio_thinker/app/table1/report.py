@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.eval.report import BENCH_TITLES, DIFFICULTY_ORDER, ordered
 from audio_thinker.app.table1.rows import paper_table, row_of_config, rows
+from audio_thinker.app.train.rehearsal import RECORD_FILE as REHEARSAL_RECORD
 from audio_thinker.core.presets import load_config
 
 ROW_FILE = "row.json"
@@ -68,6 +69,8 @@ def run_entry(run: Path) -> dict:
     """One row of table1.json from a run directory and its evaluations."""
     run = run.resolve()
     identity = _identity(run)
+    if (run / REHEARSAL_RECORD).is_file():  # tiny models on the CPU: its numbers are no result (docs/placement.md)
+        identity["method"] += " (rehearsal)"
     evals = sorted(p for p in (run / "eval").glob("*/results.json")) if (run / "eval").is_dir() else []
     if not evals:
         raise EvalError(

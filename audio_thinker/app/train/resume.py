@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from audio_thinker.app.errors import TrainingError
+from audio_thinker.app.train.rehearsal import rehearsal_config
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.presets import load_config
@@ -79,15 +80,23 @@ def defining_changes(saved: Config, new: Config) -> dict[str, tuple[object, obje
 
 
 def resume_config(
-    config_file: str | None, overrides: list[str], allow_config_change: bool = False
+    config_file: str | None,
+    overrides: list[str],
+    allow_config_change: bool = False,
+    rehearse: bool = False,
+    sft: bool = False,
 ) -> tuple[Config, dict[str, tuple[object, object]]]:
     """The config of a resumed run and the run-defining changes it carries (empty unless allowed).
 
     Without `config_file` the run's saved config plus `overrides` is the new config; with one, that file plus
     `overrides` (as on the first command line) must agree with the saved config on every run-defining key.
-    A run directory without a saved config is a fresh run.
+    A run directory without a saved config is a fresh run. `rehearse`: `config_file` is rehearsed (its swaps
+    applied, app/train/rehearsal.py; `sft`: as `audio-thinker sft` rehearses it), as on the first command line.
     """
-    new = load_config(config_file, [*overrides, "run.resume=true"])
+    if rehearse:
+        new, _ = rehearsal_config(config_file, [*overrides, "run.resume=true"], sft)
+    else:
+        new = load_config(config_file, [*overrides, "run.resume=true"])
     if not new.run.output_dir:
         raise TrainingError("resume needs the run directory: add run.output_dir=<the run's directory>")
     saved_path = Path(new.run.output_dir) / "config.yaml"
