@@ -15,6 +15,7 @@ import pytest
 from audio_thinker.app.cli.main import build_parser, main
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.core.options import option_name
+from audio_thinker.core.presets import dump_config
 from reward_server.options import ServeOptions
 
 AVQA_ROW = {"id": "q1", "question_text": "Which?", "multi_choice": ["a", "b"], "answer": 0, "audio_path": "x.wav"}
@@ -163,3 +164,29 @@ def test_export_calls_export_run_and_prints_the_folder(monkeypatch, capsys, tmp_
     assert main(["export", "--run", str(tmp_path), "--step", "3", "--out", str(tmp_path / "hf")]) == 0
     assert calls == [(tmp_path, None, None), (tmp_path, 3, tmp_path / "hf")]
     assert capsys.readouterr().out == f"{tmp_path / 'final'}\n" * 2
+
+
+def test_rehearse_prints_and_records_the_swaps_once_and_a_resume_keeps_the_record(monkeypatch, capsys, tmp_path):
+    runs = []
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.train.driver",
+                        types.SimpleNamespace(run_training=lambda config, **kw: runs.append((config, kw))))
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.train.plan", types.SimpleNamespace(check_plan=lambda c: None))
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.data.demo", types.SimpleNamespace(prepare_demo=lambda c: None))
+    run = tmp_path / "run"
+    argv = ["train", "--config", "qwen2-audio-7b", "--rehearse", "--verbose", "run.total_steps=2",
+            f"run.output_dir={run}"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rehearsal of qwen2-audio-7b: swapped") and "model.dtype: bfloat16 -> float32" in out
+    config, kwargs = runs[0]
+    assert config.run.rehearse and config.trainer.num_ranks == 5 and config.model.dtype == "float32"
+    assert (kwargs["declared"].gpus, kwargs["declared"].cpus) == (8, 37)
+    record = json.loads((run / "rehearsal.json").read_text())
+    assert record["preset"] == "qwen2-audio-7b" and "model.dtype" in {s["what"] for s in record["swaps"]}
+    record["checks"] = [{"check": "placement", "ok": True}]
+    (run / "rehearsal.json").write_text(json.dumps(record))
+    dump_config(config, run / "config.yaml")  # the first run's saved config: resumed below
+    assert main(["train", "--resume", "--verbose", f"run.output_dir={run}"]) == 0
+    assert runs[1][0].run.rehearse and runs[1][1]["declared"].gpus == 8
+    assert json.loads((run / "rehearsal.json").read_text())["checks"] == [{"check": "placement", "ok": True}]
+    assert "swapped" not in capsys.readouterr().out

@@ -100,7 +100,7 @@ def connect_ray(actor_logs: Path | None = None, declared: DeclaredCluster | None
 def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge:
     """The run's judge, not yet waited for: an external one (`judge.url`), a new judge actor (in the run's judge
     bundle when `placement` is given), or `judge.replicas` replicas on Ray Serve (started here: Serve places them,
-    its proxy on a free port)."""
+    its proxy on a free port). An in-cluster judge loads its model in the run's `model.dtype`."""
     j = config.judge
     if j.url:
         return Judge(j.url, j.api_key or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
@@ -108,11 +108,11 @@ def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge
     host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
     if j.replicas is None:
         slots = (placement.slots("judge") or None) if placement is not None else None
-        return Judge("", key, JudgeService(config.model.judge_path, j, key, host, slots))
+        return Judge("", key, JudgeService(config.model.judge_path, j, key, host, slots, dtype=config.model.dtype))
     settings = ServerSettings(**j.limits().model_dump(), score_mode=j.score_mode, api_keys=frozenset({key}))
     path = config.model.judge_path
     deployment = JudgeDeployment(
-        lambda: load_backend(j.backend, path),
+        lambda: load_backend(j.backend, path, dtype=config.model.dtype),
         settings,
         Scaling(replicas=j.replicas),
         host=host,

@@ -150,7 +150,8 @@ class Rehearsal:
                 for name, value in (("consistency", r.consistency_prob), ("think_quality", r.think_quality))
                 if value is not None]  # fmt: skip
         if jobs and self.judge_backend is None:
-            self.judge_backend = load_backend("transformers", self.config.model.judge_path, dtype="float32")
+            m = self.config.model  # the run's judge loads in the run's dtype too (app/train/launch.py)
+            self.judge_backend = load_backend("transformers", m.judge_path, dtype=m.dtype)
         backend = self.judge_backend
         prompts = [backend.encode(render(PROMPTS[name], JudgeItem(**judge_item(records[i])))) for i, name, _ in jobs]
         rows = backend.label_logprobs(prompts) if jobs else []
