@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from actors.trainer_group import shard_plan
+from audio_thinker.app.data.demo import synthetic_splits
+from audio_thinker.app.data.synthetic import write_synthetic_cot, write_synthetic_dataset
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.launch import connect_ray
 from audio_thinker.app.train.plan import layout
@@ -35,6 +37,7 @@ from audio_thinker.app.train.rehearsal_checks import (
 )
 from audio_thinker.app.train.rehearsal_run import expected_placement
 from audio_thinker.app.train.resume import flatten
+from audio_thinker.app.train.sft_data import load_sft_data
 from audio_thinker.core.devices import DEVICES_ENV, compute_device, cpu_only, use_cuda
 from audio_thinker.core.placement import run_groups, totals
 from audio_thinker.core.presets import load_config
@@ -298,3 +301,16 @@ def test_the_judge_check_compares_probabilities_and_allows_only_near_ties():
 
 def test_make_rehearse_takes_every_preset_that_declares_gpus_and_no_base():
     assert gpu_presets() == ["qwen2-audio-7b", "qwen2.5-omni-7b", "sft-a", "sft-b", "sft-c", "sft-d"]
+
+
+def test_an_sft_cot_rehearsal_gets_a_synthetic_split_with_a_rationale_per_row(tmp_path):
+    config, _ = rehearsal_config("sft-b", [f"data.audio_root={tmp_path}",
+                                           f"data.train_manifest={tmp_path / 'train_cot.jsonl'}"], sft=True)
+    assert synthetic_splits(config, with_eval=False) == [("train", config.data.synthetic_train_size, True)]
+    write_synthetic_dataset(tmp_path, n=3, seed=0, split="train")
+    manifest = write_synthetic_cot(tmp_path, "train", config.sft.rationale_field)
+    assert manifest == tmp_path / "train_cot.jsonl"
+    data, rationales = load_sft_data(config)
+    assert len(rationales) == 3
+    for item, rationale in zip(data, rationales):
+        assert rationale.endswith(f"the answer is {item.answer}.")

@@ -26,7 +26,9 @@ from audio_thinker.app.errors import TrainingError
 LOSS_ATOL = 1e-5
 GRAD_NORM_RTOL = 1e-4
 UPDATE_RTOL = 1e-3
-JUDGE_ATOL = 1e-3  # on probabilities and scores in [0, 1]; an argmax score may differ only at a near-tie
+# On probabilities and scores in [0, 1] (both backends float32: 1e-7 apart; a judge in bfloat16 is 1e-3 off); an
+# argmax score may differ only at a near-tie.
+JUDGE_ATOL = 1e-4
 SHARE_ATOL = 1e-9
 
 
