@@ -15,6 +15,7 @@ engines define `Sample.text` the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -113,6 +114,13 @@ class VLLMEngine(GenerationEngine):
     ) -> None:
         if family not in ("qwen2_audio", "qwen2_5_omni"):
             raise ValueError(f"unknown model family {family!r} (qwen2_audio or qwen2_5_omni)")
+        model_type = json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
+        if family == "qwen2_5_omni" and model_type != "qwen2_5_omni":
+            raise ValueError(
+                f"{model_path}: a Qwen2.5-Omni thinker alone (model_type {model_type}); vLLM runs Qwen2.5-Omni only "
+                "from the released layout (model_type qwen2_5_omni: a thinker_config, weights under thinker.), so "
+                "use rollout.engine=transformers for this folder (the tiny model, an exported final/)"
+            )
         # In-process engine core: weights go in as tensors; must be set before vLLM reads its environment.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = import_vllm()

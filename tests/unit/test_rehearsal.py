@@ -58,10 +58,12 @@ SWAPPED = {
 def test_a_rehearsal_swaps_only_what_cannot_run_here_and_keeps_the_topology(preset):
     original = load_config(preset)
     config, swaps = rehearsal_config(preset, [])
-    assert {s.what for s in swaps} == SWAPPED
+    # vLLM loads Qwen2.5-Omni only in the released layout; the tiny Omni is a thinker alone
+    expected = SWAPPED | ({"rollout.engine"} if original.model.family == "qwen2_5_omni" else set())
+    assert {s.what for s in swaps} == expected
     before, after = flatten(original), flatten(config)
     changed = {k for k in before if before[k] != after[k]}
-    assert changed == SWAPPED | {"run.rehearse"}
+    assert changed == expected | {"run.rehearse"}
     assert config.run.rehearse and not original.run.rehearse
     t = config.trainer
     assert (t.num_ranks, t.zero_stage, t.micro_batch_size, t.sync_backend) == (5, 3, 4, "broadcast")

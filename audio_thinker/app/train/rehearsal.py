@@ -120,6 +120,9 @@ def config_swaps(config: Config, keep: set[str] = frozenset(), sft: bool = False
              "long budget costs minutes per step on 2 cores"),
             ("run.eval_limit", 1, "one held-out question proves the evaluation path"),
         ]
+        if m.family == "qwen2_5_omni":
+            wanted.append(("rollout.engine", "transformers", "vLLM loads Qwen2.5-Omni only in the released layout "
+                           "(thinker_config, weights under thinker.); the tiny Omni is a thinker alone"))
     if _data_missing(config):
         why = "the preset's data is not on this machine: the synthetic set, written where missing"
         wanted += [
