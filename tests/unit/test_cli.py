@@ -178,15 +178,15 @@ def test_rehearse_prints_and_records_the_swaps_once_and_a_resume_keeps_the_recor
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("rehearsal of qwen2-audio-7b: swapped") and "model.dtype: bfloat16 -> float32" in out
-    config, kwargs = runs[0]
+    config, _ = runs[0]
     assert config.run.rehearse and config.trainer.num_ranks == 5 and config.model.dtype == "float32"
-    assert (kwargs["declared"].gpus, kwargs["declared"].cpus) == (8, 37)
     record = json.loads((run / "rehearsal.json").read_text())
     assert record["preset"] == "qwen2-audio-7b" and "model.dtype" in {s["what"] for s in record["swaps"]}
+    assert record["cluster"] == {"cpus": 37, "gpus": 8}
     record["checks"] = [{"check": "placement", "ok": True}]
     (run / "rehearsal.json").write_text(json.dumps(record))
     dump_config(config, run / "config.yaml")  # the first run's saved config: resumed below
     assert main(["train", "--resume", "--verbose", f"run.output_dir={run}"]) == 0
-    assert runs[1][0].run.rehearse and runs[1][1]["declared"].gpus == 8
+    assert runs[1][0].run.rehearse and runs[1][0].trainer.num_ranks == 5
     assert json.loads((run / "rehearsal.json").read_text())["checks"] == [{"check": "placement", "ok": True}]
     assert "swapped" not in capsys.readouterr().out

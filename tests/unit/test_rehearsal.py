@@ -292,6 +292,7 @@ def test_the_judge_check_compares_probabilities_and_allows_only_near_ties():
     ]
     result = check_judge(3, scored, "argmax")
     assert result.ok and result.measured["near_ties"] == 1
+    assert result.measured["max_argmax_gap"] == pytest.approx(JUDGE_ATOL / 2)
 
     off = Scored(2, "consistency", 0.72, (0.7, 0.3), (1.0, 0.0))
     wrong = Scored(3, "think_quality", 2 / 9, tuple(p), DIGITS)

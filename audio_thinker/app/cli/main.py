@@ -140,7 +140,7 @@ def _train(args: argparse.Namespace) -> int:
 
     check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
     prepare_demo(config)  # the tiny models and synthetic set of the CPU default, where missing
-    run_training(config, actor_logs=start.actor_logs, declared=start.declared)
+    run_training(config, actor_logs=start.actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     print(f"watch it: audio-thinker dashboard --runs {run_dir.parent}   (http://127.0.0.1:{DEFAULT_PORT}/)")
     return 0
@@ -171,7 +171,7 @@ def _sft(args: argparse.Namespace) -> int:
     from audio_thinker.app.train.sft import run_sft
 
     prepare_demo(config, with_eval=False)  # the tiny policy and synthetic training split of the CPU default
-    run_sft(config, actor_logs=start.actor_logs, declared=start.declared)
+    run_sft(config, actor_logs=start.actor_logs)
     print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
     return 0
 

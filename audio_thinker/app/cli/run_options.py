@@ -10,19 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from audio_thinker.app.train.rehearsal import (
-    DeclaredCluster,
-    RehearsalRecord,
-    declared_cluster,
-    machine_swaps,
-    rehearsal_config,
-    trainer_groups,
-)
+from audio_thinker.app.train.rehearsal import RehearsalRecord, machine_swaps, rehearsal_cluster, rehearsal_config
 from audio_thinker.app.train.resume import record_changes, resume_config
 from audio_thinker.app.train.run_dir import default_output_dir
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import quiet_console
-from audio_thinker.core.placement import run_groups
 from audio_thinker.core.presets import load_config
 
 REHEARSE_HELP = (
@@ -60,13 +52,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_config: str) -> N
 
 @dataclass
 class RunStart:
-    """What a `train` or `sft` command starts from: the config, its run directory, where actor logs go, and a
-    rehearsal's declared cluster (None: not a rehearsal)."""
+    """What a `train` or `sft` command starts from: the config, its run directory and where actor logs go."""
 
     config: Config
     run_dir: Path
     actor_logs: Path | None
-    declared: DeclaredCluster | None
 
 
 def run_config(args: argparse.Namespace, default_name: str, sft: bool = False) -> RunStart:
@@ -92,14 +82,12 @@ def run_config(args: argparse.Namespace, default_name: str, sft: bool = False) -
     actor_logs = None if args.verbose else run_dir / "logs"
     if actor_logs is not None:
         quiet_console(actor_logs / "driver.log")
-    declared = None
-    if config.run.rehearse:
-        groups = trainer_groups(config) if sft else run_groups(config)
-        declared = declared_cluster(config, groups)
+    declared = rehearsal_cluster(config, sft)  # what the run will declare (app/train/rehearsal.py)
+    if declared is not None:
         record = RehearsalRecord(run_dir)
         if not (resuming and record.path.is_file()):  # a resume keeps the record the rehearsal started
             swaps += machine_swaps(config, declared, with_rollout=not sft)
             record.start(args.config, swaps, declared)
             print(f"rehearsal of {args.config or 'the built-in config'}: swapped (everything else is the preset's):")
             print("\n".join(s.line() for s in swaps))
-    return RunStart(config, run_dir, actor_logs, declared)
+    return RunStart(config, run_dir, actor_logs)

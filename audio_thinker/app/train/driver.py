@@ -40,7 +40,7 @@ from audio_thinker.app.train.loggers import check_loggers, open_loggers
 from audio_thinker.app.train.preemption import PreemptionGuard
 from audio_thinker.app.train.producer import Producer
 from audio_thinker.app.train.recovery import TrainerRecovery
-from audio_thinker.app.train.rehearsal import DeclaredCluster
+from audio_thinker.app.train.rehearsal import rehearsal_cluster
 from audio_thinker.app.train.rehearsal_run import Rehearsal
 from audio_thinker.app.train.run_dir import RunDir, default_output_dir
 from audio_thinker.app.train.run_start import open_run
@@ -130,10 +130,9 @@ class Driver:
         reward_fn: RewardFn | None = None,
         actor_logs: Path | None = None,
         toggles: BenchToggles | None = None,
-        declared: DeclaredCluster | None = None,
     ) -> Driver:
-        """Inputs checked and loaded, Ray (a rehearsal's `declared` cluster), the placement reserved, then every
-        actor group started at once."""
+        """Inputs checked and loaded, Ray (a rehearsal's declared cluster), the placement reserved, then every actor
+        group started at once."""
         c = config
         with_judge = reward_fn is None
         check_inputs(c, needs_judge_model=with_judge and needs_judge(c.reward.variant) and not c.judge.url)
@@ -144,7 +143,7 @@ class Driver:
             except ValueError as exc:
                 raise TrainingError(str(exc)) from None
         train_set, eval_set = prepare_data(c)
-        owns_ray = connect_ray(actor_logs, declared)
+        owns_ray = connect_ray(actor_logs, rehearsal_cluster(c, with_judge=with_judge))
         placement = None
         try:
             try:  # every actor's bundle reserved up front, or a named error at once
@@ -390,16 +389,10 @@ class Driver:
             ray.shutdown()
 
 
-def run_training(
-    config: Config,
-    reward_fn: RewardFn | None = None,
-    actor_logs: Path | None = None,
-    declared: DeclaredCluster | None = None,
-) -> Path:
+def run_training(config: Config, reward_fn: RewardFn | None = None, actor_logs: Path | None = None) -> Path:
     """A whole run; once its actors are up, a SIGTERM is a preemption notice (Preempted after the step in flight).
-    The guard goes in after `ray.init`, which installs a SIGTERM handler of its own (exit at once). `declared`: a
-    rehearsal's local cluster (app/train/rehearsal.py)."""
-    driver = Driver.from_config(config, reward_fn, actor_logs, declared=declared)
+    The guard goes in after `ray.init`, which installs a SIGTERM handler of its own (exit at once)."""
+    driver = Driver.from_config(config, reward_fn, actor_logs)
     try:
         with PreemptionGuard() as guard:
             driver.preemption = guard

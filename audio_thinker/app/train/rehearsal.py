@@ -87,6 +87,14 @@ def declared_cluster(config: Config, groups: list[GroupSpec]) -> DeclaredCluster
     return DeclaredCluster(cpus=math.ceil(need["CPU"] + config.trainer.num_cpus_per_rank), gpus=gpus)
 
 
+def rehearsal_cluster(config: Config, sft: bool = False, with_judge: bool = True) -> DeclaredCluster | None:
+    """The cluster a run declares: a rehearsal's (`run.rehearse`; `sft`: its trainer ranks only; `with_judge`:
+    whether the run starts a judge), else None (a run uses what its machines have)."""
+    if not config.run.rehearse:
+        return None
+    return declared_cluster(config, trainer_groups(config) if sft else run_groups(config, with_judge=with_judge))
+
+
 def _data_missing(config: Config) -> bool:
     d = config.data
     return any(m and not Path(m).is_file() for m in (d.train_manifest, d.eval_manifest))

@@ -196,7 +196,8 @@ class Scored:
 def check_judge(step: int, scored: Sequence[Scored], score_mode: str) -> CheckResult:
     """Consistency probabilities and expected scores within JUDGE_ATOL; an argmax score must be the transformers
     backend's most likely label, or within JUDGE_ATOL of it (a near-tie that either backend may break)."""
-    result = CheckResult("judge", step, measured={"scores": len(scored), "max_abs_diff": 0.0, "near_ties": 0})
+    measured = {"scores": len(scored), "max_abs_diff": 0.0, "max_argmax_gap": 0.0, "near_ties": 0}
+    result = CheckResult("judge", step, measured=measured)
     for s in scored:
         p = np.asarray(s.p, dtype=np.float64)
         if s.score == "consistency" or score_mode == "expected":
@@ -209,6 +210,8 @@ def check_judge(step: int, scored: Sequence[Scored], score_mode: str) -> CheckRe
             continue
         picked = [k for k, v in enumerate(s.values) if abs(v - s.value) < 1e-9]
         best = float(p.max())
+        if picked:  # how far the run's label is from transformers' most likely one (0: the same label)
+            measured["max_argmax_gap"] = max(measured["max_argmax_gap"], best - float(p[picked[0]]))
         if not picked or p[picked[0]] < best - JUDGE_ATOL:
             top = s.values[int(p.argmax())]
             result.problems.append(f"item {s.item} {s.score}: the run's judge scored {s.value:.4f}, transformers' "

@@ -26,7 +26,7 @@ from audio_thinker.app.train.sampling import step_questions
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.launch import check_inputs, connect_ray
 from audio_thinker.app.train.loggers import open_loggers
-from audio_thinker.app.train.rehearsal import DeclaredCluster
+from audio_thinker.app.train.rehearsal import rehearsal_cluster
 from audio_thinker.app.train.rehearsal_run import Rehearsal
 from audio_thinker.app.train.run_dir import RunDir, default_output_dir
 from audio_thinker.app.train.run_start import open_run
@@ -128,9 +128,9 @@ class SftRun:
         self.trainer.shutdown()
 
 
-def run_sft(config: Config, actor_logs: Path | None = None, declared: DeclaredCluster | None = None) -> Path:
-    """Check the inputs, start Ray (or join RAY_ADDRESS; a rehearsal's `declared` cluster) and the trainer group,
-    train, export; the run directory."""
+def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
+    """Check the inputs, start Ray (or join RAY_ADDRESS; a rehearsal declares its own) and the trainer group, train,
+    export; the run directory."""
     m, c = config.model, config
     if c.trainer.num_ranks > c.sft.batch_size:
         raise TrainingError(
@@ -142,7 +142,7 @@ def run_sft(config: Config, actor_logs: Path | None = None, declared: DeclaredCl
     if c.run.output_dir is None:
         c.run.output_dir = str(default_output_dir(f"sft-{c.run.name}"))
     run_dir = RunDir(c.run.output_dir)
-    owns_ray = connect_ray(actor_logs, declared)
+    owns_ray = connect_ray(actor_logs, rehearsal_cluster(c, sft=True))
     trainer = None
     try:
         trainer = PolicyTrainerGroup(m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype).ready()
