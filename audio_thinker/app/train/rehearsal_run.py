@@ -140,6 +140,7 @@ class Rehearsal:
         after_1 = dict(receive_published(single.publish_weights(step)))
         after_n = dict(receive_published(self.trainer.publish_weights(step)))
         self._close_single()
+        self.first_step = None  # once: a step redone after a trainer restart is not compared again
         ranks = self.config.trainer.num_ranks
         losses, norms = (multi[loss_key], one[loss_key]), (multi["actor/grad_norm"], one["actor/grad_norm"])
         return check_update(step, ranks, losses, norms, after_n, after_1, before)
