@@ -244,7 +244,7 @@ def adamw_updates(shards: list[list[int]], micro: int, seed: int = 0):
             logp = torch.log_softmax(model(x[idx]), -1)[torch.arange(len(idx)), labels[idx]]
             part = -(advantages[idx] * logp).sum() / 16  # the step's normaliser: every sequence of the step
             part.backward()
-            loss += float(part)
+            loss += float(part.detach())
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     optimizer.step()
     return loss, norm, before, {k: v.detach().clone() for k, v in model.state_dict().items()}
