@@ -1,6 +1,6 @@
 """`--rehearse` without a cluster: what it swaps and keeps, the declared cluster, the device decision, and each
 check fed its deliberately broken case (a worker given other weights, a placement moved, a rank's partition
-perturbed, a judge backend that disagrees). The whole rehearsal runs in tests/integration/test_rehearsal.py."""
+perturbed, a judge backend that disagrees). The whole rehearsal runs in tests/integration/test_rehearsal_e2e.py."""
 
 from __future__ import annotations
 
