@@ -15,7 +15,7 @@ export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install browser demo test test-fast lint bench bench-vs-trl clean
+.PHONY: install browser demo test test-fast lint bench bench-vs-trl rehearse clean
 
 install: $(STAMP)
 
@@ -59,7 +59,12 @@ lint: $(STAMP)
 
 # bench/vs_trl.py needs the `bench` extra (TRL): `make bench-vs-trl` installs it and runs that one.
 bench: $(STAMP)
-	for b in $(filter-out bench/gpu_check.py bench/vs_trl.py bench/_%,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
+	for b in $(filter-out bench/gpu_check.py bench/vs_trl.py bench/rehearse.py bench/_%,$(wildcard bench/*.py)); do $(BIN)/python $$b || exit 1; done
+
+# Every GPU preset rehearsed here for 2 steps (--rehearse: its topology on a local Ray cluster that declares its GPUs,
+# tiny models on the CPU), then a table of what each took and checked (docs/placement.md). Outside `make test`.
+rehearse: $(STAMP)
+	$(BIN)/python bench/rehearse.py
 
 BENCH_STAMP := $(VENV)/.bench
 

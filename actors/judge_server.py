@@ -30,13 +30,15 @@ HEALTH_PROBE_S = 10.0  # a judge whose /health does not answer within this is hu
 
 @ray.remote
 class JudgeServer:
-    def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str):
+    def __init__(self, model_path: str, judge: JudgeConfig, api_key: str, host: str, dtype: str | None = None):
         redirect_actor_output("judge-server")
         use_cpu_share(judge.num_cpus)
         settings = ServerSettings(
             **judge.limits().model_dump(), score_mode=judge.score_mode, api_keys=frozenset({api_key})
         )
-        server = build_server(lambda: load_backend(judge.backend, model_path), settings, host=host, port=0)
+        server = build_server(
+            lambda: load_backend(judge.backend, model_path, dtype=dtype), settings, host=host, port=0
+        )
         self.thread = ServerThread(server)
         self.base_url = self.thread.start()
 
@@ -61,10 +63,18 @@ class JudgeService:
     """The driver's handle on the in-cluster judge: one `JudgeServer` actor in an `ActorGroup`."""
 
     def __init__(
-        self, model_path: str, judge: JudgeConfig, api_key: str, host: str, placement: Sequence[Placed] | None = None
+        self,
+        model_path: str,
+        judge: JudgeConfig,
+        api_key: str,
+        host: str,
+        placement: Sequence[Placed] | None = None,
+        dtype: str | None = None,
     ):
+        """`dtype`: the judge model's weights dtype, the run's `model.dtype` (None: the backend's default, which for
+        vLLM is what it picks for the model: bfloat16 on its CPU backend even for a float32 model)."""
         self.group = ActorGroup(
-            "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host),
+            "judge server", JudgeServer, 1, lambda _: (model_path, judge, api_key, host, dtype),
             num_cpus=judge.num_cpus, num_gpus=judge.num_gpus, timeout_s=judge.call_timeout_s,
             timeout_key="judge.call_timeout_s",
             placement=placement, max_restarts=judge.max_restarts,

@@ -9,6 +9,8 @@ fails at the deadline, naming the group. Either way every group already reserved
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import ray
@@ -16,6 +18,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from audio_thinker.core.config import Config
+from audio_thinker.core.models import compute_device
 from audio_thinker.core.placement import GroupSpec, Slot, run_groups, totals
 
 
@@ -115,3 +118,24 @@ class RunPlacement:
 
     def close(self) -> None:
         self.remove()
+
+
+def actor_location(_actor: object = None) -> dict:
+    """Where the actor running this code is, as Ray placed it: its node, GPU ids, the resources it holds, its
+    placement group (hex id, None outside one) and the device it computes on (run through `__ray_call__`, so no
+    actor class needs a method for it)."""
+    context = ray.get_runtime_context()
+    return {
+        "node": context.get_node_id(),
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        "resources": context.get_assigned_resources(),
+        "placement_group": context.get_placement_group_id(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "device": compute_device().type,
+    }
+
+
+def locate(actors: Mapping[str, object], timeout_s: float = 60.0) -> dict[str, dict]:
+    """`actor_location` of every named actor handle."""
+    refs = {name: handle.__ray_call__.remote(actor_location) for name, handle in actors.items()}
+    return dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))

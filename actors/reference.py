@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from actors.group import ActorDiedError, ActorGroup, restarted_actor
 from actors.placement import Placed
 from audio_thinker.core.config import BenchToggles, ReferenceConfig
+from audio_thinker.core.models import compute_device
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.models import checkpoint_state, load_policy
 from audio_thinker.core.threads import use_cpu_share
@@ -48,7 +48,7 @@ class ReferenceModel:
         setup_logging()
         use_cpu_share(num_cpus)
         self.family = family
-        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.device = compute_device()
         self.module = CompletionLogprobs(load_policy(model_path, family, dtype=dtype, device=self.device)).eval()
         self.module.requires_grad_(False)
         self.micro_batch_size = micro_batch_size

@@ -25,6 +25,7 @@ import ray
 from actors.group import ActorGroup
 from actors.placement import Placed
 from audio_thinker.core.config import BenchToggles, TrainerConfig
+from audio_thinker.core.devices import cpu_only
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.threads import use_cpu_share
 from audio_thinker.core.weights import state_checksum
@@ -166,7 +167,8 @@ class PolicyTrainerGroup:
         self.family = family
         self.setup_args = (str(model_path), family, cfg, total_steps, dtype, toggles or BenchToggles())
         self.placement = placement
-        self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 else "gloo"
+        # GPU ranks broadcast with NCCL, unless the run computes on the CPU (a rehearsal: GPUs only declared).
+        self.sync_backend = "nccl" if cfg.num_gpus_per_rank > 0 and not cpu_only() else "gloo"
         self.ranks = self._create()
 
     def ready(self) -> PolicyTrainerGroup:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from audio_thinker.core.devices import DEVICES_ENV, cpu_only
+from audio_thinker.core.models import compute_device
 from reward_server.prompts import ALL_LABELS, label_token_ids
 from reward_server.scoring import BackendError
 
@@ -132,7 +134,7 @@ class TransformersBackend(JudgeBackend):
     ):
         super().__init__(model_path, model_path)
         self.max_prompt_tokens = _max_positions(model_path) - 1
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else compute_device()
         torch_dtype = (
             getattr(torch, dtype)
             if dtype
@@ -205,7 +207,13 @@ class VLLMBackend(JudgeBackend):
         # One process: the engine lives in the server's worker thread (docs/architecture.md, 'Outside dependencies').
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM, SamplingParams
+        from vllm.platforms import current_platform
 
+        if cpu_only() and not current_platform.is_cpu():
+            raise BackendError(
+                f"{DEVICES_ENV}=cpu (a rehearsal computes on the CPU) but this vLLM is a GPU build: the judge's vLLM "
+                "backend then needs the CPU build of vLLM (`make install` on a machine without a GPU)"
+            )
         super().__init__(model_path, model_path)
         self.llm = LLM(
             model=model_path,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from audio_thinker.core.models import use_cuda
 from audio_thinker.core.vocab import ENGINES
 from rollout.engine import GenerationEngine
 from rollout.hf_engine import TransformersEngine
@@ -13,7 +12,7 @@ from rollout.vllm_engine import VLLMEngine
 
 
 def default_dtype() -> str:
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    return "bfloat16" if use_cuda() else "float32"
 
 
 def build_engine(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, SuppressTokensLogitsProcessor
 
+from audio_thinker.core.models import compute_device
 from audio_thinker.core.encoding import PromptEncoder, stack_features
 from audio_thinker.core.families import audio_embeddings, merge_audio_embeddings
 from audio_thinker.core.models import DTYPES, checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
@@ -80,7 +81,7 @@ class TransformersEngine(GenerationEngine):
         self, model_path: str | Path, family: str, dtype: str, device: str | None = None
     ) -> None:
         self.family = family
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else compute_device()
         self.model = load_policy(model_path, family, dtype, self.device)
         tokenizer = load_tokenizer(model_path)
         self.encoder = PromptEncoder(tokenizer, load_feature_extractor(model_path))

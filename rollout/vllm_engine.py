@@ -32,6 +32,7 @@ from transformers import AutoConfig
 
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.chat import check_family, check_tensor_parallel
+from audio_thinker.core.devices import DEVICES_ENV, cpu_only
 from audio_thinker.core.models import load_tokenizer
 from rollout.engine import (
     GenerationEngine,
@@ -145,6 +146,11 @@ class VLLMEngine(GenerationEngine):
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
+        if cpu_only() and not current_platform.is_cpu():
+            raise RuntimeError(
+                f"{DEVICES_ENV}=cpu (a rehearsal computes on the CPU) but this vLLM is a GPU build: a rehearsal "
+                "needs the CPU build of vLLM (`make install` on a machine without a GPU)"
+            )
         if current_platform.is_cpu() and cpu_threads is not None:
             # The in-process CPU backend computes with torch's intra-op threads (it disables set_num_threads once
             # its worker starts); "nobind" keeps a multiprocessing engine from pinning one thread to every core.

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from audio_thinker.core.config import BenchToggles, TrainerConfig
+from audio_thinker.core.models import use_cuda
 from audio_thinker.core.families import checkpoint_items
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
@@ -137,12 +138,14 @@ class PolicyEngine:
         self.share_clips = (toggles or BenchToggles()).encode_audio_once
         self.family = family
         self.model_path = Path(model_path)
-        self.on_gpu = torch.cuda.is_available()
-        # On the CPU DeepSpeed loads its JIT communication op here, under its build lock (trainer/build_lock.py).
-        guard = nullcontext() if self.on_gpu else build_guard(SHM_COMM_OP, f"trainer rank {os.environ.get('RANK')}",
-                                                            cfg.startup_timeout_s)  # fmt: skip
-        with guard:
-            deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", verbose=False)
+        self.on_gpu = use_cuda()  # the run's decision: a rehearsal computes on the CPU (core/devices.py)
+        # On the CPU DeepSpeed's JIT communication op is loaded first, under its build lock (trainer/build_lock.py);
+        # init_distributed (which loads it again, from this process's cache) stays outside the lock: it is a
+        # collective, and a rank holding the lock there would wait for ranks that wait for the lock.
+        if not self.on_gpu:
+            with build_guard(SHM_COMM_OP, f"trainer rank {os.environ.get('RANK')}", cfg.startup_timeout_s):
+                load_cpu_ops()
+        deepspeed.init_distributed(dist_backend="nccl" if self.on_gpu else "gloo", verbose=False)
         self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
@@ -408,8 +411,14 @@ class PolicyEngine:
 def prebuild_cpu_ops() -> str:
     """Build (or find built) DeepSpeed's JIT communication op for CPU ranks, under its build lock: `make install`
     calls it so that a run only loads the op. Returns the folder it is in."""
-    from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
 
     with build_guard(SHM_COMM_OP, f"process {os.getpid()} (install)", timeout_s=900.0):
-        get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
+        load_cpu_ops()
     return str(extensions_dir() / SHM_COMM_OP)
+
+
+def load_cpu_ops() -> None:
+    """Build (or find built) and load DeepSpeed's communication op for CPU ranks; the caller holds its build lock."""
+    from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
+
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)

@@ -460,6 +460,13 @@ class RunConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="Save a checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the oldest are removed).")
     resume: bool = Field(False, description="Continue the run in output_dir from its last checkpoint.")
+    rehearse: bool = Field(
+        False,
+        description="A rehearsal of a GPU preset on this machine (set by `--rehearse`, which also swaps the models, "
+        "dtype, data and token budgets and records the swaps in rehearsal.json): the preset's placement on a local "
+        "Ray cluster that declares its GPUs, every actor computing on the CPU, and each step checked (weights on "
+        "every worker, placement, the ranks' update against one rank's, the judge's backends). docs/placement.md.",
+    )
     loggers: list[LoggerName] = Field(
         ["tensorboard"], description="Where metrics go besides metrics.jsonl: tensorboard, wandb (the wandb extra)."
     )

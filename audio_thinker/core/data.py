@@ -58,6 +58,10 @@ from audio_thinker.core.manifests import PARSERS, DataError, OutOfScope, read_ro
 from audio_thinker.core.progress import progress
 from audio_thinker.core.vocab import DATA_FORMATS
 
+# `<split>_cot.jsonl`: a synthetic split whose rows carry a rationale each (sft.target=cot without make-cot's output:
+# the CPU demo and a rehearsal of sft-b / sft-d; written by app/data/synthetic.py, `write_synthetic_cot`).
+COT_SPLIT_SUFFIX = "_cot"
+
 log = get_logger(__name__)
 
 

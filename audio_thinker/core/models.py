@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase, WhisperFeatureExtractor
 
+from audio_thinker.core.devices import cpu_only
 from audio_thinker.core.families import checkpoint_items, model_class
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,3 +62,13 @@ def checkpoint_state(model: torch.nn.Module, family: str) -> dict[str, torch.Ten
 def save_checkpoint_weights(model: torch.nn.Module, family: str, folder: str | Path) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in checkpoint_state(model, family).items()}
     save_file(tensors, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
+
+
+def use_cuda() -> bool:
+    """Whether this process computes on its CUDA device: never in a CPU-only run, else when torch sees one."""
+    return not cpu_only() and torch.cuda.is_available()
+
+
+def compute_device() -> torch.device:
+    """The device this process's models go on (the current CUDA device, or the CPU)."""
+    return torch.device("cuda") if use_cuda() else torch.device("cpu")

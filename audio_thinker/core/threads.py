@@ -4,6 +4,9 @@ Overlapping actors on a small machine (trainer, reference, rollout worker and ju
 start one OpenMP thread per core: oversubscribed intra-op threads made the tiny models 6-10x slower (see
 app/data/tiny_warmup.py). Ray sets OMP_NUM_THREADS from `num_cpus` only for actors it starts with that variable
 unset; setting torch's thread count here makes the share hold however the actor was started.
+
+`THREADS_ENV` overrides the share: a rehearsal (docs/placement.md) declares a GPU preset's CPU shares (4 per trainer
+rank, ...) on a machine that has 2 cores, so there each actor runs one thread.
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ import os
 
 import torch
 
+THREADS_ENV = "AUDIO_THINKER_CPU_THREADS"  # intra-op threads of every actor, whatever its CPU share (a rehearsal)
+
 
 def cpu_threads(num_cpus: float) -> int:
-    """Intra-op threads for a CPU share: its whole CPUs, at least one (0.25 or 0.5 CPU: one thread)."""
+    """Intra-op threads for a CPU share: its whole CPUs, at least one (0.25 or 0.5 CPU: one thread); THREADS_ENV
+    when set."""
     if num_cpus <= 0:
         raise ValueError(f"a CPU share must be > 0, got {num_cpus}")
+    fixed = os.environ.get(THREADS_ENV)
+    if fixed is not None:
+        if not fixed.isdigit() or int(fixed) < 1:
+            raise ValueError(f"{THREADS_ENV}={fixed!r}: expected a whole number of threads >= 1")
+        return int(fixed)
     return max(1, int(num_cpus))
 
 

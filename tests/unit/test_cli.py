@@ -15,6 +15,7 @@ import pytest
 from audio_thinker.app.cli.main import build_parser, main
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.core.options import option_name
+from audio_thinker.core.presets import dump_config
 from reward_server.options import ServeOptions
 
 AVQA_ROW = {"id": "q1", "question_text": "Which?", "multi_choice": ["a", "b"], "answer": 0, "audio_path": "x.wav"}
@@ -149,3 +150,29 @@ def test_traceback_only_at_debug(capsys, caplog, monkeypatch, manifest):
     assert main(["--log-level", "DEBUG", *argv]) == 2
     assert any(r.exc_info and "no row has a prediction" in str(r.exc_info[1]) for r in caplog.records)
     assert capsys.readouterr().err.count("audio-thinker eval: ") == 2
+
+
+def test_rehearse_prints_and_records_the_swaps_once_and_a_resume_keeps_the_record(monkeypatch, capsys, tmp_path):
+    runs = []
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.train.driver",
+                        types.SimpleNamespace(run_training=lambda config, **kw: runs.append((config, kw))))
+    monkeypatch.setattr("audio_thinker.app.cli.commands.check_plan", lambda c, **kw: None)
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.data.demo", types.SimpleNamespace(prepare_demo=lambda c: None))
+    run = tmp_path / "run"
+    argv = ["train", "--config", "qwen2-audio-7b", "--rehearse", "--verbose", "run.total_steps=2",
+            f"run.output_dir={run}"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("rehearsal of qwen2-audio-7b: swapped") and "model.dtype: bfloat16 -> float32" in out
+    config, _ = runs[0]
+    assert config.run.rehearse and config.trainer.num_ranks == 5 and config.model.dtype == "float32"
+    record = json.loads((run / "rehearsal.json").read_text())
+    assert record["preset"] == "qwen2-audio-7b" and "model.dtype" in {s["what"] for s in record["swaps"]}
+    assert record["cluster"] == {"cpus": 37, "gpus": 8}
+    record["checks"] = [{"check": "placement", "ok": True}]
+    (run / "rehearsal.json").write_text(json.dumps(record))
+    dump_config(config, run / "config.yaml")  # the first run's saved config: resumed below
+    assert main(["train", "--resume", "--verbose", f"run.output_dir={run}"]) == 0
+    assert runs[1][0].run.rehearse and runs[1][0].trainer.num_ranks == 5
+    assert json.loads((run / "rehearsal.json").read_text())["checks"] == [{"check": "placement", "ok": True}]
+    assert "swapped" not in capsys.readouterr().out

@@ -372,3 +372,19 @@ def test_the_notes_disagreements_are_in_the_papers_tables_2_and_3():
     assert cells("Qwen2.5-Omni-7B (Xu et al. 2025)\t69.67")[::2] == ["69.67", "67.37", "61.86", "66.30"]
     base = rows()["qwen2-audio-base"].paper["mmau"]
     assert [f"{base[c]:.2f}" for c in ("sound", "music", "speech", "average")] == ["62.16", "53.59", "48.59", "54.90"]
+
+
+def test_a_rehearsed_ablation_rehearses_every_row_and_evaluates_on_the_swapped_data(tmp_path):
+    options = AblateOptions(rows="grpo-a,sft-a", preset="qwen2-audio-7b", sft_preset="sft-a", rehearse=True,
+                            out=str(tmp_path))  # fmt: skip
+    _, benches, plans = plan_ablation(options, ["run.total_steps=2"])
+    assert [p.train_args[:2] for p in plans] == [["train", "--rehearse"], ["sft", "--rehearse"]]
+    assert all(p.config.run.rehearse and p.config.model.dtype == "float32" for p in plans)
+    assert plans[0].config.trainer.num_ranks == 5 and plans[1].config.trainer.num_ranks == 8
+    assert [(b.bench, b.data) for b in benches] == [("synthetic", "artifacts/synthetic/eval.jsonl")]
+
+
+def test_a_rehearsed_run_is_marked_in_the_table(tmp_path):
+    run = make_run(tmp_path / "r", "atar_cr_tr", "adaptive", results(1.0, 2.0, 3.0, 2.0, {"all": None}))
+    (run / "rehearsal.json").write_text("{}")
+    assert build_table([run])["rows"][0]["method"].endswith(" (rehearsal)")

@@ -22,6 +22,7 @@ from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.app.table1.options import AblateOptions, ReportOptions
 from audio_thinker.app.train.plan import capacity_of, check_plan, job_of, make_plan, render
+from audio_thinker.app.train.rehearsal import RehearsalRecord, machine_swaps, rehearsal_cluster, rehearsal_config
 from audio_thinker.app.train.resume import record_changes, start_config
 from audio_thinker.app.train.run_dir import default_output_dir
 from audio_thinker.core.config import Config
@@ -135,22 +136,32 @@ def evaluate(args: argparse.Namespace) -> int:
     return run_eval_command(spec, family)
 
 
-def _run_config(args: argparse.Namespace, default_name: str) -> tuple[Config, Path, Path | None]:
+def _run_config(args: argparse.Namespace, default_name: str, sft: bool = False) -> tuple[Config, Path, Path | None]:
     """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
-    run's saved config.yaml is the base, app/train/resume.py), its run directory, and where actor logs go."""
+    run's saved config.yaml is the base, app/train/resume.py; with --rehearse the swaps are applied, printed and
+    recorded), its run directory, and where actor logs go."""
     config, changes = start_config(
-        args.config, args.overrides, args.resume, args.resume_if_exists, args.allow_config_change
+        args.config, args.overrides, args.resume, args.resume_if_exists, args.allow_config_change, args.rehearse, sft
     )
     record_changes(config.run.output_dir, changes)
     if not os.environ.get("RAY_ADDRESS"):
         # A local run: Ray would otherwise bind its services to the machine's network address, not loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if config.run.output_dir is None:
-        config.run.output_dir = str(default_output_dir(default_name.format(name=config.run.name)))
+        prefix = "rehearsal-" if config.run.rehearse else ""
+        config.run.output_dir = str(default_output_dir(prefix + default_name.format(name=config.run.name)))
     run_dir = Path(config.run.output_dir)
     actor_logs = None if args.verbose else run_dir / "logs"
     if actor_logs is not None:
         quiet_console(actor_logs / "driver.log")
+    declared = rehearsal_cluster(config, sft)  # what a rehearsal declares (app/train/rehearsal.py)
+    if declared is not None:
+        record = RehearsalRecord(run_dir)
+        if not (config.run.resume and record.path.is_file()):  # a resume keeps the record the rehearsal started
+            swaps = rehearsal_config(args.config, args.overrides, sft)[1] + machine_swaps(config, declared, not sft)
+            record.start(args.config, swaps, declared)
+            print(f"rehearsal of {args.config or 'the built-in config'}: swapped (everything else is the preset's):")
+            print("\n".join(s.line() for s in swaps))
     return config, run_dir, actor_logs
 
 
@@ -191,7 +202,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def sft(args: argparse.Namespace) -> int:
-    config, run_dir, actor_logs = _run_config(args, "sft-{name}")
+    config, run_dir, actor_logs = _run_config(args, "sft-{name}", sft=True)
     check_plan(config, job="sft")
     from audio_thinker.app.data.demo import prepare_demo  # torch/Ray/DeepSpeed: only when this command runs
     from audio_thinker.app.train.sft import run_sft

@@ -84,6 +84,14 @@ def _run_options(p: argparse.ArgumentParser, what: str) -> None:
         "config_changes.jsonl (default: off)",
     )
     p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="rehearse a GPU preset here: its whole topology (ranks, workers, judge backend, reference placement, "
+        "placement groups, ZeRO stage, sync) on a local Ray cluster that declares its GPUs, every actor on the CPU "
+        "with the tiny models; the swaps are printed and recorded in the run directory's rehearsal.json, and every "
+        "step is checked (docs/placement.md) (default: off)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="show every log line, the actors' and engines' too, on the console (default: off: the progress bar, "

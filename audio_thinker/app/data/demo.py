@@ -9,22 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.app.data.options import TINY_MODELS
+from audio_thinker.app.data.synthetic import write_synthetic_cot, write_synthetic_dataset
 from audio_thinker.app.data.tiny import ensure_tiny_models, read_provenance
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.core.config import Config
+from audio_thinker.core.data import COT_SPLIT_SUFFIX
 from audio_thinker.core.log import get_logger
 
 log = get_logger(__name__)
 
 
-def synthetic_splits(config: Config, with_eval: bool = True) -> list[tuple[str, int]]:
-    """The synthetic splits (name, size) to write, after checking every manifest path.
+def synthetic_splits(config: Config, with_eval: bool = True) -> list[tuple[str, int, bool]]:
+    """The synthetic splits (name, size, with a rationale per row) to write, after checking every manifest path.
 
-    Synthetic data is written only where it belongs (`data.audio_root/<split>.jsonl`) and only when that file is
-    missing; any other missing manifest is an error naming the key and the path, raised before anything is
-    written or loaded (a typo in a path must never overwrite a data set).
+    Synthetic data is written only where it belongs (`data.audio_root/<split>.jsonl`; for sft.target=cot the
+    training split with a rationale per row, `<split>_cot.jsonl`) and only when that file is missing; any other
+    missing manifest is an error naming the key and the path, raised before anything is written or loaded (a typo
+    in a path must never overwrite a data set).
     """
     d = config.data
     root = Path(d.audio_root)
@@ -35,15 +37,16 @@ def synthetic_splits(config: Config, with_eval: bool = True) -> list[tuple[str, 
     for key, manifest, size, split in manifests:
         if not manifest or Path(manifest).is_file():
             continue
-        target = root / f"{split}.jsonl"
+        cot = key == "data.train_manifest" and config.sft.target == "cot"
+        target = root / f"{split}{COT_SPLIT_SUFFIX if cot else ''}.jsonl"
         if not d.make_synthetic_if_missing:
             raise TrainingError(f"{key}={manifest}: no such file (data.make_synthetic_if_missing=false)")
         if Path(manifest).resolve() != target.resolve():
             raise TrainingError(
                 f"{key}={manifest}: no such file; synthetic data is only written to {target} "
-                "(data.audio_root/<split>.jsonl), so check the path"
+                "(data.audio_root/<split>.jsonl, <split>_cot.jsonl for sft.target=cot), so check the path"
             )
-        todo.append((split, size))
+        todo.append((split, size, cot))
     return todo
 
 
@@ -75,6 +78,11 @@ def prepare_demo(config: Config, with_eval: bool = True) -> None:
     split, `with_eval=False`)."""
     splits = synthetic_splits(config, with_eval)
     prepare_models(config)
-    for split, size in splits:
-        log.info("writing the synthetic %s split (%d questions) to %s", split, size, config.data.audio_root)
-        write_synthetic_dataset(config.data.audio_root, n=size, seed=config.run.seed, split=split)
+    root = Path(config.data.audio_root)
+    for split, size, cot in splits:
+        if not (root / f"{split}.jsonl").is_file():
+            log.info("writing the synthetic %s split (%d questions) to %s", split, size, root)
+            write_synthetic_dataset(root, n=size, seed=config.run.seed, split=split)
+        if cot:
+            log.info("writing the synthetic %s split with rationales to %s", split, root)
+            write_synthetic_cot(root, split, config.sft.rationale_field)

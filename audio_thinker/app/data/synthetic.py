@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from audio_thinker.core.audio import SAMPLE_RATE, write_audio
+from audio_thinker.core.data import COT_SPLIT_SUFFIX
 from audio_thinker.core.progress import progress
 
 SR = SAMPLE_RATE
@@ -324,4 +325,20 @@ def write_synthetic_dataset(
     tmp = manifest.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
     tmp.replace(manifest)  # a reader never sees a half-written manifest
+    return manifest
+
+
+def write_synthetic_cot(out_dir: str | Path, split: str = "train", field: str = "rationale") -> Path:
+    """`<split>_cot.jsonl` from the synthetic split `<split>`: each row with a rationale in `field` that ends at the
+    correct choice (as one `make-cot` accepts), for sft.target=cot where no make-cot output is at hand. The clips
+    are the split's own."""
+    out_dir = Path(out_dir)
+    rows = [json.loads(line) for line in (out_dir / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows:
+        choice = row["multi_choice"][row["answer"]]
+        row[field] = f"I listen to the clip and compare it with each choice. Therefore, the answer is {choice}."
+    manifest = out_dir / f"{split}{COT_SPLIT_SUFFIX}.jsonl"
+    tmp = manifest.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(manifest)
     return manifest

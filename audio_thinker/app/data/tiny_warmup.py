@@ -115,7 +115,7 @@ def format_warmup(
                 batch = PolicyBatch(prompts=prompts, prompt_index=index, completion_ids=targets)
                 inputs = collate(batch, range(len(batch)))
                 mask = inputs.pop("mask")
-                loss = -(module(**inputs, temperature=1.0) * mask).sum() / mask.sum()
+                loss = -(module(**inputs, temperature=1.0) * mask).sum() / mask.sum()  # the untempered NLL
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -28,6 +28,7 @@ from audio_thinker.app.table1.compare import comparison_lines
 from audio_thinker.app.table1.report import build_table, write_table
 from audio_thinker.app.table1.rows import ROW_KEYS, Row, all_rows
 from audio_thinker.app.table1.runs import ROW_FILE
+from audio_thinker.app.train.rehearsal import rehearsal_config
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.options import OptionError
@@ -89,7 +90,7 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
         raise OptionError(f"override {', '.join(clash)}: set by each row of Table 1 (remove it, or run `train`)")
     if any(o.split("=", 1)[0] in ("run.output_dir", "run.name", "run.resume") for o in overrides):
         raise OptionError("overrides run.output_dir / run.name / run.resume: ablate sets them (use --out)")
-    base = load_config(options.preset, overrides)
+    base = row_config(options, options.preset, overrides)
     seeds = [base.run.seed + k for k in range(options.seeds)]  # run.seed (an override too) is the first
     overrides = [o for o in overrides if o.split("=", 1)[0] != "run.seed"]  # each run sets its own
     out = Path(options.out or f"runs/ablate-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
@@ -110,6 +111,11 @@ def plan_ablation(options: AblateOptions, overrides: list[str]) -> tuple[Path, l
     return out, benches, plans
 
 
+def row_config(options: AblateOptions, preset: str | None, keys: list[str], sft: bool = False) -> Config:
+    """A row's config, with the rehearsal's swaps under --rehearse (app/train/rehearsal.py)."""
+    return rehearsal_config(preset, keys, sft)[0] if options.rehearse else load_config(preset, keys)
+
+
 def _seed_plan(row: Row, folder: Path, seed: int, options: AblateOptions, overrides: list[str]) -> RowPlan:
     """The validated config and `train` / `sft` arguments of one seed of a trained row."""
     preset, data = options.preset, []
@@ -125,14 +131,14 @@ def _seed_plan(row: Row, folder: Path, seed: int, options: AblateOptions, overri
     run_keys = [*row.overrides, *data, *overrides, f"run.seed={seed}", f"run.output_dir={folder}",
                 f"run.name={row.name}-seed-{seed}"]
     try:
-        config = load_config(preset, run_keys)
+        config = row_config(options, preset, run_keys, sft=row.kind == "sft")
     except ConfigError as exc:
         raise ConfigError(f"row {row.name}: {exc}") from None
     if config.model.family != row.family:
         raise OptionError(f"--rows {row.name}: --sft-preset {preset} trains model.family={config.model.family}, "
                           f"the row is {row.family}")
-    command = "sft" if row.kind == "sft" else "train"
-    return RowPlan(row, folder, config, [command, *_absolute(preset), *run_keys], seed)
+    command = ["sft" if row.kind == "sft" else "train", *(["--rehearse"] if options.rehearse else [])]
+    return RowPlan(row, folder, config, [*command, *_absolute(preset), *run_keys], seed)
 
 
 def _finished(run: Path) -> bool:

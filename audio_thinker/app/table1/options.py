@@ -81,6 +81,11 @@ class AblateOptions(BaseModel):
         "table gives each seed's numbers, their mean and its 95% interval."
     )
     compare: list[str] = Field(default_factory=list, description=COMPARE_HELP)
+    rehearse: bool = Field(
+        False,
+        description="Rehearse every row here (`train --rehearse`, `sft --rehearse`; docs/placement.md): the preset's "
+        "topology on the tiny models, each row evaluated on the swapped data.",
+    )
 
     @field_validator("rows", mode="before")
     @classmethod

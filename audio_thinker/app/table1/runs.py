@@ -16,6 +16,7 @@ from pathlib import Path
 
 from audio_thinker.app.errors import EvalError
 from audio_thinker.app.table1.rows import all_rows, row_of_config
+from audio_thinker.app.train.rehearsal import RECORD_FILE as REHEARSAL_RECORD
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.stats import mean_interval, wilson_percent
 
@@ -68,6 +69,8 @@ def _identity(run: Path) -> dict:
 def read_run(run: Path) -> RunRecord:
     run = run.resolve()
     identity = _identity(run)
+    if (run / REHEARSAL_RECORD).is_file():  # tiny models on the CPU: its numbers are no result (docs/placement.md)
+        identity["method"] += " (rehearsal)"
     evals = sorted((run / "eval").glob("*/results.json")) if (run / "eval").is_dir() else []
     if not evals:
         raise EvalError(

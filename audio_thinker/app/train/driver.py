@@ -40,6 +40,8 @@ from audio_thinker.app.train.loggers import check_loggers, open_loggers
 from audio_thinker.app.train.preemption import PreemptionGuard
 from audio_thinker.app.train.producer import Producer
 from audio_thinker.app.train.recovery import TrainerRecovery
+from audio_thinker.app.train.rehearsal import rehearsal_cluster
+from audio_thinker.app.train.rehearsal_run import Rehearsal
 from audio_thinker.app.train.run_dir import RunDir, default_output_dir
 from audio_thinker.app.train.run_start import open_run
 from audio_thinker.app.train.sampling import Sampler, request_seed
@@ -119,6 +121,7 @@ class Driver:
         self.owns_ray = False
         self.placement: RunPlacement | None = None
         self.loggers: list = []
+        self.rehearsal: Rehearsal | None = None  # run.rehearse: the checks of app/train/rehearsal_run.py
 
     @classmethod
     def from_config(
@@ -128,7 +131,8 @@ class Driver:
         actor_logs: Path | None = None,
         toggles: BenchToggles | None = None,
     ) -> Driver:
-        """Inputs checked and loaded, Ray, the placement reserved, then every actor group started at once."""
+        """Inputs checked and loaded, Ray (a rehearsal's declared cluster), the placement reserved, then every actor
+        group started at once."""
         c = config
         with_judge = reward_fn is None
         check_inputs(c, needs_judge_model=with_judge and needs_judge(c.reward.variant) and not c.judge.url)
@@ -139,7 +143,7 @@ class Driver:
             except ValueError as exc:
                 raise TrainingError(str(exc)) from None
         train_set, eval_set = prepare_data(c)
-        owns_ray = connect_ray(actor_logs)
+        owns_ray = connect_ray(actor_logs, rehearsal_cluster(c, with_judge=with_judge))
         placement = None
         try:
             try:  # every actor's bundle reserved up front, or a named error at once
@@ -160,6 +164,8 @@ class Driver:
         driver = cls(c, parts.rollout, parts.trainer, parts.reference, parts.judge, run_dir, train_set, eval_set,
                      reward_fn, toggles=toggles)  # fmt: skip
         driver.owns_ray, driver.placement = owns_ray, placement
+        if c.run.rehearse:
+            driver.rehearsal = Rehearsal.of_run(c, run_dir, parts, placement)
         return driver
 
     # -------------------------------------------------------------------------------- one step
@@ -234,6 +240,8 @@ class Driver:
             )
         sync, _ = self.timeline.run("sync", "trainer", step, lambda: self.sync.push(step))
         self.version = step
+        if self.rehearsal is not None:  # a failed check stops the run, naming it
+            train = {**train, **self.rehearsal.check_step(step, batch.records, batch.policy, train)}
         return {**train, **dropped}, sync
 
     def take_recoveries(self) -> dict[str, int]:
@@ -247,6 +255,8 @@ class Driver:
         """Every step from the start (or the resume point) to T, then the exported policy in `final/`."""
         c = self.config
         start = open_run(c, self.run_dir, self.trainer.load_checkpoint)
+        if self.rehearsal is not None:
+            self.rehearsal.begin(start)  # the placement check, before the first step
         if start:  # the workers get the resumed weights (checksum checked) before they generate
             self.sync.push(start)
             self.version = start
@@ -369,7 +379,7 @@ class Driver:
     def close(self) -> None:
         """End every part (each even when another fails to close), then Ray if this driver started it. Steps
         produced ahead are abandoned (`Producer.close`)."""
-        for part in (*self.loggers, self.sync):
+        for part in (*self.loggers, self.sync, *([self.rehearsal] if self.rehearsal else [])):
             close_quietly(part)
         RunParts(self.judge, self.rollout, self.trainer, self.reference).close()
         if self.placement is not None:

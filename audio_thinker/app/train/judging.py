@@ -78,6 +78,11 @@ def judge_items(records: Sequence[RolloutRecord], needed: set[str]) -> dict[tupl
     return groups
 
 
+def judge_item(record: RolloutRecord) -> dict:
+    """The judge API's item for a record: what the judge reads of it."""
+    return {"question": record.question, "think": record.think, "answer": record.answer_text, "choices": record.choices}
+
+
 def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecord], needed: set[str]) -> int:
     """Fill the records' verdicts from the judge; concurrent chunked requests. Returns the items judged."""
     groups = judge_items(records, needed)
@@ -109,15 +114,7 @@ def call_judge(judge: Judge, config: JudgeConfig, records: Sequence[RolloutRecor
             for scores, idx in groups.items():
                 for k in range(0, len(idx), chunk):
                     part = idx[k : k + chunk]
-                    items = [
-                        {
-                            "question": records[i].question,
-                            "think": records[i].think,
-                            "answer": records[i].answer_text,
-                            "choices": records[i].choices,
-                        }
-                        for i in part
-                    ]
+                    items = [judge_item(records[i]) for i in part]
                     jobs.append((part, scores, ask(items, scores)))
             results = await asyncio.gather(*(job for _, _, job in jobs))
             for (part, scores, _), res in zip(jobs, results):

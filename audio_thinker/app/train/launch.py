@@ -21,6 +21,7 @@ from actors.rollout_pool import RolloutPool
 from actors.trainer_group import PolicyTrainerGroup
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.judging import Judge
+from audio_thinker.app.train.rehearsal import DeclaredCluster
 from audio_thinker.core.config import BenchToggles, Config
 from audio_thinker.core.data import Dataset, load_dataset
 from audio_thinker.core.log import LOG_DIR_ENV, STEPS, get_logger
@@ -62,10 +63,16 @@ def prepare_data(config: Config) -> tuple[Dataset, Dataset | None]:
     return train, held_out
 
 
-def connect_ray(actor_logs: Path | None = None) -> bool:
+def connect_ray(actor_logs: Path | None = None, declared: DeclaredCluster | None = None) -> bool:
     """Join the cluster of RAY_ADDRESS (a `ray job submit` run sets it), else start a new local one whose
-    actors write their output to files in `actor_logs` (None: Ray shows it on the console). Returns whether
-    this call started Ray (and so must shut it down)."""
+    actors write their output to files in `actor_logs` (None: Ray shows it on the console). A rehearsal's
+    `declared` cluster is always a new local one declaring its GPUs and CPUs, and its environment (every process
+    on the CPU) is set here for the driver and every actor. Returns whether this call started Ray (and so must
+    shut it down)."""
+    if declared is not None:
+        if os.environ.get("RAY_ADDRESS"):
+            raise TrainingError("a rehearsal declares its GPUs on a local Ray cluster of its own: unset RAY_ADDRESS")
+        os.environ.update(declared.env)
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS")
@@ -74,24 +81,28 @@ def connect_ray(actor_logs: Path | None = None) -> bool:
         log.info("joined the Ray cluster at %s", address)
     else:
         env = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "TORCH_"))}
+        env.update(declared.env if declared is not None else {})
         if actor_logs is not None:
             env[LOG_DIR_ENV] = str(actor_logs)
+        cpus = declared.cpus if declared is not None else os.cpu_count()
         ray.init(
             address="local",
-            num_cpus=os.cpu_count(),
+            num_cpus=cpus,
+            num_gpus=declared.gpus if declared is not None else None,
             include_dashboard=False,
             log_to_driver=actor_logs is None,
             logging_level=logging.INFO if actor_logs is None else logging.WARNING,
             runtime_env={"env_vars": env},
         )
-        log.info("started a local Ray instance (%d CPUs)", os.cpu_count())
+        gpus = f", {declared.gpus} GPUs declared" if declared is not None else ""
+        log.info("started a local Ray instance (%d CPUs%s)", cpus, gpus)
     return not address
 
 
 def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge:
     """The run's judge, not yet waited for: an external one (`judge.url`), a new judge actor (in the run's judge
     bundle when `placement` is given), or `judge.replicas` replicas on Ray Serve (started here: Serve places them,
-    its proxy on a free port)."""
+    its proxy on a free port). An in-cluster judge loads its model in the run's `model.dtype`."""
     j = config.judge
     if j.url:
         return Judge(j.url, j.api_key_value() or os.environ.get("AUDIO_THINKER_JUDGE_API_KEY"))
@@ -99,11 +110,11 @@ def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge
     host = "127.0.0.1" if len(ray.nodes()) == 1 else ray.util.get_node_ip_address()
     if j.replicas is None:
         slots = (placement.slots("judge") or None) if placement is not None else None
-        return Judge("", key, JudgeService(config.model.judge_path, j, key, host, slots))
+        return Judge("", key, JudgeService(config.model.judge_path, j, key, host, slots, dtype=config.model.dtype))
     settings = ServerSettings(**j.limits().model_dump(), score_mode=j.score_mode, api_keys=frozenset({key}))
     path = config.model.judge_path
     deployment = JudgeDeployment(
-        lambda: load_backend(j.backend, path),
+        lambda: load_backend(j.backend, path, dtype=config.model.dtype),
         settings,
         Scaling(replicas=j.replicas),
         host=host,

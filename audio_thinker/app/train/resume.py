@@ -20,6 +20,7 @@ from pathlib import Path
 
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.run_dir import CONFIG_FILE, RunDir
+from audio_thinker.app.train.rehearsal import rehearsal_config
 from audio_thinker.core.config import Config
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.options import OptionError
@@ -87,15 +88,24 @@ def defining_changes(saved: Config, new: Config) -> dict[str, tuple[object, obje
 
 
 def resume_config(
-    config_file: str | None, overrides: list[str], allow_config_change: bool = False
+    config_file: str | None,
+    overrides: list[str],
+    allow_config_change: bool = False,
+    rehearse: bool = False,
+    sft: bool = False,
 ) -> tuple[Config, dict[str, tuple[object, object]]]:
     """The config of a resumed run and the run-defining changes it carries (empty unless allowed).
 
     Without `config_file` the run's saved config plus `overrides` is the new config; with one, that file plus
     `overrides` (as on the first command line) must agree with the saved config on every run-defining key.
-    A run directory without a saved config is refused (TrainingError naming it).
+    A run directory without a saved config is refused (TrainingError naming it). `rehearse`: `config_file` is
+    rehearsed (its swaps applied, app/train/rehearsal.py; `sft`: as `audio-thinker sft` rehearses it), as on the
+    first command line.
     """
-    new = load_config(config_file, [*overrides, "run.resume=true"])
+    if rehearse:
+        new, _ = rehearsal_config(config_file, [*overrides, "run.resume=true"], sft)
+    else:
+        new = load_config(config_file, [*overrides, "run.resume=true"])
     saved_path = saved_config(new)
     if saved_path is None:
         raise TrainingError(
@@ -129,15 +139,18 @@ def start_config(
     resume: bool = False,
     resume_if_exists: bool = False,
     allow_config_change: bool = False,
+    rehearse: bool = False,
+    sft: bool = False,
 ) -> tuple[Config, dict[str, tuple[object, object]]]:
     """`train` and `sft`: the config to start with and its allowed run-defining changes, by the resume options.
 
     `--resume` (or `run.resume=true`) continues a saved run and is refused without one; `--resume-if-exists`
     continues one when `run.output_dir` holds it and starts there otherwise; without either a folder that holds
-    a run is refused. `--allow-config-change` without a resume option is refused."""
+    a run is refused. `--allow-config-change` without a resume option is refused. `rehearse`: the config is
+    rehearsed (app/train/rehearsal.py; `sft` as `audio-thinker sft` rehearses it)."""
     if resume and resume_if_exists:
         raise OptionError("--resume and --resume-if-exists: choose one")
-    config = load_config(config_file, overrides)
+    config = rehearsal_config(config_file, overrides, sft)[0] if rehearse else load_config(config_file, overrides)
     resume = resume or config.run.resume
     if allow_config_change and not (resume or resume_if_exists):
         raise OptionError("--allow-config-change: only with --resume or --resume-if-exists")
@@ -146,9 +159,9 @@ def start_config(
             log.info("--resume-if-exists: %s holds no saved run, starting it", config.run.output_dir)
             config.run.resume = False
             return config, {}
-        return resume_config(config_file, overrides, allow_config_change)
+        return resume_config(config_file, overrides, allow_config_change, rehearse, sft)
     if resume:
-        return resume_config(config_file, overrides, allow_config_change)
+        return resume_config(config_file, overrides, allow_config_change, rehearse, sft)
     if config.run.output_dir and RunDir(config.run.output_dir).logged_steps():
         raise TrainingError(
             f"run.output_dir={config.run.output_dir} already holds a run: --resume to continue it, or choose "

@@ -9,6 +9,7 @@
       status.json                 {"state": "running" | "finished" | "failed" | "preempted", "message", "time"}
       timeline.json               each step's phases as a Chrome trace (app/train/timeline.py; Perfetto, chrome://tracing)
       final/                      the trained policy as a Hugging Face folder (both engines and `eval` load it)
+      rehearsal.json              a rehearsal's swaps and checks (app/train/rehearsal.py, `--rehearse`)
 
 On resume everything logged after the checkpoint being resumed is cut away first, so that no step is
 logged twice (TensorBoard's own `purge_step` does the same for the event files).

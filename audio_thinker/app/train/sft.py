@@ -26,6 +26,8 @@ from audio_thinker.app.train.sampling import step_questions
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.app.train.launch import check_inputs, connect_ray
 from audio_thinker.app.train.loggers import open_loggers
+from audio_thinker.app.train.rehearsal import rehearsal_cluster
+from audio_thinker.app.train.rehearsal_run import Rehearsal
 from audio_thinker.app.train.run_dir import RunDir, default_output_dir
 from audio_thinker.app.train.run_start import open_run
 from audio_thinker.app.train.sft_data import load_sft_data, sft_target
@@ -54,6 +56,7 @@ class SftRun:
         self.encoder = PromptEncoder(self.tokenizer, load_feature_extractor(path))
         self.template = load_template(config.prompt.mode, config.prompt.template_file)
         self.loggers: list = []
+        self.rehearsal: Rehearsal | None = None  # run.rehearse: the checks of app/train/rehearsal_run.py
 
     def batch(self, step: int) -> PolicyBatch:
         """The step's questions as prompts (instruction + clip) and target token ids."""
@@ -71,14 +74,19 @@ class SftRun:
 
     def step(self, step: int) -> dict:
         start = time.perf_counter()
-        metrics = self.trainer.sft_step(self.batch(step))
+        batch = self.batch(step)
+        metrics = self.trainer.sft_step(batch)
         if not math.isfinite(metrics["sft/loss"]) or not math.isfinite(metrics["actor/grad_norm"]):
             raise FloatingPointError(f"non-finite loss {metrics['sft/loss']} / grad norm {metrics['actor/grad_norm']}")
+        if self.rehearsal is not None:  # a failed check stops the run, naming it
+            self.rehearsal.check_sft_step(step, batch, metrics)
         return {"step": step, **metrics, "timing_s/step": time.perf_counter() - start}
 
     def train(self) -> Path:
         c = self.config
         start = open_run(c, self.run_dir, self.trainer.load_checkpoint)
+        if self.rehearsal is not None:
+            self.rehearsal.begin(start)  # the placement check, before the first step
         self.loggers = open_loggers(c, self.run_dir, purge_step=start + 1)
         self.run_dir.write_status("running")
         steps = range(start + 1, c.run.total_steps + 1)
@@ -115,11 +123,14 @@ class SftRun:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
+        if self.rehearsal is not None:
+            self.rehearsal.close()
         self.trainer.shutdown()
 
 
 def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
-    """Check the inputs, start Ray (or join RAY_ADDRESS) and the trainer group, train, export; the run directory."""
+    """Check the inputs, start Ray (or join RAY_ADDRESS; a rehearsal declares its own) and the trainer group, train,
+    export; the run directory."""
     m, c = config.model, config
     if c.trainer.num_ranks > c.sft.batch_size:
         raise TrainingError(
@@ -131,11 +142,13 @@ def run_sft(config: Config, actor_logs: Path | None = None) -> Path:
     if c.run.output_dir is None:
         c.run.output_dir = str(default_output_dir(f"sft-{c.run.name}"))
     run_dir = RunDir(c.run.output_dir)
-    owns_ray = connect_ray(actor_logs)
+    owns_ray = connect_ray(actor_logs, rehearsal_cluster(c, sft=True))
     trainer = None
     try:
         trainer = PolicyTrainerGroup(m.policy_path, m.family, c.trainer, c.run.total_steps, m.dtype).ready()
         run = SftRun(config, trainer, data, rationales, run_dir)
+        if c.run.rehearse:
+            run.rehearsal = Rehearsal.of_sft(c, run_dir, trainer)
         try:
             return run.train()
         finally:
