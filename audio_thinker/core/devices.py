@@ -16,6 +16,7 @@ import os
 
 DEVICES_ENV = "AUDIO_THINKER_DEVICES"  # "cpu": every process computes on the CPU; unset or "auto": CUDA when seen
 DEVICE_CHOICES = ("auto", "cpu")
+THREADS_ENV = "AUDIO_THINKER_CPU_THREADS"  # intra-op threads of every actor, whatever its CPU share (a rehearsal)
 
 
 def cpu_only() -> bool:

@@ -15,7 +15,8 @@ import os
 
 import torch
 
-THREADS_ENV = "AUDIO_THINKER_CPU_THREADS"  # intra-op threads of every actor, whatever its CPU share (a rehearsal)
+from audio_thinker.core.devices import THREADS_ENV
+
 
 
 def cpu_threads(num_cpus: float) -> int:

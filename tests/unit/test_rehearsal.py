@@ -42,7 +42,8 @@ from audio_thinker.core.devices import DEVICES_ENV, cpu_only
 from audio_thinker.core.models import compute_device, use_cuda
 from audio_thinker.core.placement import run_groups, totals
 from audio_thinker.core.presets import load_config
-from audio_thinker.core.threads import THREADS_ENV, cpu_threads
+from audio_thinker.core.devices import THREADS_ENV
+from audio_thinker.core.threads import cpu_threads
 
 SWAPPED = {
     "model.policy_path", "model.judge_path", "model.make_tiny_if_missing", "model.tiny_warmup_steps", "model.dtype",
@@ -304,7 +305,8 @@ def test_the_judge_check_compares_probabilities_and_allows_only_near_ties():
 
 
 def test_make_rehearse_takes_every_preset_that_declares_gpus_and_no_base():
-    assert gpu_presets() == ["qwen2-audio-7b", "qwen2.5-omni-7b", "sft-a", "sft-b", "sft-c", "sft-d"]
+    assert gpu_presets() == ["qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni-30b-a3b", "qwen3-omni-30b-a3b-full",
+                             "sft-a", "sft-b", "sft-c", "sft-d"]
 
 
 def test_an_sft_cot_rehearsal_gets_a_synthetic_split_with_a_rationale_per_row(tmp_path):

@@ -29,10 +29,10 @@ from typing import Any
 
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import COT_SPLIT_SUFFIX
-from audio_thinker.core.devices import cpu_only_env
+from audio_thinker.core.devices import THREADS_ENV, cpu_only_env
 from audio_thinker.core.placement import GroupSpec, run_groups, totals
 from audio_thinker.core.presets import PRESET_DIR, load_config, preset_names, read_yaml
-from audio_thinker.core.threads import THREADS_ENV
+
 
 RECORD_FILE = "rehearsal.json"
 KV_CACHE_ENV, KV_CACHE_GIB = "VLLM_CPU_KVCACHE_SPACE", "1"  # vLLM's CPU KV cache per engine, GiB (unless set)
