@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -411,14 +412,20 @@ class PolicyEngine:
 def prebuild_cpu_ops() -> str:
     """Build (or find built) DeepSpeed's JIT communication op for CPU ranks, under its build lock: `make install`
     calls it so that a run only loads the op. Returns the folder it is in."""
-
     with build_guard(SHM_COMM_OP, f"process {os.getpid()} (install)", timeout_s=900.0):
         load_cpu_ops()
     return str(extensions_dir() / SHM_COMM_OP)
 
 
 def load_cpu_ops() -> None:
-    """Build (or find built) and load DeepSpeed's communication op for CPU ranks; the caller holds its build lock."""
+    """Build (or find built) and load DeepSpeed's communication op for CPU ranks; the caller holds its build lock.
+
+    Always with this environment's ninja (the one beside its Python): torch runs ninja on every load, and a ninja
+    of another version (the system's, when the environment is not first on PATH) discards the other's build log
+    and builds the op again, for minutes."""
     from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
 
+    env_bin = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != env_bin:
+        os.environ["PATH"] = os.pathsep.join([env_bin, os.environ.get("PATH", "")])
     get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)
