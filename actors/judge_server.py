@@ -17,7 +17,7 @@ from ray.exceptions import ActorUnavailableError
 
 from actors.group import ActorDiedError, ActorGroup
 from actors.placement import Placed
-from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.judge_config import JudgeConfig
 from audio_thinker.core.log import redirect_actor_output
 from audio_thinker.core.threads import use_cpu_share
 from reward_server.app import ServerSettings

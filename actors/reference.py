@@ -21,7 +21,8 @@ import numpy as np
 
 from actors.group import ActorDiedError, ActorGroup, restarted_actor
 from actors.placement import Placed
-from audio_thinker.core.config import BenchToggles, ReferenceConfig
+from audio_thinker.core.config import BenchToggles
+from audio_thinker.core.trainer_config import ReferenceConfig
 from audio_thinker.core.models import compute_device
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.models import checkpoint_state, load_policy

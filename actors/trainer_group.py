@@ -24,7 +24,8 @@ import ray
 
 from actors.group import ActorGroup
 from actors.placement import Placed
-from audio_thinker.core.config import BenchToggles, TrainerConfig
+from audio_thinker.core.config import BenchToggles
+from audio_thinker.core.trainer_config import TrainerConfig
 from audio_thinker.core.devices import cpu_only
 from audio_thinker.core.log import get_logger, redirect_actor_output, setup_logging
 from audio_thinker.core.threads import use_cpu_share

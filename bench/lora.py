@@ -28,7 +28,7 @@ import torch
 from transformers import Qwen2AudioConfig
 
 from audio_thinker.app.data.tiny import make_tiny_models
-from audio_thinker.core.config import LoraConfig, TrainerConfig
+from audio_thinker.core.trainer_config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer

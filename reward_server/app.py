@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from audio_thinker.core.config import JudgeLimits, JudgeScoring
+from audio_thinker.core.judge_config import JudgeLimits, JudgeScoring
 from audio_thinker.core.rewards import SampleError
 from audio_thinker.core.vocab import ScoreMode
 from reward_server.auth import AuthMiddleware, is_protected, load_api_keys

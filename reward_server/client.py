@@ -8,6 +8,9 @@ a bad request cannot help).
 
     with JudgeClient("http://127.0.0.1:8000", api_key="...") as judge:
         results = judge.judge([{"question": q, "think": t, "answer": a}], scores=["consistency"])
+
+One module of ~380 lines: the sync and async clients share their retry policy and answer checks, and every HTTP
+call to the judge goes through here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.judge_config import JudgeConfig
 from audio_thinker.core.errors import UserError
 from audio_thinker.core.vocab import ScoreMode
 from reward_server.schemas import (

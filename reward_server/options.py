@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from audio_thinker.core.config import JudgeLimits, JudgeScoring
+from audio_thinker.core.judge_config import JudgeLimits, JudgeScoring
 from audio_thinker.core.net import bind_error
 from audio_thinker.core.options import OptionError, add_model_arguments
 from audio_thinker.core.vocab import Dtype, JudgeBackendName

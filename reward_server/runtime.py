@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import HTTPException
 
-from audio_thinker.core.config import JudgeLimits
+from audio_thinker.core.judge_config import JudgeLimits
 from audio_thinker.core.vocab import ScoreMode
 from reward_server.backends import JudgeBackend
 from reward_server.batcher import DeadlineError, MicroBatcher, QueueFullError, ShuttingDownError

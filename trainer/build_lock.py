@@ -12,12 +12,16 @@ critical section, so a torch lock file found then was left by a dead process and
 naming it. A live holder is waited for, with a message every few seconds naming the lock, its holder and the
 waiting process, up to a deadline. (A process that uses the same extensions folder without audio-thinker takes
 only torch's lock; keep TORCH_EXTENSIONS_DIR to audio-thinker, as the Makefile does.)
+
+`load_cpu_ops` builds or loads the op (DeepSpeed imported there only, as in the other trainer modules that use it);
+`prebuild_cpu_ops` is what `make install` runs.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,3 +110,25 @@ def describe_lock(op: str = SHM_COMM_OP) -> str | None:
     if (folder / TORCH_LOCK_FILE).exists():
         return f"the build lock {folder / TORCH_LOCK_FILE} exists (left by a process stopped during a start-up?)"
     return None
+
+
+def prebuild_cpu_ops() -> str:
+    """Build (or find built) DeepSpeed's JIT communication op for CPU ranks, under its build lock: `make install`
+    calls it so that a run only loads the op. Returns the folder it is in."""
+    with build_guard(SHM_COMM_OP, f"process {os.getpid()} (install)", timeout_s=900.0):
+        load_cpu_ops()
+    return str(extensions_dir() / SHM_COMM_OP)
+
+
+def load_cpu_ops() -> None:
+    """Build (or find built) and load DeepSpeed's communication op for CPU ranks; the caller holds its build lock.
+
+    Always with this environment's ninja (the one beside its Python): torch runs ninja on every load, and a ninja
+    of another version (the system's, when the environment is not first on PATH) discards the other's build log
+    and builds the op again, for minutes."""
+    from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
+
+    env_bin = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != env_bin:
+        os.environ["PATH"] = os.pathsep.join([env_bin, os.environ.get("PATH", "")])
+    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)

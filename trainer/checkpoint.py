@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from audio_thinker.core.config import LoraConfig
+from audio_thinker.core.trainer_config import LoraConfig
 from audio_thinker.core.chat import FULL_OMNI_TYPES
 from audio_thinker.core.families import checkpoint_items, model_class
 from audio_thinker.core.log import get_logger

@@ -1,4 +1,5 @@
-"""The policy's DeepSpeed engine; the only module of the project that imports deepspeed.
+"""The policy's DeepSpeed engine: everything DeepSpeed does for a trainer rank (set-up, the GRPO and SFT steps,
+log-probs, gathering weights, its state), in one module of ~400 lines so that DeepSpeed has one owner.
 
 One `PolicyEngine` per trainer rank. The rank environment (MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK,
 WORLD_SIZE) is set by the caller (actors/trainer_group.py) before construction.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,12 +24,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from audio_thinker.core.config import BenchToggles, TrainerConfig
+from audio_thinker.core.config import BenchToggles
+
+from audio_thinker.core.trainer_config import TrainerConfig
 from audio_thinker.core.models import use_cuda
 from audio_thinker.core.families import checkpoint_items
 from audio_thinker.core.log import get_logger
 from audio_thinker.core.models import load_policy
-from trainer.build_lock import SHM_COMM_OP, build_guard, extensions_dir
+from trainer.build_lock import SHM_COMM_OP, build_guard, load_cpu_ops
 from trainer.grpo import grpo_loss, loss_denominator, merge_stats
 from trainer.lora import adapters_disabled, apply_lora, merged_entries, meta_policy
 from trainer.off_policy import merge_mismatch, mismatch_sums
@@ -407,25 +409,3 @@ class PolicyEngine:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {Path(folder) / DS_TAG}")
         return client_state or {}
-
-
-def prebuild_cpu_ops() -> str:
-    """Build (or find built) DeepSpeed's JIT communication op for CPU ranks, under its build lock: `make install`
-    calls it so that a run only loads the op. Returns the folder it is in."""
-    with build_guard(SHM_COMM_OP, f"process {os.getpid()} (install)", timeout_s=900.0):
-        load_cpu_ops()
-    return str(extensions_dir() / SHM_COMM_OP)
-
-
-def load_cpu_ops() -> None:
-    """Build (or find built) and load DeepSpeed's communication op for CPU ranks; the caller holds its build lock.
-
-    Always with this environment's ninja (the one beside its Python): torch runs ninja on every load, and a ninja
-    of another version (the system's, when the environment is not first on PATH) discards the other's build log
-    and builds the op again, for minutes."""
-    from deepspeed.accelerator import get_accelerator  # DeepSpeed is imported only where it is used
-
-    env_bin = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != env_bin:
-        os.environ["PATH"] = os.pathsep.join([env_bin, os.environ.get("PATH", "")])
-    get_accelerator().create_op_builder("ShareMemCommBuilder").load(verbose=False)

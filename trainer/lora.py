@@ -31,7 +31,7 @@ from peft import get_peft_model
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from transformers import AutoConfig
 
-from audio_thinker.core.config import LoraConfig
+from audio_thinker.core.trainer_config import LoraConfig
 from audio_thinker.core.families import audio_tower_prefix, checkpoint_items, language_model_prefix, model_class
 
 ADAPTER = "default"  # peft's adapter name; one adapter per policy

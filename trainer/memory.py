@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audio_thinker.core.config import LoraConfig
+from audio_thinker.core.trainer_config import LoraConfig
 from audio_thinker.core.model_shapes import DecoderShape
 
 BF16 = 2

@@ -1,4 +1,5 @@
-"""The typed run configuration: one pydantic section per part of the system.
+"""The typed run configuration: one pydantic section per part of the system (the judge's in `core/judge_config.py`,
+the trainer's and the reference's in `core/trainer_config.py`).
 
 The field defaults ARE the embedded default run (tiny models, synthetic audio, 2 CPU cores); presets in
 `audio_thinker/configs/` name only what differs (see `audio_thinker.core.presets`). Every section forbids
@@ -7,33 +8,25 @@ unknown keys, and `Config` rejects combinations the code cannot run, naming the 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
+from audio_thinker.core.judge_config import JudgeConfig
+from audio_thinker.core.section import Section
+from audio_thinker.core.trainer_config import ReferenceConfig, TrainerConfig
 from audio_thinker.core.vocab import (
     DataFormat,
     Dtype,
     EngineName,
     InvalidAccuracy,
-    IsCorrection,
-    JudgeBackendName,
     LoggerName,
-    LossType,
     ModelFamily,
     PromptMode,
-    RatioLevel,
-    ReferencePlacement,
     RewardVariant,
-    ScoreMode,
     SftTarget,
 )
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -151,81 +144,6 @@ class RolloutConfig(Section):
         return self
 
 
-class JudgeLimits(Section):
-    """Limits of one judge server: the same defaults for `serve-judge`, the service and a training run's judge."""
-
-    max_batch_size: int = Field(32, ge=1, description="Items per model call (micro-batch size).")
-    max_wait_ms: float = Field(5.0, ge=0, description="How long a micro-batch waits to fill up.")
-    max_queue: int = Field(1024, ge=1, description="Queued items before the server answers 429.")
-    max_items: int = Field(256, ge=1, description="Items per request before the server answers 413.")
-    max_text_chars: int = Field(16000, ge=1, description="Characters per text field before 413.")
-    max_choices: int = Field(64, ge=1, description="Choices per item before 413 (checked before any tokenizing).")
-    max_item_chars: int = Field(
-        32000, ge=1, description="Characters of one item, all its texts together, before 413 (checked before any "
-        "tokenizing)."
-    )
-    max_body_bytes: int = Field(16 * 2**20, ge=1024, description="Request body size in bytes before 413.")
-    request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request inside the server before 504.")
-    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds of 429 and 503 answers.")
-
-    @field_validator("max_items")
-    @classmethod
-    def _fits(cls, max_items: int, info: ValidationInfo) -> int:
-        """A field check (max_queue is validated first), so that the error names max_items."""
-        max_queue = info.data.get("max_queue")
-        if max_queue is not None and max_items > max_queue:
-            raise ValueError(f"max_items ({max_items}) > max_queue ({max_queue}): a full request could never be queued")
-        return max_items
-
-    def limits(self) -> JudgeLimits:
-        """Only the limits (a subclass's other fields dropped)."""
-        return JudgeLimits(**{k: getattr(self, k) for k in JudgeLimits.model_fields})
-
-
-class JudgeScoring(Section):
-    """How a judge turns label distributions into scores: the same default for a run's judge and `serve-judge`."""
-
-    score_mode: ScoreMode = Field(
-        "expected",
-        description="How the judge turns its label distribution into a think-quality score: expected = the "
-        "expected digit / 9 (smooth); argmax = the most likely digit / 9, the paper's discrete score (the 7B "
-        "presets). A run's judge client sends it with every request. Consistency is the same in both "
-        "(1 when P(yes) >= P(no)).",
-    )
-
-
-class JudgeConfig(JudgeLimits, JudgeScoring):
-    url: str | None = Field(
-        None,
-        description="External judge base URL (http://host:port). None: the driver starts a judge actor in the cluster.",
-    )
-    api_key: SecretStr | None = Field(
-        None,
-        exclude=True,
-        description="Bearer key for an external judge (else AUDIO_THINKER_JUDGE_API_KEY). A secret: shown as "
-        "'**********', never written to the run's config.yaml nor sent to loggers (give it again on resume).",
-    )
-    backend: JudgeBackendName = Field("transformers", description="Backend of an in-cluster judge.")
-    call_timeout_s: float = Field(120.0, gt=0, description="Deadline of one judge request (the client's timeout).")
-    max_retries: int = Field(5, ge=0, description="Client retries on 429/5xx/connection errors before the step fails.")
-    request_chunk: int = Field(32, ge=1, description="Items per judge request; requests of a step run concurrently.")
-    num_cpus: float = Field(0.25, gt=0, description="Ray CPUs of the judge actor (of each replica on Ray Serve).")
-    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs of the judge actor (of each replica on Ray Serve).")
-    replicas: int | None = Field(
-        None, ge=1, description="In-cluster judge on Ray Serve with this many replicas (none: one judge actor)."
-    )
-    max_restarts: int = Field(
-        2, ge=0, description="Restarts of a dead or unresponsive in-cluster judge actor before the run fails."
-    )
-    startup_timeout_s: float = Field(
-        300.0, gt=0, description="Deadline for the in-cluster judge to start (or restart) and answer /ready."
-    )
-
-    def api_key_value(self) -> str | None:
-        """The key itself, for the one place that sends it (the judge client's Authorization header)."""
-        return self.api_key.get_secret_value() if self.api_key is not None else None
-
-
 class RewardConfig(Section):
     variant: RewardVariant = Field(
         "atar_cr_tr", description="Reward preset, one per row of the paper's ablation table."
@@ -247,201 +165,6 @@ class RewardConfig(Section):
         description="Divide by the group std (eq. 8). False: A = R - mean(R), Dr. GRPO's unbiased advantage "
         "(use it with trainer.loss_type=dr_grpo; see docs/trainer.md).",
     )
-
-
-# The language model's linear layers in both families (attention and MLP of every decoder layer).
-LM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class LoraConfig(Section):
-    rank: int = Field(8, ge=1, le=1024, description="r: the rank of each adapter (B is out x r, A is r x in).")
-    alpha: float = Field(16.0, gt=0, description="lora_alpha: the adapter's update is scaled by alpha / rank.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input during training.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(LM_LINEAR_LAYERS),
-        min_length=1,
-        description="Names of the language model's linear layers that get adapters (the last part of a module "
-        "name, e.g. q_proj); only the language model's decoder layers are searched, never the audio encoder. "
-        "Default: every attention and MLP projection.",
-    )
-
-    init_seed: int = Field(
-        0,
-        description="Seed of the adapters' initialisation (A random, B zero), the same on every trainer rank and "
-        "on a resume; the global RNG is left as it was.",
-    )
-
-    @field_validator("target_modules")
-    @classmethod
-    def _module_names(cls, names: list[str]) -> list[str]:
-        bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]
-        if bad:
-            raise ValueError(f"{bad}: a target module is a layer's own name (e.g. q_proj), without dots")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{names} names a module twice")
-        return names
-
-
-class TrainerConfig(Section):
-    num_ranks: int = Field(1, ge=1, description="Policy-trainer actors forming one torch.distributed group.")
-    num_cpus_per_rank: float = Field(0.5, gt=0, description="Ray CPUs per trainer rank.")
-    num_gpus_per_rank: float = Field(0.0, ge=0, description="Ray GPUs per trainer rank.")
-    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
-    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (paper and 7B presets: 1e-6; tiny: 1e-4).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
-    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
-    beta: float = Field(0.04, ge=0, description="KL coefficient against the reference model (paper: 0.04).")
-    clip_eps_low: float = Field(
-        0.2, gt=0, lt=1,
-        description="Lower clip: the ratio is clipped at 1 - clip_eps_low (the paper gives no value; 0.2 is PPO's).",
-    )
-    clip_eps_high: float = Field(
-        0.2,
-        gt=0,
-        description="Upper clip: the ratio is clipped at 1 + clip_eps_high (the paper gives no value; PPO's 0.2; "
-        "DAPO's clip-higher: 0.28; "
-        "GSPO with ratio_level=sequence: 3e-4 / 4e-4 for low / high).",
-    )
-    loss_type: LossType = Field(
-        "grpo",
-        description="How per-token terms become the step's loss: grpo = per-sequence mean, then mean over "
-        "sequences (the paper); bnpo = token mean per micro-batch; dr_grpo = token sum / (sequences x "
-        "max_completion_length); dapo = token sum / tokens of the whole step (TRL's definitions).",
-    )
-    ratio_level: RatioLevel = Field(
-        "token",
-        description="Importance ratio per token (GRPO) or per sequence, exp(mean log-ratio) (GSPO).",
-    )
-    max_completion_length: int | None = Field(
-        None,
-        ge=1,
-        description="Dr. GRPO's constant token normaliser (loss_type=dr_grpo only; at least rollout.max_new_tokens).",
-    )
-    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward; accumulation covers the step.")
-    ppo_epochs: int = Field(
-        1,
-        ge=1,
-        description="Passes over each rollout batch (verl's ppo_epochs, TRL's num_iterations); the paper: 1. "
-        "Above 1, the old log-probs come from a separate forward before the first update.",
-    )
-    mini_batches_per_step: int = Field(
-        1,
-        ge=1,
-        description="Optimizer updates per pass over a rollout batch, each on an equal share of its sequences "
-        "(verl's ppo_mini_batch_size as a count); the paper: 1. Above 1, the old log-probs come from a separate "
-        "forward before the first update.",
-    )
-    is_correction: IsCorrection = Field(
-        "none",
-        description="Off-policy correction between the rollout engine's policy (behaviour: the log-probs it reports) "
-        "and the trainer's before the update (proximal: the old log-probs): none; token_tis = each token's policy "
-        "gradient times min(pi_prox / pi_behav, is_cap) (verl's TIS); seq_tis = every token of a sequence times "
-        "min(prod_t pi_prox / pi_behav, is_cap); decoupled = AReaL's decoupled PPO, the ratio clipped against the "
-        "proximal policy and weighted by pi_prox / pi_behav, tokens above is_cap left out (docs/trainer.md).",
-    )
-    is_cap: float = Field(
-        2.0,
-        gt=1,
-        allow_inf_nan=False,
-        description="Cap C of the importance weights: where token_tis / seq_tis truncate, above which decoupled "
-        "drops a token, and what mismatch/is_clip_frac counts. Above 1 (as AReaL requires): on-policy weights are 1 "
-        "plus numerical noise, and a cap of 1 would truncate (decoupled: drop) about half of those tokens; finite, "
-        "as untruncated weights have unbounded variance.",
-    )
-    router_aux_loss_coef: float = Field(
-        0.0,
-        ge=0,
-        allow_inf_nan=False,
-        description="Weight of the router's load-balancing loss (transformers' Switch-Transformer loss over the "
-        "step's real tokens) added to the GRPO loss; mixture-of-experts policies only (model.family=qwen3_omni). "
-        "0 (off): the released router is balanced and a few hundred RL updates at lr 1e-6 barely move it, while "
-        "the loss pulls the policy off the RL objective and changes routing between syncs (docs/trainer.md).",
-    )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    freeze_audio_encoder: bool = Field(False, description="Keep the audio encoder frozen during RL.")
-    lora: LoraConfig | None = Field(
-        None,
-        description="Train LoRA adapters on the language model instead of all its weights (peft; e.g. "
-        "trainer.lora={rank: 8}); the audio encoder trains too unless trainer.freeze_audio_encoder. None: full "
-        "fine-tuning.",
-    )
-    sync_backend: Literal["object_store", "broadcast"] = Field(
-        "object_store", description="How new weights reach the rollout workers."
-    )
-    sync_bucket_mb: int = Field(256, ge=1, description="Bucket size of the weight broadcast.")
-    max_restarts: int = Field(
-        2,
-        ge=0,
-        description="Trainer-group restarts within a run: a dead trainer rank makes the driver start the group "
-        "anew, load the last checkpoint and redo the steps since (same data order); past this count the run "
-        "stops. 0: the first death stops the run. docs/fault-tolerance.md.",
-    )
-    startup_timeout_s: float = Field(
-        1800.0,
-        gt=0,
-        description="Deadline for the trainer ranks to start: rendezvous, DeepSpeed set-up and the policy loaded.",
-    )
-    call_timeout_s: float = Field(
-        1800.0,
-        gt=0,
-        description="Deadline of one trainer call (step, log-probs, checkpoint, export, sync) before the run fails.",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: object) -> object:
-        if isinstance(data, dict) and "clip_eps" in data:
-            raise ValueError(
-                "trainer.clip_eps was replaced by trainer.clip_eps_low and trainer.clip_eps_high (DAPO's "
-                f"clip-higher): set both to {data['clip_eps']} for the same symmetric range"
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _dr_grpo_length(self) -> TrainerConfig:
-        if self.loss_type == "dr_grpo" and self.max_completion_length is None:
-            raise ValueError(
-                "trainer.loss_type=dr_grpo needs trainer.max_completion_length (its constant normaliser), "
-                "e.g. rollout.max_new_tokens"
-            )
-        return self
-
-    @property
-    def updates_per_batch(self) -> int:
-        """Optimizer updates on each rollout batch; above 1 the old policy differs from the current one."""
-        return self.ppo_epochs * self.mini_batches_per_step
-
-
-
-class ReferenceConfig(Section):
-    """The reference model (the KL anchor): a frozen copy of the initial policy in its own actor."""
-
-    placement: ReferencePlacement = Field(
-        "separate",
-        description="Where the reference model runs: separate = its own placement bundle (on a GPU run, its own "
-        "GPU: reference.num_gpus >= 1); colocate = in trainer rank 0's bundle, sharing its GPU (rank 0 then asks "
-        "Ray for trainer.num_gpus_per_rank - reference.num_gpus). See docs/placement.md.",
-    )
-    num_cpus: float = Field(
-        0.25, gt=0, description="Ray CPUs of the reference-model actor (fractional: it may share a trainer's node)."
-    )
-    num_gpus: float = Field(
-        0.0, ge=0, description="Ray GPUs of the reference-model actor (fractional: it may share a trainer's GPU)."
-    )
-    max_restarts: int = Field(
-        2,
-        ge=0,
-        description="Restarts of a dead reference-model actor within a run: Ray restarts it (within "
-        "reference.startup_timeout_s) from the model folder, its weights checksum must equal the one it had "
-        "before, and the lost log-prob call is made again; past this count the run stops naming it. 0: the first "
-        "death stops the run. docs/fault-tolerance.md.",
-    )
-    startup_timeout_s: float = Field(
-        1800.0, gt=0, description="Deadline for the reference actor to start (or restart) and load the policy."
-    )
-    call_timeout_s: float = Field(1800.0, gt=0, description="Deadline of one reference log-prob call.")
 
 
 class RunConfig(Section):

@@ -1,5 +1,6 @@
 """Manifest rows, validated field by field: one parser per layout (docs in `audio_thinker.core.data`), each
-turning a decoded row into `Parsed` or raising a `DataError` that names the file, the row and the field."""
+turning a decoded row into `Parsed` or raising a `DataError` that names the file, the row and the field. One
+module of ~380 lines: seven official layouts over one validating `Row` and one reader of rows."""
 
 from __future__ import annotations
 

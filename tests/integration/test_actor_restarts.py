@@ -24,7 +24,8 @@ import ray
 from actors.group import ActorDiedError, ActorGroup, process_id, restarted_actor
 from actors.reference import Reference
 from actors.rollout_pool import RolloutPool
-from audio_thinker.core.config import ReferenceConfig, RolloutConfig
+from audio_thinker.core.config import RolloutConfig
+from audio_thinker.core.trainer_config import ReferenceConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_tokenizer

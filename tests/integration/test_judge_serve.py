@@ -32,7 +32,7 @@ from actors import judge_serve
 from actors.judge_server import JudgeService
 from audio_thinker.app.train.judging import Judge, call_judge
 from audio_thinker.app.cli.serve_judge import scaling
-from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.judge_config import JudgeConfig
 from audio_thinker.core.records import RolloutRecord
 from reward_server.app import ServerSettings
 from reward_server.auth import API_KEYS_ENV

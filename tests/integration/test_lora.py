@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from audio_thinker.core.config import LoraConfig, TrainerConfig
+from audio_thinker.core.trainer_config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.families import audio_tower_prefix, language_model_prefix

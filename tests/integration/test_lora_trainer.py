@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.core.config import LoraConfig, TrainerConfig
+from audio_thinker.core.trainer_config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.families import checkpoint_key

@@ -17,7 +17,7 @@ from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat
 
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.train.plan import make_plan
-from audio_thinker.core.config import LoraConfig, TrainerConfig
+from audio_thinker.core.trainer_config import LoraConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import qwen3_omni_audio_tokens, render_chat
 from audio_thinker.core.families import audio_embeddings, checkpoint_items

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.core.config import LoraConfig, ReferenceConfig, TrainerConfig
+from audio_thinker.core.trainer_config import LoraConfig, ReferenceConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer

@@ -17,7 +17,7 @@ from actors.group import ActorGroup
 from actors.placement import PlacementError, RunPlacement
 from actors.reference import Reference
 from actors.trainer_group import PolicyTrainerGroup
-from audio_thinker.core.config import ReferenceConfig, TrainerConfig
+from audio_thinker.core.trainer_config import ReferenceConfig, TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from actors.weight_sync import WeightSync
-from audio_thinker.core.config import RolloutConfig, TrainerConfig
+from audio_thinker.core.config import RolloutConfig
+from audio_thinker.core.trainer_config import TrainerConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer

@@ -8,7 +8,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, Field, model_validator
 
-from audio_thinker.core.config import JudgeLimits
+from audio_thinker.core.judge_config import JudgeLimits
 from audio_thinker.core.options import OptionError, add_model_arguments, model_from_args
 
 

@@ -4,7 +4,8 @@ A run's state comes from `<run>/status.json` when the driver wrote one ({"state"
 "failed" | "preempted", "message": ...}); otherwise it is inferred: finished when the last step is run.total_steps or
 `final/` exists, running while the run's files changed within `stale_after` seconds, stale after that. A
 directory that disappears is kept in the index as gone. Nothing here raises on a bad file: problems become
-warnings that the pages show.
+warnings that the pages show. One module of ~390 lines: every file of a run directory, read incrementally, in one
+place that the pages and the Prometheus exporter share.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ checked) -> metrics, rollout dump, checkpoint, evaluation. Steps are numbered 1.
 
 Nothing is invented on failure: a judge that stays unreachable, a dead actor or a non-finite loss stops the
 run with a message naming the cause; the last checkpoint stays the resume point. A dead trainer rank restarts
-the group from that checkpoint within the job (`app/train/recovery.py`).
+the group from that checkpoint within the job (`app/train/recovery.py`). One module of ~400 lines: the step and
+the run loop around it (checkpoints, evaluation, preemption, failure messages) read as one story.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from actors.judge_serve import JudgeDeployment
 from actors.judge_server import JudgeService
-from audio_thinker.core.config import JudgeConfig
+from audio_thinker.core.judge_config import JudgeConfig
 from audio_thinker.core.records import RolloutRecord
 from reward_server.client import AsyncJudgeClient, JudgeClient, JudgeUnavailableError
 
