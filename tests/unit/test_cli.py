@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from audio_thinker.app.cli.main import build_parser, main
+from audio_thinker.app.cli.main import main
+from audio_thinker.app.cli.parsers import build_parser, subcommands
 from audio_thinker.app.eval.options import EvalOptions, ScoreOptions
 from audio_thinker.core.options import option_name
 from audio_thinker.core.presets import dump_config
@@ -41,17 +42,6 @@ def policy(tmp_path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_audio"}))
     return folder
-
-
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """Every (nested) subcommand parser, by its prog."""
-    found = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                found[child.prog] = child
-                found.update(subcommands(child))
-    return found
 
 
 def normalized_help(parser: argparse.ArgumentParser) -> str:
