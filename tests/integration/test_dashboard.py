@@ -245,8 +245,9 @@ def test_path_traversal_is_refused(live_run, page):
 
 
 def test_the_training_console_is_quiet_and_the_logs_are_in_the_run_directory(live_run):
-    """What a user of `make demo` sees: a line per step, the closing lines and warnings; the engines' and
-    actors' output is in <run>/logs/. (Runs last: it waits for the training to end.)"""
+    """What a user of `make demo` sees: a line per actor group as it is ready, a line per step, the closing lines
+    and warnings; the engines' and actors' output is in <run>/logs/. (Runs last: it waits for the training to
+    end.)"""
     run, proc, log = live_run
     assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     lines = [line for line in log.read_text().splitlines() if line.strip()]
@@ -254,7 +255,10 @@ def test_the_training_console_is_quiet_and_the_logs_are_in_the_run_directory(liv
     assert len(steps) == STEPS, lines
     assert len(lines) <= 25, "\n".join(lines)
     assert any(f"audio-thinker dashboard --runs {run.parent}" in line for line in lines)
-    assert not any("vllm" in line.lower() or " I " in line for line in lines if line not in steps), lines
+    starting = [line for line in lines if re.search(r" ready after [\d.]+ s$|still starting after", line)]
+    assert len([line for line in starting if "ready after" in line]) == 4, lines  # a line per actor group
+    quiet = [line for line in lines if line not in steps and line not in starting]
+    assert not any("vllm" in line.lower() or " I " in line for line in quiet), lines
     logs = run / "logs"
     assert (logs / "driver.log").read_text().count("step ") >= STEPS
     worker_logs = list(logs.glob("rollout-worker-*.log"))

@@ -385,4 +385,4 @@ def test_eval_refuses_a_folder_that_is_not_a_policy(synthetic, tmp_path, capsys)
     assert main(["eval", "--model", str(tmp_path / "notamodel"), "--bench", "synthetic", "--data", str(synthetic)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--model: " in err
-    assert "model_type 'llama' is neither Qwen2-Audio nor Qwen2.5-Omni" in err
+    assert "model_type 'llama' is not a Qwen2-Audio, Qwen2.5-Omni or Qwen3-Omni model" in err

@@ -49,8 +49,8 @@ def test_zero3_lora_on_the_experts_trains_and_exports(ray_session, tiny_models, 
     path = tiny_models[FAMILY]
     cfg = TrainerConfig(num_ranks=2, num_cpus_per_rank=0.2, zero_stage=3, lr=1e-2, micro_batch_size=2, beta=0.04,
                         freeze_audio_encoder=True, lora=LoraConfig(rank=4, alpha=8), call_timeout_s=600)  # fmt: skip
-    group = PolicyTrainerGroup(path, FAMILY, cfg, 4, "float32")
-    reference = Reference(path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=600), 2, "float32")
+    group = PolicyTrainerGroup(path, FAMILY, cfg, 4, "float32").ready()
+    reference = Reference(path, FAMILY, ReferenceConfig(num_cpus=0.2, call_timeout_s=600), 2, "float32").ready()
     try:
         source = state_checksum(load_file(str(path / "model.safetensors")))
         assert group.weights_checksum() == source == reference.weights_checksum()  # merged, per-expert layout

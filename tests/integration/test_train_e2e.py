@@ -170,7 +170,8 @@ def check_timeline(out: Path, steps: int) -> None:
     for step in range(1, steps + 1):
         phases = sorted({(name, lane) for s, name, lane in spans if s == step})  # a streamed step: a span per group
         expected = [("checkpoint", "trainer"), ("generate", "driver"), ("generate", "rollout worker 0"),
-                    ("judge", "judge"), ("ref log-probs", "reference"), ("sync", "trainer"), ("train", "trainer")]
+                    ("judge", "judge"), ("ref log-probs", "reference"), ("step", "driver"), ("sync", "trainer"),
+                    ("train", "trainer")]
         if step == steps:
             expected = sorted([*expected, ("eval", "driver")])
         assert phases == expected, step

@@ -128,9 +128,6 @@ def config_swaps(config: Config, keep: set[str] = frozenset(), sft: bool = False
              "long budget costs minutes per step on 2 cores"),
             ("run.eval_limit", 1, "one held-out question proves the evaluation path"),
         ]
-        if m.family == "qwen2_5_omni":
-            wanted.append(("rollout.engine", "transformers", "vLLM loads Qwen2.5-Omni only in the released layout "
-                           "(thinker_config, weights under thinker.); the tiny Omni is a thinker alone"))
     if _data_missing(config):
         why = "the preset's data is not on this machine: the synthetic set, written where missing"
         wanted += [
@@ -139,7 +136,8 @@ def config_swaps(config: Config, keep: set[str] = frozenset(), sft: bool = False
             ("data.make_synthetic_if_missing", True, why),
         ]
         if config.data.eval_manifest is not None and not sft:
-            wanted += [("data.eval_manifest", d.eval_manifest, why), ("data.eval_format", d.eval_format, why)]
+            wanted += [("data.eval_manifest", d.eval_manifest, why), ("data.eval_format", d.eval_format, why),
+                       ("data.eval_audio_root", d.eval_audio_root, why)]
     swaps = []
     for key, value, why in wanted:
         section, name = key.split(".")
