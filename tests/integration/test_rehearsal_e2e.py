@@ -40,7 +40,8 @@ def rehearsal(tiny_models, warm_policy, synthetic, tmp_path_factory):
         "train", "--config", "qwen2-audio-7b", "--rehearse", f"run.total_steps={STEPS}", f"run.output_dir={run}",
         f"model.policy_path={warm_policy}", f"model.judge_path={tiny_models['qwen3_judge']}",
         f"data.train_manifest={synthetic / 'train.jsonl'}", f"data.eval_manifest={synthetic / 'eval.jsonl'}",
-        "data.eval_format=avqa", f"data.audio_root={synthetic}", "rollout.max_new_tokens=24",
+        "data.eval_format=avqa", f"data.audio_root={synthetic}", f"data.eval_audio_root={synthetic}",
+        "rollout.max_new_tokens=24",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)

@@ -37,7 +37,7 @@ from audio_thinker.core.log import STEPS, get_logger
 from audio_thinker.core.placement import GroupSpec
 from audio_thinker.core.records import RolloutRecord
 from reward_server.backends import load_backend
-from reward_server.prompts import ALL_LABELS, PROMPTS, render
+from reward_server.prompts import ALL_LABELS, PROMPTS, render_ids
 from reward_server.schemas import JudgeItem
 from reward_server.scoring import label_distribution
 from rollout.weight_sync import receive_published
@@ -154,7 +154,8 @@ class Rehearsal:
             m = self.config.model  # the run's judge loads in the run's dtype too (app/train/launch.py)
             self.judge_backend = load_backend("transformers", m.judge_path, dtype=m.dtype)
         backend = self.judge_backend
-        prompts = [backend.encode(render(PROMPTS[name], JudgeItem(**judge_item(records[i])))) for i, name, _ in jobs]
+        prompts = [render_ids(PROMPTS[name], JudgeItem(**judge_item(records[i])), backend.tokenizer).ids
+                   for i, name, _ in jobs]  # fmt: skip (the server's own rendering: user fields as plain text)
         rows = backend.label_logprobs(prompts) if jobs else []
         scored = []
         for row, (i, name, value) in zip(rows, jobs):
