@@ -5,10 +5,13 @@ running, so modules take this fixture instead)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -129,28 +132,78 @@ CLI_RUN_PLACEMENT = [
 ]
 
 
+@dataclass
+class CliRun:
+    """The session's shared `audio-thinker train` run (see `cli_run`) and what happened before it started."""
+
+    run: Path  # its run directory
+    proc: subprocess.Popen
+    log: Path  # its console
+    extensions: Path  # the TORCH_EXTENSIONS_DIR it (and the run stopped before it) used
+    stopped: Path  # the run directory of the run stopped during its trainer set-up
+    stopped_code: int  # that run's exit code
+    stale_lock: Path  # the lock file left by hand before the run started
+
+    def __iter__(self):  # (run, proc, log), as most tests take it
+        return iter((self.run, self.proc, self.log))
+
+
+def start_train(args: list[str], cwd: Path, log: Path, extensions: Path) -> subprocess.Popen:
+    """`audio-thinker train ARGS` in its own process group, its console in `log`, with its own JIT build folder."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "TORCH_EXTENSIONS_DIR": str(extensions)}  # fmt: skip
+    with log.open("w") as out:
+        return subprocess.Popen([str(bin_dir / "audio-thinker"), "train", *args], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def end_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    """End a process started with its own group (and everything in the group), by its pgid; its exit code."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def private_extensions(folder: Path) -> Path:
+    """A copy of the JIT extensions `make install` built (no build at run time), for a test that leaves locks."""
+    built = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm"
+    out = folder / "torch_extensions"
+    if built.is_dir():
+        shutil.copytree(built, out / built.name, ignore=shutil.ignore_patterns("lock", "audio-thinker.lock"))
+    (out / built.name).mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def cli_run(tiny_run, tmp_path_factory):
     """One `audio-thinker train` of CLI_RUN_STEPS tiny steps with two trainer ranks (CLI_RUN_PLACEMENT) as a
     subprocess (own process group, ended by pgid), started once per session: the dashboard tests watch it while it
-    writes, the end-to-end tests check what it wrote and resume a preempted copy of it. Yields (run directory,
-    process, console log)."""
+    writes, the end-to-end tests check what it wrote and resume a preempted copy of it.
+
+    Before it, in the same working folder and JIT build folder, a run of the same command is stopped with SIGTERM
+    while its trainer ranks start, and a build lock is left by hand as a process killed inside torch's build leaves
+    it: the shared run must start all the same (tests/integration/test_startup.py checks how)."""
     work = tmp_path_factory.mktemp("cli-run")
+    extensions = private_extensions(work)
+    stopped = work / "runs" / "stopped"
+    first = start_train([*tiny_run(stopped, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT], work, work / "stopped.log",
+                        extensions)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((stopped / "logs").glob("trainer-rank-0-*.log")) and first.poll() is None:
+        assert time.monotonic() < deadline, (work / "stopped.log").read_text()[-3000:]
+        time.sleep(0.2)
+    stopped_code = end_group(first)
+    stale = extensions / "deepspeed_shm_comm" / "lock"
+    stale.write_text("")
     run, log = work / "runs" / "live", work / "train.log"
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(bin_dir / "audio-thinker"), "train", *tiny_run(run, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT],
-            cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc = start_train([*tiny_run(run, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT], work, log, extensions)
     try:
-        yield run, proc, log
+        yield CliRun(run, proc, log, extensions, stopped, stopped_code, stale)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        end_group(proc)

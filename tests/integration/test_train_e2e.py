@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from audio_thinker.app.cli.main import main
 from audio_thinker.app.eval.rescore import rescore_records
 from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
-from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, free_port
+from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, end_group, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -178,15 +177,6 @@ def check_timeline(out: Path, steps: int) -> None:
     assert all(e["dur"] >= 0 and e["ts"] > 1.6e15 for e in events if e["ph"] == "X")
 
 
-def end_group(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)  # a test cluster: no need to wait for Ray's whole graceful stop
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     """A two-node Ray cluster on loopback: `ray start --head --block` (1 CPU) and a second node (1 CPU and the
@@ -244,7 +234,7 @@ def ray_cluster(tmp_path_factory):
         yield address, env
     finally:
         for proc in reversed(procs):
-            end_group(proc)
+            end_group(proc, timeout=10)  # a test cluster: no need to wait for Ray's whole graceful stop
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
