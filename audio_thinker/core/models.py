@@ -7,6 +7,7 @@ One code path for the tiny local models and the real hub checkpoints on a cluste
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -72,3 +73,21 @@ def use_cuda() -> bool:
 def compute_device() -> torch.device:
     """The device this process's models go on (the current CUDA device, or the CPU)."""
     return torch.device("cuda") if use_cuda() else torch.device("cpu")
+
+
+CPU_KV_SEQUENCES = 64  # full-length sequences a CPU engine's KV cache holds: more than a tiny step's 32 samples
+MIN_CPU_KV_BYTES = 64 * 2**20
+
+
+def cpu_kv_cache_bytes(model_path: str | Path, dtype: str, max_model_len: int | None) -> int | None:
+    """The KV cache a vLLM engine on the CPU reserves (the rollout workers', the judge's): CPU_KV_SEQUENCES
+    sequences of `max_model_len` tokens (None: the model's context), at least MIN_CPU_KV_BYTES. vLLM's own default
+    is half the machine's memory (11 GiB on a 23 GiB box: half a minute to allocate, and no room for a second
+    engine). None where VLLM_CPU_KVCACHE_SPACE (GiB) sets it: vLLM reads that itself."""
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    text = AutoConfig.from_pretrained(model_path).get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * (2 if dtype == "bfloat16" else 4)
+    tokens = max_model_len or text.max_position_embeddings
+    return max(MIN_CPU_KV_BYTES, per_token * tokens * CPU_KV_SEQUENCES)

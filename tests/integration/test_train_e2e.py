@@ -7,7 +7,7 @@ same config goes to a two-node Ray cluster on loopback (`ray start --head` and a
 resource, 1 CPU each) as a `ray job submit` run: it lands where its placement groups say (the two ranks on one
 node, the other actors on the other), is stopped mid-run (`ray job stop`: SIGTERM, a preemption; it keeps the
 checkpoint of the step in flight and exits) and is resumed by a second submission that names only the run
-directory: its steps equal the uninterrupted run's. (One job run checks both the placement and the preemption:
+directory: its steps equal the shared run's. (One job run checks both the placement and the preemption:
 each run of the tiny config costs a minute of actor start-up.)
 """
 
@@ -71,6 +71,11 @@ TERMS = {
 
 def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def responses(run: Path, step: int) -> list[str]:
+    rows = (run / "rollouts" / f"step_{step:06d}.jsonl").read_text().splitlines()
+    return [json.loads(line)["response"] for line in rows]
 
 
 def check_step_dump(run: Path, step: int, total_steps: int, metrics: dict, rows_per_step: int) -> None:
@@ -346,7 +351,8 @@ def test_ray_job_on_two_nodes_places_the_actors_where_the_placement_groups_say(r
 @pytest.mark.timeout(1800)
 def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, preempted, resumed, uninterrupted):
     """`ray job stop` (SIGTERM, as a preemption) after step 1: the step in flight ends, its checkpoint is kept and
-    the job exits naming the resume command. The resumed job's steps equal the uninterrupted run's."""
+    the job exits naming the resume command. The resumed job's steps equal the shared run's, which recovered from
+    three killed actors (test_run_recovery.py): same samples, rewards, losses and KL."""
     address, env = ray_cluster
     out, first, last, preempted_status, kept = preempted
     assert 1 <= last < STEPS  # the step in flight was finished; no later one began
@@ -364,6 +370,8 @@ def test_ray_job_submit_preempted_after_step_2_then_resumed(ray_cluster, preempt
         check_step_dump(out, m["step"], STEPS, m, rows_per_step=2 * 8)  # ATAR continues at 3/4 and 4/4 (saved T)
     assert metrics[-1]["gamma_think"] == 1.0 and metrics[-1]["gamma_no_think"] == 1.0
     for resumed_step, reference in zip(metrics, read_metrics(uninterrupted), strict=True):
+        step = resumed_step["step"]  # the shared run was killed three times (test_run_recovery.py): same samples
+        assert responses(out, step) == responses(uninterrupted, step), step
         for key in COMPARED:
             assert math.isclose(resumed_step[key], reference[key], rel_tol=1e-5, abs_tol=1e-6), (
                 resumed_step["step"],

@@ -48,7 +48,8 @@ from audio_thinker.core.threads import cpu_threads
 SWAPPED = {
     "model.policy_path", "model.judge_path", "model.make_tiny_if_missing", "model.tiny_warmup_steps", "model.dtype",
     "rollout.max_new_tokens", "run.eval_limit", "data.train_manifest", "data.audio_root",
-    "data.make_synthetic_if_missing", "data.eval_manifest", "data.eval_format", "rollout.startup_timeout_s",
+    "data.make_synthetic_if_missing", "data.eval_manifest", "data.eval_format", "data.eval_audio_root",
+    "rollout.startup_timeout_s",
     "judge.startup_timeout_s",
 }  # fmt: skip
 
@@ -60,8 +61,7 @@ SWAPPED = {
 def test_a_rehearsal_swaps_only_what_cannot_run_here_and_keeps_the_topology(preset):
     original = load_config(preset)
     config, swaps = rehearsal_config(preset, [])
-    # vLLM loads Qwen2.5-Omni only in the released layout; the tiny Omni is a thinker alone
-    expected = SWAPPED | ({"rollout.engine"} if original.model.family == "qwen2_5_omni" else set())
+    expected = SWAPPED  # both Omni thinkers run on vLLM here (rollout/vllm_omni.py): no engine swap
     assert {s.what for s in swaps} == expected
     before, after = flatten(original), flatten(config)
     changed = {k for k in before if before[k] != after[k]}

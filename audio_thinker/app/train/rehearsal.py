@@ -35,7 +35,6 @@ from audio_thinker.core.presets import PRESET_DIR, load_config, preset_names, re
 
 
 RECORD_FILE = "rehearsal.json"
-KV_CACHE_ENV, KV_CACHE_GIB = "VLLM_CPU_KVCACHE_SPACE", "1"  # vLLM's CPU KV cache per engine, GiB (unless set)
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class DeclaredCluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**cpu_only_env(), THREADS_ENV: "1", KV_CACHE_ENV: os.environ.get(KV_CACHE_ENV, KV_CACHE_GIB)}
+        return {**cpu_only_env(), THREADS_ENV: "1"}
 
 
 def gpu_presets() -> list[str]:
@@ -166,8 +165,8 @@ def machine_swaps(config: Config, cluster: DeclaredCluster, with_rollout: bool) 
     ]
     if with_rollout and "vllm" in (c.rollout.engine, c.judge.backend):
         share = f"rollout.gpu_memory_utilization={c.rollout.gpu_memory_utilization:g} of a GPU"
-        swaps.append(Swap("vLLM memory", share, f"{KV_CACHE_ENV}={cluster.env[KV_CACHE_ENV]} GiB of CPU memory per "
-                          "engine", "vLLM's CPU backend keeps its KV cache in CPU memory"))
+        swaps.append(Swap("vLLM memory", share, "a KV cache of 64 full-length sequences in CPU memory per engine "
+                          "(core/models.cpu_kv_cache_bytes)", "vLLM's CPU backend keeps its KV cache in CPU memory"))
     return swaps
 
 
