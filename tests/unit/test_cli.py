@@ -147,7 +147,8 @@ def test_rehearse_prints_and_records_the_swaps_once_and_a_resume_keeps_the_recor
     monkeypatch.setitem(sys.modules, "audio_thinker.app.train.driver",
                         types.SimpleNamespace(run_training=lambda config, **kw: runs.append((config, kw))))
     monkeypatch.setattr("audio_thinker.app.cli.commands.check_plan", lambda c, **kw: None)
-    monkeypatch.setitem(sys.modules, "audio_thinker.app.data.demo", types.SimpleNamespace(prepare_demo=lambda c: None))
+    demo = types.SimpleNamespace(prepare_demo=lambda c: None, synthetic_splits=lambda c: [])
+    monkeypatch.setitem(sys.modules, "audio_thinker.app.data.demo", demo)
     run = tmp_path / "run"
     argv = ["train", "--config", "qwen2-audio-7b", "--rehearse", "--verbose", "run.total_steps=2",
             f"run.output_dir={run}"]  # fmt: skip

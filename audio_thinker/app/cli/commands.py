@@ -136,10 +136,10 @@ def evaluate(args: argparse.Namespace) -> int:
     return run_eval_command(spec, family)
 
 
-def _run_config(args: argparse.Namespace, default_name: str, sft: bool = False) -> tuple[Config, Path, Path | None]:
+def _run_config(args: argparse.Namespace, default_name: str, sft: bool = False) -> tuple[Config, Path]:
     """`train` and `sft`: the config (checked before Ray and torch load: a bad key fails at once; on a resume the
-    run's saved config.yaml is the base, app/train/resume.py; with --rehearse the swaps are applied, printed and
-    recorded), its run directory, and where actor logs go."""
+    run's saved config.yaml is the base, app/train/resume.py; with --rehearse the swaps applied) and its run
+    directory. Nothing is written yet (a resume's allowed changes aside): a refused command leaves no run folder."""
     config, changes = start_config(
         args.config, args.overrides, args.resume, args.resume_if_exists, args.allow_config_change, args.rehearse, sft
     )
@@ -150,7 +150,12 @@ def _run_config(args: argparse.Namespace, default_name: str, sft: bool = False) 
     if config.run.output_dir is None:
         prefix = "rehearsal-" if config.run.rehearse else ""
         config.run.output_dir = str(default_output_dir(prefix + default_name.format(name=config.run.name)))
-    run_dir = Path(config.run.output_dir)
+    return config, Path(config.run.output_dir)
+
+
+def _begin_run(args: argparse.Namespace, config: Config, run_dir: Path, sft: bool = False) -> Path | None:
+    """Once the run is checked and about to start: its console made quiet (the full log in <run>/logs/, unless
+    --verbose) and a rehearsal's swaps printed and recorded. Returns where the actors' logs go."""
     actor_logs = None if args.verbose else run_dir / "logs"
     if actor_logs is not None:
         quiet_console(actor_logs / "driver.log")
@@ -162,15 +167,17 @@ def _run_config(args: argparse.Namespace, default_name: str, sft: bool = False) 
             record.start(args.config, swaps, declared)
             print(f"rehearsal of {args.config or 'the built-in config'}: swapped (everything else is the preset's):")
             print("\n".join(s.line() for s in swaps))
-    return config, run_dir, actor_logs
+    return actor_logs
 
 
 def train(args: argparse.Namespace) -> int:
-    config, run_dir, actor_logs = _run_config(args, "{name}")
+    config, run_dir = _run_config(args, "{name}")
     check_plan(config)  # a GPU run that cannot fit fails here, before Ray starts (audio-thinker plan shows why)
-    from audio_thinker.app.data.demo import prepare_demo  # torch/Ray: only when this command runs
+    from audio_thinker.app.data.demo import prepare_demo, synthetic_splits  # torch/Ray: only when this runs
     from audio_thinker.app.train.driver import run_training
 
+    synthetic_splits(config)  # a missing manifest fails here, before the run folder exists
+    actor_logs = _begin_run(args, config, run_dir)
     prepare_demo(config)  # the tiny models and synthetic set of the CPU default, where missing
     run_training(config, actor_logs=actor_logs)
     print(f"run finished: {run_dir} (trained policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
@@ -202,11 +209,13 @@ def report(args: argparse.Namespace) -> int:
 
 
 def sft(args: argparse.Namespace) -> int:
-    config, run_dir, actor_logs = _run_config(args, "sft-{name}", sft=True)
+    config, run_dir = _run_config(args, "sft-{name}", sft=True)
     check_plan(config, job="sft")
-    from audio_thinker.app.data.demo import prepare_demo  # torch/Ray/DeepSpeed: only when this command runs
+    from audio_thinker.app.data.demo import prepare_demo, synthetic_splits  # torch/Ray/DeepSpeed: only now
     from audio_thinker.app.train.sft import run_sft
 
+    synthetic_splits(config, with_eval=False)  # a missing manifest fails here, before the run folder exists
+    actor_logs = _begin_run(args, config, run_dir, sft=True)
     prepare_demo(config, with_eval=False)  # the tiny policy and synthetic training split of the CPU default
     run_sft(config, actor_logs=actor_logs)
     print(f"sft finished: {run_dir} (fine-tuned policy: {run_dir / 'final'}; logs: {run_dir / 'logs'})")
