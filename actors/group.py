@@ -81,6 +81,7 @@ class ActorGroup:
         self.processes: list[str | None] = [None] * count  # which process serves each actor, once `track`ed
         self._actor_locks = [threading.Lock() for _ in range(count)]
         self._count_lock = threading.Lock()
+        self._failed_calls: list[ray.ObjectRef] = []  # the refs of calls that failed, read at shutdown
         remote_cls = actor_cls if hasattr(actor_cls, "remote") else ray.remote(actor_cls)
         options: dict[str, Any] = {} if placement else {"num_cpus": num_cpus, "num_gpus": num_gpus}
         options["max_restarts"] = max_restarts
@@ -136,6 +137,7 @@ class ActorGroup:
                 f"{self.name}s: {what}: no answer within {timeout:.0f}s (raise {key} if that is too short)"
             ) from None
         except (RayActorError, RayTaskError) as exc:
+            self._failed_calls.extend(refs)
             index = self._failed_index(refs)
             if index is None:
                 who = f"a {self.name}"
@@ -248,3 +250,18 @@ class ActorGroup:
             for actor in self.actors:
                 ray.kill(actor)
             self.actors = []
+            _read_outcomes(self._failed_calls)
+            self._failed_calls = []
+
+
+def _read_outcomes(refs: list, timeout_s: float = 5.0) -> None:
+    """Read what the calls nobody awaits any more ended with (the peers of a failed call, their actors killed):
+    Ray logs an error that a dropped ref never had read ("Unhandled error", a traceback on the console), a
+    second report of a failure that was already handled and named."""
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # the failure was raised and handled when the call failed
+            pass

@@ -224,7 +224,9 @@ class VLLMBackend(JudgeBackend):
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
             enable_prefix_caching=True,
-            enforce_eager=enforce_eager,
+            # On the CPU no torch.compile, as in the rollout engine: compiling the tiny judge cost 10-17 s of every
+            # start (measured), for a judge that computes one token per item.
+            enforce_eager=enforce_eager or current_platform.is_cpu(),
             kv_cache_memory_bytes=kv_bytes,
         )
         self.max_prompt_tokens = self.llm.llm_engine.model_config.max_model_len - 1

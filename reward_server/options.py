@@ -51,7 +51,8 @@ class ServeOptions(JudgeLimits, JudgeScoring):
     )
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="With --backend vllm: GPU memory share.")
     enforce_eager: bool = Field(
-        False, description="With --backend vllm: no compilation or CUDA graphs (faster start, slower steps)."
+        False,
+        description="With --backend vllm: no compilation or CUDA graphs (faster start, slower steps; always on CPU).",
     )
     replicas: int | None = Field(
         None, ge=1, description="Serve on Ray Serve with this many replicas (none: one uvicorn process, no Ray)."

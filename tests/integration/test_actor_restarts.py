@@ -6,8 +6,8 @@ the actor, the restarts used and the config key. A rollout pool (transformers en
 worker died between two calls: the restarted worker refuses to generate until the pool has given it its
 weights, then answers as before; past `rollout.max_restarts` the run's error names the worker. The same for the
 reference (`reference.max_restarts`): a restarted one is checked (same weights checksum) before it
-answers, with the same log-probs. The vLLM worker killed mid-generation is in test_rollout_workers.py, the
-reference killed mid-compute and a whole run in test_run_recovery.py.
+answers, with the same log-probs. A vLLM worker killed mid-generation, the reference killed mid-compute and a
+trainer rank killed mid-update: the session's shared run, test_run_recovery.py.
 """
 
 from __future__ import annotations

@@ -2,19 +2,16 @@
 
 vLLM's sample log-probs are checked against a plain fp32 transformers forward pass (atol 1e-4; observed
 ~1e-6), before and after a weight reload, with clips repeated across the reload (the encoder cache). A vLLM
-worker killed by pid in the middle of a generation is restarted, given the current weights and asked again:
-the call returns the samples an undisturbed one gives.
+worker killed by pid in the middle of a generation: the session's shared run (`cli_run`, test_run_recovery.py)
+kills its worker so, and checks that it comes back on the current weights with the undisturbed samples.
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
 import ray
 import torch
-from faults import KillOnLogLine
 from test_rollout_engines import (
     LOGPROB_ATOL,
     make_requests,
@@ -27,13 +24,11 @@ from test_rollout_engines import (
 
 from actors.rollout_pool import RolloutPool, WeightSyncError, split_evenly
 from actors.rollout_worker import RolloutWorker
-from actors.weight_sync import WeightSync
 from audio_thinker.core.config import RolloutConfig
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import checkpoint_state, load_feature_extractor, load_policy, load_tokenizer
 from audio_thinker.core.weights import state_checksum
-from rollout.weight_sync import publish
 from rollout.engine import (
     GenerationRequest,
     SamplingConfig,
@@ -151,60 +146,6 @@ def test_vllm_never_samples_multimodal_placeholders(vllm_pool, reference, clips,
         for e, s in zip(expected, samples):  # log-probs of a few hundred: fp32 resolution needs an rtol
             torch.testing.assert_close(torch.tensor(s.logprobs), e, rtol=1e-5, atol=LOGPROB_ATOL)
     assert max(lp for samples in results for s in samples for lp in s.logprobs) < -5
-
-
-class KnownWeights:
-    """The trainer's side of a weight sync, publishing known tensors into the object store (real buckets)."""
-
-    def __init__(self, state: dict[str, torch.Tensor]):
-        self.state, self.published = state, 0
-
-    def weights_checksum(self) -> str:
-        return state_checksum(self.state)
-
-    def publish_weights(self, version: int):
-        self.published += 1
-        return publish(self.state, 1 << 20, version)
-
-
-def test_vllm_worker_killed_mid_generation_is_restarted_on_the_current_weights(
-    vllm_pool, reference, clips, tiny_models, actor_logs
-):
-    model, encoder = reference
-    state = checkpoint_state(model, FAMILY)
-    head = state["language_model.lm_head.weight"].clone()
-    head[stop_token_ids(tiny_models[FAMILY], encoder.tokenizer)] = 0.0  # rarely stops: long generations
-    state["language_model.lm_head.weight"] = head
-    trainer = KnownWeights(state)
-    sync = WeightSync(trainer, vllm_pool, "object_store")
-    version = max(vllm_pool.versions()) + 1
-    sync.push(version)
-    requests = make_requests(FAMILY, clips)
-    sampling = SamplingConfig(n=4, max_new_tokens=256)
-    undisturbed = vllm_pool.generate(requests, sampling, min_version=version)
-    assert sum(len(s.token_ids) for g in undisturbed for s in g) > 6 * 256  # long enough to be killed in
-    vllm_pool.take_recovery()
-
-    (before,) = vllm_pool.worker_infos()
-    killer = KillOnLogLine(actor_logs, "rollout-worker", "generating", nth=1)
-    killer.start()  # kills the worker once its next generate call has begun
-    try:
-        disturbed = vllm_pool.generate(requests, sampling, min_version=version)
-    finally:
-        killer.stop()
-    recovered_in = time.monotonic() - killer.killed[1]
-    (after,) = vllm_pool.worker_infos()
-
-    assert killer.killed[0] == before["pid"] != after["pid"]
-    assert trainer.published == 2  # the push, then once more for the restarted worker
-    assert after["version"] == version and after["weights_checksum"] == trainer.weights_checksum()
-    assert vllm_pool.take_recovery() == {"recovery/rollout_restarts": 1, "recovery/regenerated_requests": 3}
-    for a, b in zip(undisturbed, disturbed, strict=True):
-        assert [s.token_ids for s in a] == [s.token_ids for s in b]
-        for sa, sb in zip(a, b):
-            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5)
-            assert sb.weights_version == version
-    print(f"killed mid-generation: restarted, resynced and generated again in {recovered_in:.1f}s")
 
 
 @pytest.fixture(scope="module")

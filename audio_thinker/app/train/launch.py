@@ -94,9 +94,21 @@ def connect_ray(actor_logs: Path | None = None, declared: DeclaredCluster | None
             logging_level=logging.INFO if actor_logs is None else logging.WARNING,
             runtime_env={"env_vars": env},
         )
+        if actor_logs is not None:
+            _ray_messages_to_log()
         gpus = f", {declared.gpus} GPUs declared" if declared is not None else ""
         log.info("started a local Ray instance (%d CPUs%s)", cpus, gpus)
     return not address
+
+
+def _ray_messages_to_log() -> None:
+    """A quiet run's Ray messages go to the driver's log file, not the console: Ray's driver prints each message
+    the raylet publishes (an actor's process that died: ten lines with its exit detail and the usual causes) on
+    stdout itself, from a thread of its own that looks the printing function up in its module each time. The
+    console has our one line for it (which actor, during which call, which restart of how many)."""
+    module = ray._private.worker
+    if callable(getattr(module, "print_to_stdstream", None)):
+        module.print_to_stdstream = lambda data, ignore_prefix=False: log.info("Ray: %s", " ".join(data["lines"]))
 
 
 def create_judge(config: Config, placement: RunPlacement | None = None) -> Judge:
