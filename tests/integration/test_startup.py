@@ -49,8 +49,9 @@ def test_a_live_build_lock_fails_the_start_up_in_one_line_naming_it(tiny_run, tm
     extensions = private_extensions(tmp_path)
     guard = extensions / SHM_COMM_OP / GUARD_FILE
     # The lightest run that starts a trainer rank: no judge (the answer-only baseline), the transformers engine.
+    # 30 s: its rank reaches the lock ~10 s after Ray starts alone on 2 cores; `make test` runs two pytests at once.
     args = [*tiny_run(tmp_path / "run", 1), "reward.variant=grpo", "prompt.mode=no_think",
-            "rollout.engine=transformers", "trainer.startup_timeout_s=20"]  # fmt: skip
+            "rollout.engine=transformers", "trainer.startup_timeout_s=30"]  # fmt: skip
     with guard.open("a+") as held:  # a live process in the build: this test
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write(f"{os.getpid()}\n")
@@ -65,7 +66,7 @@ def test_a_live_build_lock_fails_the_start_up_in_one_line_naming_it(tiny_run, tm
     assert code == 2 and len(errors) == 1 and "Traceback" not in console, console[-3000:]
     assert "start-up failed" in errors[0] and str(guard) in errors[0] and f"process {os.getpid()}" in errors[0]
     # the driver's deadline (naming the key and the lock) or the rank's own (naming how long it waited)
-    assert "trainer rank" in errors[0] and ("trainer.startup_timeout_s" in errors[0] or "waited 20s" in errors[0])
+    assert "trainer rank" in errors[0] and ("trainer.startup_timeout_s" in errors[0] or "waited 30s" in errors[0])
     rank_log = next((tmp_path / "run" / "logs").glob("trainer-rank-0-*.log")).read_text()
     assert f"waits for the build lock {guard} (held by process {os.getpid()})" in rank_log
     deadline = time.monotonic() + 30

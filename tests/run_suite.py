@@ -1,0 +1,59 @@
+"""`make test`: the whole suite as two pytest processes side by side.
+
+The modules whose tests start whole `audio-thinker` runs (RUN_MODULES: subprocesses, each with a Ray of its own)
+run beside everything else (the unit tests and the integration tests on the session's shared Ray). With one pytest
+process a core of the 2-core machine idled 42% of the suite's 18 minutes (vmstat every 10 s): a run starts its
+actor processes and loads its models mostly one process at a time. Each pytest has its own base temp folder and
+session fixtures; the runs' report is printed after the other's, and the exit status is the first nonzero one.
+
+    python tests/run_suite.py [pytest options for both ...]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_MODULES = [
+    "tests/integration/test_ablate.py",
+    "tests/integration/test_dashboard.py",  # these four share the session's `cli_run`
+    "tests/integration/test_run_recovery.py",
+    "tests/integration/test_startup.py",
+    "tests/integration/test_train_e2e.py",
+    "tests/integration/test_qwen3_omni_train.py",
+    "tests/integration/test_rehearsal_e2e.py",
+]
+
+
+def wait(proc: subprocess.Popen) -> int:
+    """Its exit code; a Ctrl-C reached it too (one process group), so it is waited for while it ends its tests'
+    processes (subprocess.call would kill it 0.25 s after the Ctrl-C)."""
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def main(options: list[str]) -> int:
+    started = time.monotonic()
+    pytest = [sys.executable, "-m", "pytest", "-q", *options]
+    rest = [*pytest, "tests", *(f"--ignore={m}" for m in RUN_MODULES)]
+    with tempfile.TemporaryFile("w+") as runs_log:
+        runs = subprocess.Popen([*pytest, "-p", "no:cacheprovider", *RUN_MODULES], cwd=ROOT, stdout=runs_log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        rest_code = wait(subprocess.Popen(rest, cwd=ROOT))
+        runs_code = wait(runs)
+        runs_log.seek(0)
+        print(f"\n{'=' * 20} {len(RUN_MODULES)} modules of whole runs, side by side with the above {'=' * 20}")
+        sys.stdout.write(runs_log.read())
+    print(f"\nthe whole suite: {time.monotonic() - started:.0f} s (exit {rest_code or runs_code})")
+    return rest_code or runs_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
