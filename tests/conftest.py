@@ -4,6 +4,7 @@ running, so modules take this fixture instead)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ os.environ.setdefault("AUDIO_THINKER_NO_PROGRESS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray otherwise resolves 127.0.0.1 to the machine's network address: keep every test's traffic on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+SHARED_MODELS_ENV = "AUDIO_THINKER_TEST_MODELS"  # tests/run_suite.py: where its two pytest processes share tiny models
 
 
 def free_port() -> int:
@@ -58,12 +60,28 @@ def ray_session(actor_logs):
     ray.shutdown()
 
 
+def built_tiny_models(tmp_path_factory, folder: str, warmup_steps: int = 0, names: tuple[str, ...] = ()) -> dict:
+    """The tiny models `names` (all when empty) with `warmup_steps` of format warm-up, in a new folder of the
+    session's; under `make test` (SHARED_MODELS_ENV set) in the folder its two pytest processes share, built by the
+    first to take its lock and reused by the other (seeded builds: the same bytes either way)."""
+    from audio_thinker.app.data.options import TINY_MODELS
+    from audio_thinker.app.data.tiny import ensure_tiny_models
+
+    names = names or TINY_MODELS
+    shared = os.environ.get(SHARED_MODELS_ENV)
+    if not shared:
+        return ensure_tiny_models(tmp_path_factory.mktemp(folder), seed=0, warmup_steps=warmup_steps, names=names)
+    out = Path(shared) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return ensure_tiny_models(out, seed=0, warmup_steps=warmup_steps, names=names)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """All three tiny models (Qwen2-Audio, Qwen2.5-Omni thinker, Qwen3 judge), built once per test session."""
-    from audio_thinker.app.data.tiny import make_tiny_models
-
-    return make_tiny_models(tmp_path_factory.mktemp("tiny"), seed=0)
+    """Every tiny model (Qwen2-Audio, the Qwen2.5-Omni and Qwen3-Omni thinkers, the Qwen3 judge), built once."""
+    return built_tiny_models(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +94,10 @@ def judge_path(tiny_models) -> str:
 def warm_policy(tmp_path_factory) -> Path:
     """The tiny Qwen2-Audio after the CPU demo's format warm-up (the built-in defaults): it writes valid think
     and no_think responses, so rewards, the judge and GRPO have something to work on."""
-    from audio_thinker.app.data.tiny import make_tiny_models
     from audio_thinker.core.presets import load_config
 
     steps = load_config().model.tiny_warmup_steps
-    out = tmp_path_factory.mktemp("warm")
-    return make_tiny_models(out, seed=0, only=["qwen2_audio"], warmup_steps=steps)["qwen2_audio"]
+    return built_tiny_models(tmp_path_factory, "warm", steps, ("qwen2_audio",))["qwen2_audio"]
 
 
 @pytest.fixture(scope="session")
@@ -188,13 +204,15 @@ def cli_run(tiny_run, tmp_path_factory):
     writes, the end-to-end tests check what it wrote and resume a preempted copy of it. A rollout worker, the reference
     and a trainer rank are killed inside their calls during it (`run_faults`): it is also the recovery test's run.
 
-    Before it, in the same working folder and JIT build folder, a run of the same command is stopped with SIGTERM
-    while its trainer ranks start, and a build lock is left by hand as a process killed inside torch's build leaves
-    it: the shared run must start all the same (tests/integration/test_startup.py checks how)."""
+    Before it, in the same working folder and JIT build folder, a run of the same command (without the judge and
+    vLLM) is stopped with SIGTERM while its trainer ranks start, and a build lock is left by hand as a process killed
+    inside torch's build leaves it: the shared run must start all the same (tests/integration/test_startup.py)."""
     work = tmp_path_factory.mktemp("cli-run")
     extensions = private_extensions(work)
     stopped = work / "runs" / "stopped"
-    first = start_train([*tiny_run(stopped, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT], work, work / "stopped.log",
+    # Only its trainer set-up matters: no judge (the answer-only baseline) and the transformers engine, not vLLM.
+    light = ["reward.variant=grpo", "prompt.mode=no_think", "rollout.engine=transformers"]
+    first = start_train([*tiny_run(stopped, CLI_RUN_STEPS), *CLI_RUN_PLACEMENT, *light], work, work / "stopped.log",
                         extensions)  # fmt: skip
     deadline = time.monotonic() + 300
     while not list((stopped / "logs").glob("trainer-rank-0-*.log")) and first.poll() is None:

@@ -4,13 +4,15 @@ The modules whose tests start whole `audio-thinker` runs (RUN_MODULES: subproces
 run beside everything else (the unit tests and the integration tests on the session's shared Ray). With one pytest
 process a core of the 2-core machine idled 42% of the suite's 18 minutes (vmstat every 10 s): a run starts its
 actor processes and loads its models mostly one process at a time. Each pytest has its own base temp folder and
-session fixtures; the runs' report is printed after the other's, and the exit status is the first nonzero one.
+session fixtures, except the tiny models and the warm policy: built once, in a folder both take turns on. The runs'
+report is printed after the other's, and the exit status is the first nonzero one.
 
     python tests/run_suite.py [pytest options for both ...]
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS_ENV = "AUDIO_THINKER_TEST_MODELS"  # the conftest's name for it
 RUN_MODULES = [
     "tests/integration/test_ablate.py",
     "tests/integration/test_dashboard.py",  # these four share the session's `cli_run`
@@ -43,10 +46,11 @@ def main(options: list[str]) -> int:
     started = time.monotonic()
     pytest = [sys.executable, "-m", "pytest", "-q", *options]
     rest = [*pytest, "tests", *(f"--ignore={m}" for m in RUN_MODULES)]
-    with tempfile.TemporaryFile("w+") as runs_log:
-        runs = subprocess.Popen([*pytest, "-p", "no:cacheprovider", *RUN_MODULES], cwd=ROOT, stdout=runs_log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-        rest_code = wait(subprocess.Popen(rest, cwd=ROOT))
+    with tempfile.TemporaryFile("w+") as runs_log, tempfile.TemporaryDirectory(prefix="tiny-models-") as models:
+        env = {**os.environ, SHARED_MODELS_ENV: models}  # the tiny models, built once for both (tests/conftest.py)
+        runs = subprocess.Popen([*pytest, "-p", "no:cacheprovider", *RUN_MODULES], cwd=ROOT, env=env,
+                                stdout=runs_log, stderr=subprocess.STDOUT)  # fmt: skip
+        rest_code = wait(subprocess.Popen(rest, cwd=ROOT, env=env))
         runs_code = wait(runs)
         runs_log.seek(0)
         print(f"\n{'=' * 20} {len(RUN_MODULES)} modules of whole runs, side by side with the above {'=' * 20}")
