@@ -48,7 +48,7 @@ $(BROWSER_STAMP): $(STAMP)
 	command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	touch $(BROWSER_STAMP)
 
-# The whole suite as two pytest processes side by side: the modules of whole runs beside the rest (tests/run_suite.py).
+# The whole suite as two pytest processes side by side: the modules of whole trainings beside the rest (tests/run_suite.py).
 test: $(STAMP) $(BROWSER_STAMP) $(BENCH_STAMP)
 	$(BIN)/python tests/run_suite.py
 

@@ -1,11 +1,11 @@
 """`make test`: the whole suite as two pytest processes side by side.
 
-The modules whose tests start whole `audio-thinker` runs (RUN_MODULES: subprocesses, each with a Ray of its own)
-run beside everything else (the unit tests and the integration tests on the session's shared Ray). With one pytest
-process a core of the 2-core machine idled 42% of the suite's 18 minutes (vmstat every 10 s): a run starts its
-actor processes and loads its models mostly one process at a time. Each pytest has its own base temp folder and
-session fixtures, except the tiny models and the warm policy: built once, in a folder both take turns on. The runs'
-report is printed after the other's, and the exit status is the first nonzero one.
+The modules whose tests run whole trainings (RUN_MODULES: mostly `audio-thinker` subprocesses, each with a Ray of
+its own) run beside everything else (the unit tests, and the integration tests of the parts on the session's Ray).
+With one pytest process a core of the 2-core machine idled 42% of the suite's 18 minutes (vmstat every 10 s): a
+run starts its actor processes and loads its models mostly one process at a time. Each pytest has its own base
+temp folder and session fixtures, except the tiny models and the warm policy: built once, in a folder both take
+turns on. The runs' report is printed after the other's, and the exit status is the first nonzero one.
 
     python tests/run_suite.py [pytest options for both ...]
 """
@@ -29,6 +29,8 @@ RUN_MODULES = [
     "tests/integration/test_train_e2e.py",
     "tests/integration/test_qwen3_omni_train.py",
     "tests/integration/test_rehearsal_e2e.py",
+    "tests/integration/test_learnability.py",  # these two: the driver in this process, on the session's Ray
+    "tests/integration/test_sft.py",
 ]
 
 
@@ -53,7 +55,7 @@ def main(options: list[str]) -> int:
         rest_code = wait(subprocess.Popen(rest, cwd=ROOT, env=env))
         runs_code = wait(runs)
         runs_log.seek(0)
-        print(f"\n{'=' * 20} {len(RUN_MODULES)} modules of whole runs, side by side with the above {'=' * 20}")
+        print(f"\n{'=' * 20} {len(RUN_MODULES)} modules of whole trainings, side by side with the above {'=' * 20}")
         sys.stdout.write(runs_log.read())
     print(f"\nthe whole suite: {time.monotonic() - started:.0f} s (exit {rest_code or runs_code})")
     return rest_code or runs_code
