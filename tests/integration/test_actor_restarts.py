@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,9 @@ class Napper:
     def pid(self) -> int:
         return os.getpid()
 
-    def nap(self, seconds: float, value: str) -> str:
+    def nap(self, seconds: float, value: str, started: str | None = None) -> str:
+        if started:
+            Path(started).touch()
         time.sleep(seconds)
         return value
 
@@ -79,22 +82,26 @@ def wait_restarted(actor, before: str | None) -> None:
     raise AssertionError("the actor was not restarted within 120 s")
 
 
-def killed_mid_call(group: ActorGroup, index: int) -> ActorDiedError:
-    """Kill actor `index` while it naps; the ActorDiedError its call ends with."""
+def killed_mid_call(group: ActorGroup, index: int, folder: Path) -> ActorDiedError:
+    """Kill actor `index` once its nap has begun; the ActorDiedError its call ends with."""
     pid = group.get([group.actors[index].pid.remote()], "pid")[0]
-    ref = group.actors[index].nap.remote(30, "lost")
-    time.sleep(0.3)  # the nap has begun (the actor runs one call at a time and has nothing else queued)
+    started = folder / f"napper-{index}-{pid}"
+    ref = group.actors[index].nap.remote(30, "lost", str(started))
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline, "the nap did not begin within 60 s"
+        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(ActorDiedError, match=f"napper {index} died during nap") as died:
         group.get([ref], "nap", owners=[f"napper {index}"])
     return died.value
 
 
-def test_a_killed_actor_is_restarted_once_refreshed_and_refused_past_the_bound(ray_session):
+def test_a_killed_actor_is_restarted_once_refreshed_and_refused_past_the_bound(ray_session, tmp_path):
     group = nappers(2, max_restarts=1)
     try:
         before = group.processes[1]
-        failure = killed_mid_call(group, 1)
+        failure = killed_mid_call(group, 1, tmp_path)
         refreshed = []
         group.recover(1, failure, before, refresh=refreshed.append)
         assert refreshed == [1] and group.restarts == 1 and group.processes[1] not in (before, None)
@@ -106,7 +113,7 @@ def test_a_killed_actor_is_restarted_once_refreshed_and_refused_past_the_bound(r
         assert group.get([group.actors[1].nap.remote(0, "again")], "nap") == ["again"]
 
         # The bound is the group's: actor 0's death is past it, and is not waited for.
-        failure = killed_mid_call(group, 0)
+        failure = killed_mid_call(group, 0, tmp_path)
         t = time.monotonic()
         with pytest.raises(ActorDiedError) as past:
             group.recover(0, failure, group.processes[0], refresh=refreshed.append)
@@ -118,10 +125,10 @@ def test_a_killed_actor_is_restarted_once_refreshed_and_refused_past_the_bound(r
         group.shutdown()
 
 
-def test_an_actor_ray_cannot_restart_and_a_group_without_restarts_are_named(ray_session):
+def test_an_actor_ray_cannot_restart_and_a_group_without_restarts_are_named(ray_session, tmp_path):
     group = nappers(1, max_restarts=2, fail_on_restart=True)
     try:
-        failure = killed_mid_call(group, 0)
+        failure = killed_mid_call(group, 0, tmp_path)
         with pytest.raises(ActorDiedError, match=r"napper 0 died during nap \(.*\); Ray did not restart it \("):
             group.recover(0, failure, group.processes[0])
         assert group.restarts == 0
@@ -130,7 +137,7 @@ def test_an_actor_ray_cannot_restart_and_a_group_without_restarts_are_named(ray_
 
     group = nappers(1, max_restarts=0)
     try:
-        failure = killed_mid_call(group, 0)
+        failure = killed_mid_call(group, 0, tmp_path)
         with pytest.raises(ActorDiedError) as same:
             group.recover(0, failure, group.processes[0])
         assert same.value is failure  # as before restarts existed: the first death stops the caller
