@@ -30,6 +30,15 @@ from audio_thinker.core.log import get_logger
 log = get_logger(__name__)
 
 
+def death_cause(exc: RayActorError) -> str:
+    """One line for why an actor died: the exception its __init__ raised (the last line of Ray's traceback, which
+    would otherwise only be in the actor's log), else the first line of Ray's report."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if exc.actor_init_failed and len(lines) > 1:
+        return f"its __init__ raised {lines[-1]}"
+    return lines[0] if lines else type(exc).__name__
+
+
 class ActorDiedError(RuntimeError):
     """An actor of a group is gone (killed, out of memory, node lost); the message names it and the call."""
 
@@ -144,8 +153,7 @@ class ActorGroup:
             else:
                 who = owners[index] if owners is not None else f"{self.name} {index}"
             if isinstance(exc, RayActorError):
-                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ActorDiedError(f"{who} died during {what} ({first})") from exc
+                raise ActorDiedError(f"{who} died during {what} ({death_cause(exc)})") from exc
             exc.add_note(f"raised by {who} during {what}")
             raise
 
@@ -219,8 +227,7 @@ class ActorGroup:
             except GetTimeoutError:
                 break
             except RayActorError as exc:
-                cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ActorDiedError(f"{failure}; Ray did not restart it ({cause})") from exc
+                raise ActorDiedError(f"{failure}; Ray did not restart it ({death_cause(exc)})") from exc
         raise TimeoutError(
             f"{self.name} {index}: not back within {self.restart_timeout_s:.0f}s of its restart (raise "
             f"{self.restart_timeout_key} if that is too short); it had failed: {failure}"

@@ -1,6 +1,8 @@
 """Tiny models: built by the CLI, loaded with from_pretrained, generate 8 samples for a synthetic clip."""
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 from audio_thinker.app.cli.main import main
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.app.data.options import TINY_MODELS
-from audio_thinker.app.data.tiny import TAG_TOKENS
+from audio_thinker.app.data.tiny import TAG_TOKENS, TINY_LAYOUT, ensure_tiny_models, read_provenance
 from audio_thinker.core.data import load_dataset
 from audio_thinker.core.encoding import PromptEncoder
 from audio_thinker.core.chat import render_chat
@@ -148,8 +150,6 @@ def test_warmup_targets_are_well_formed_with_random_choices():
 
 
 def test_warmup_is_deterministic_and_recorded(tmp_path: Path):
-    from audio_thinker.app.data.tiny import read_provenance
-
     args = ["make-tiny", "--only", "qwen2_audio", "--warmup-steps", "3"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
@@ -161,8 +161,30 @@ def test_warmup_is_deterministic_and_recorded(tmp_path: Path):
     changed = {k for k in a if not torch.equal(a[k], c[k])}
     assert "language_model.lm_head.weight" in changed and "language_model.model.embed_tokens.weight" in changed
     assert not any(k.startswith("audio_tower.") for k in changed)  # the audio encoder keeps its init
-    assert read_provenance(tmp_path / "a" / "qwen2_audio") == {"model": "qwen2_audio", "seed": 0, "warmup_steps": 3}
+    assert read_provenance(tmp_path / "a" / "qwen2_audio") == {
+        "model": "qwen2_audio", "seed": 0, "warmup_steps": 3, "layout": TINY_LAYOUT
+    }  # fmt: skip
     assert read_provenance(tmp_path / "c" / "qwen2_audio")["warmup_steps"] == 0
+
+
+def test_a_tiny_model_an_older_checkout_wrote_is_rebuilt_and_a_real_checkpoint_never(tmp_path: Path, caplog):
+    assert main(["make-tiny", "--only", "qwen3_judge", "--seed", "3", "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "qwen3_judge"
+    before = _digest(folder)
+    old = {"model": "qwen3_judge", "seed": 3, "warmup_steps": 0}  # tiny.json before it recorded a layout
+    (folder / "tiny.json").write_text(json.dumps(old))
+    (folder / "tokenizer_config.json").write_text("{}")  # what an older builder wrote differs
+    real = tmp_path / "real"
+    shutil.copytree(folder, real)
+    (real / "tiny.json").unlink()  # no tiny.json: not ours to rebuild
+    with caplog.at_level("WARNING"):
+        ensure_tiny_models(tmp_path, names=("qwen3_judge",))
+    assert f"tiny model {folder} was written by an older audio-thinker (layout 1, now {TINY_LAYOUT})" in caplog.text
+    assert read_provenance(folder) == {**old, "layout": TINY_LAYOUT} and _digest(folder) == before  # its own seed
+    caplog.clear()
+    ensure_tiny_models(tmp_path, names=("qwen3_judge",))  # current: left alone
+    ensure_tiny_models(tmp_path, names=("real",))
+    assert not caplog.text and (real / "tokenizer_config.json").read_text() == "{}"
 
 
 def test_negative_warmup_steps_is_refused(tmp_path: Path, capsys):

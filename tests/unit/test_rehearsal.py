@@ -75,6 +75,15 @@ def test_a_rehearsal_swaps_only_what_cannot_run_here_and_keeps_the_topology(pres
         assert after[s.what] == s.rehearsal and before[s.what] == s.preset and s.why
 
 
+def test_a_tensor_parallel_worker_rehearses_unsharded_on_the_presets_gpus():
+    original = load_config("qwen3-omni-30b-a3b")
+    config, swaps = rehearsal_config("qwen3-omni-30b-a3b", [])
+    swap = next(s for s in swaps if s.what == "rollout.tensor_parallel_size")
+    assert (swap.preset, swap.rehearsal) == (2, 1) and "Ray executor" in swap.why
+    assert config.rollout.num_gpus_per_worker == original.rollout.num_gpus_per_worker == 2
+    assert [(g.name, g.bundles) for g in run_groups(config)] == [(g.name, g.bundles) for g in run_groups(original)]
+
+
 def test_a_key_given_on_the_command_line_is_never_swapped():
     config, swaps = rehearsal_config("qwen2-audio-7b", ["rollout.max_new_tokens=64", "run.total_steps=2"])
     assert config.rollout.max_new_tokens == 64 and config.run.total_steps == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from audio_thinker.app.data.options import TINY_MODELS
 from audio_thinker.app.data.synthetic import write_synthetic_cot, write_synthetic_dataset
-from audio_thinker.app.data.tiny import ensure_tiny_models, read_provenance
+from audio_thinker.app.data.tiny import ensure_tiny_models, read_provenance, stale_layout
 from audio_thinker.app.errors import TrainingError
 from audio_thinker.core.config import Config
 from audio_thinker.core.data import COT_SPLIT_SUFFIX
@@ -51,10 +51,13 @@ def synthetic_splits(config: Config, with_eval: bool = True) -> list[tuple[str, 
 
 
 def prepare_models(config: Config) -> None:
-    """Build the tiny models where the config allows it and the folders are missing (the CPU default), with
-    `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built with another."""
+    """Build the tiny models where the config allows it and the folders are missing or an older checkout wrote them
+    (the CPU default), with `model.tiny_warmup_steps` of format warm-up; warn when an existing tiny policy was built
+    with another."""
     m = config.model
-    missing = [Path(p) for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file()]
+    missing = [
+        Path(p) for p in (m.policy_path, m.judge_path) if not (Path(p) / "config.json").is_file() or stale_layout(p)
+    ]
     if missing and m.make_tiny_if_missing:
         for folder in sorted({p.parent for p in missing}):
             # the models the config names (a tiny model's folder is its name), else every tiny model

@@ -53,6 +53,10 @@ log = get_logger(__name__)
 
 POLICY_NAMES = ("qwen2_audio", "qwen2_5_omni", "qwen3_omni")  # TINY_MODELS: model k is seeded with seed + k
 PROVENANCE_FILE = "tiny.json"
+# What a tiny folder holds, recorded in its tiny.json: raised whenever a builder changes the files it writes, so that
+# a folder an older checkout wrote is rebuilt, not loaded (2: the Omni tokenizers name their image, video and audio
+# tokens, which vLLM's Omni processors read).
+TINY_LAYOUT = 2
 
 # Special tokens in the order Qwen checkpoints use them; the tags of our protocol are ordinary added tokens
 # so that decoding keeps them in the text.
@@ -328,7 +332,8 @@ _BUILDERS = {
 
 def _provenance(name: str, seed: int, warmup_steps: int) -> dict:
     """What `tiny.json` records for a model built with these settings (the judge is never warmed up)."""
-    return {"model": name, "seed": seed, "warmup_steps": warmup_steps if name in POLICY_NAMES else 0}
+    return {"model": name, "seed": seed, "warmup_steps": warmup_steps if name in POLICY_NAMES else 0,
+            "layout": TINY_LAYOUT}
 
 
 def make_tiny_models(
@@ -373,12 +378,28 @@ def read_provenance(folder: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def stale_layout(folder: str | Path) -> int | None:
+    """The layout of a tiny folder an older checkout wrote (1 before tiny.json recorded one), else None: a current
+    tiny folder, or a folder that is not a tiny model (no tiny.json: a real checkpoint, never rebuilt)."""
+    built = read_provenance(folder)
+    layout = None if built is None else built.get("layout", 1)
+    return None if layout == TINY_LAYOUT else layout
+
+
 def ensure_tiny_models(
     out: str | Path, seed: int = 0, warmup_steps: int = 0, names: tuple[str, ...] = TINY_MODELS
 ) -> dict[str, Path]:
-    """Build only those of the tiny models `names` that are missing under `out` (used by the demo)."""
+    """Build those of the tiny models `names` that are missing under `out` (used by the demo), and rebuild those an
+    older checkout wrote (with their recorded seed and warm-up), saying so."""
     out = Path(out)
     missing = [n for n in names if not (out / n / "config.json").is_file()]
     if missing:
         make_tiny_models(out, seed=seed, only=missing, warmup_steps=warmup_steps)
+    for name in names:
+        layout = stale_layout(out / name)
+        if layout is not None:
+            built = read_provenance(out / name)
+            log.warning("tiny model %s was written by an older audio-thinker (layout %s, now %d): rebuilding it",
+                        out / name, layout, TINY_LAYOUT)  # fmt: skip
+            make_tiny_models(out, built["seed"], only=[name], warmup_steps=built["warmup_steps"], overwrite=True)
     return {n: out / n for n in names}

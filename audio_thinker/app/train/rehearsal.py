@@ -127,6 +127,10 @@ def config_swaps(config: Config, keep: set[str] = frozenset(), sft: bool = False
              "long budget costs minutes per step on 2 cores"),
             ("run.eval_limit", 1, "one held-out question proves the evaluation path"),
         ]
+        if r.engine == "vllm":
+            wanted.append(("rollout.tensor_parallel_size", 1, "vLLM's CPU backend runs no tensor parallelism under "
+                           "Ray (it refuses the Ray executor); each worker keeps its rollout.num_gpus_per_worker GPUs, "
+                           "so the placement stays the preset's"))  # fmt: skip
     if _data_missing(config):
         why = "the preset's data is not on this machine: the synthetic set, written where missing"
         wanted += [
