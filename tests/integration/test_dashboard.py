@@ -25,8 +25,6 @@ from audio_thinker.app.dashboard.server import create_app
 from conftest import CLI_RUN_STEPS, free_port
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS = CLI_RUN_STEPS

@@ -19,8 +19,6 @@ from audio_thinker.app.dashboard.synthetic_run import write_synthetic_run
 from conftest import free_port
 
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):

@@ -178,7 +178,6 @@ def test_openai_backend_failures_are_errors_and_the_server_answers_502(remote, j
         thread.stop(30)
 
 
-@pytest.mark.slow
 def test_vllm_backend_served_by_the_cli_equals_transformers(ref, judge_path, tmp_path):
     port = free_port()
     log_path = tmp_path / "serve-judge.log"

@@ -42,7 +42,6 @@ from reward_server.options import ServeOptions
 from reward_server.schemas import JudgeItem
 from reward_server.scoring import score_items
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "serve-key"
 

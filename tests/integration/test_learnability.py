@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from audio_thinker.app.train.driver import run_training
 from audio_thinker.app.data.synthetic import write_synthetic_dataset
 from audio_thinker.core.presets import load_config
 from audio_thinker.core.records import RolloutRecord
 from audio_thinker.core.rewards import RewardBatch, rewards_from_totals
-
-pytestmark = pytest.mark.slow
 
 QUESTIONS, STEPS = 4, 8
 # Mean reward of step 1 -> mean of steps 7-8, measured with seeds 0 / 1 / 2: 0.62 -> 0.92, 0.53 -> 0.98,

@@ -23,8 +23,6 @@ from rollout.weight_sync import receive_published
 from trainer.checkpoint import export_offline
 from trainer.logprobs import PolicyBatch
 
-pytestmark = pytest.mark.slow
-
 FAMILY = "qwen2_audio"
 LORA = LoraConfig(rank=4, alpha=8)
 

@@ -6,7 +6,6 @@ the family: test_qwen3_omni_train.py.)"""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,8 +18,6 @@ from audio_thinker.core.trainer_config import LoraConfig, ReferenceConfig, Train
 from audio_thinker.core.weights import state_checksum
 from rollout.weight_sync import receive_published
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
-
-pytestmark = pytest.mark.slow
 
 FAMILY = "qwen3_omni"
 

@@ -21,8 +21,6 @@ from audio_thinker.core.models import load_feature_extractor, load_policy, load_
 from rollout.engine import GenerationRequest, SamplingConfig
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 
-pytestmark = pytest.mark.slow
-
 FAMILY = "qwen3_omni"
 ROOT = Path(__file__).resolve().parents[2]
 PARITY = 1e-4  # engine vs trainer log-probs, as for the other families

@@ -23,8 +23,6 @@ import yaml
 from audio_thinker.app.train.rehearsal_checks import JUDGE_ATOL, UPDATE_RTOL
 from audio_thinker.core.presets import load_config
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS = 2

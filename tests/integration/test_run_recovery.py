@@ -17,8 +17,6 @@ from test_train_e2e import check_step_dump, read_metrics
 
 from conftest import CLI_RUN_STEPS
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.mark.timeout(1800)  # with the session's cli_run (its setup) when this test is the first to need it
 def test_a_run_whose_worker_reference_and_trainer_rank_die_mid_call_recovers_every_step_once(cli_run):

@@ -23,7 +23,6 @@ from rollout.engine import GenerationRequest, SamplingConfig
 from rollout.vllm_engine import folder_weights
 from trainer.logprobs import CompletionLogprobs, collate
 
-pytestmark = pytest.mark.slow
 STEPS = 3
 
 

@@ -21,8 +21,6 @@ import pytest
 from conftest import end_group, private_extensions, start_train
 from trainer.build_lock import GUARD_FILE, SHM_COMM_OP
 
-pytestmark = pytest.mark.slow
-
 
 def group_gone(pgid: int) -> bool:
     try:

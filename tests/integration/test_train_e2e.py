@@ -33,8 +33,6 @@ from audio_thinker.core.presets import load_config
 from trainer.checkpoint import checkpoint_dir
 from conftest import CLI_RUN_PLACEMENT, CLI_RUN_STEPS, end_group, free_port
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 REQUIRED = [

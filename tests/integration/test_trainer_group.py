@@ -27,8 +27,6 @@ from rollout.weight_sync import WeightReceiver, receive_published
 from trainer.checkpoint import latest_checkpoint, list_checkpoints
 from trainer.logprobs import CompletionLogprobs, PolicyBatch, compute_logprobs
 
-pytestmark = pytest.mark.slow
-
 FAMILY = "qwen2_audio"
 TOTAL_STEPS = 4
 

@@ -16,8 +16,6 @@ from audio_thinker.core.chat import render_chat
 from audio_thinker.core.models import load_feature_extractor, load_policy, load_tokenizer
 from rollout.engine import GenerationRequest, SamplingConfig
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def actors(ray_session, tiny_models):
