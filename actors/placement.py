@@ -81,13 +81,22 @@ def cluster_nodes() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
+def reserved_groups(config: Config, nodes: list[dict], with_judge: bool = True) -> list[GroupSpec]:
+    """The groups a run reserves on `nodes` (Ray's resources per node): the largest node decides whether the
+    trainer ranks are strictly packed, except in a rehearsal, whose one local node declares every GPU of the
+    preset: there the preset's nodes (`run.gpus_per_node`) decide, so the groups are the ones `plan` lays out."""
+    node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    if config.run.rehearse:
+        node_gpus = config.run.gpus_per_node
+    return run_groups(config, node_gpus=node_gpus, with_judge=with_judge)
+
+
 class RunPlacement:
     """The run's reserved placement groups; `slots(role)` gives each actor of a role its `Placed`."""
 
     def __init__(self, config: Config, timeout_s: float | None = None, with_judge: bool = True) -> None:
         nodes = cluster_nodes()
-        node_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-        self.groups = run_groups(config, node_gpus=node_gpus, with_judge=with_judge)
+        self.groups = reserved_groups(config, nodes, with_judge)
         check_fits(self.groups, nodes)
         timeout = config.run.placement_timeout_s if timeout_s is None else timeout_s
         self.pgs: list[PlacementGroup] = []

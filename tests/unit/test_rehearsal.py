@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from actors.placement import reserved_groups
 from actors.trainer_group import shard_plan
 from audio_thinker.app.data.demo import synthetic_splits
 from audio_thinker.app.data.synthetic import write_synthetic_cot, write_synthetic_dataset
@@ -204,6 +205,26 @@ def test_the_plan_of_the_7b_preset_is_what_the_placement_check_expects(planned):
     assert check_placement(planned, ray_placement(planned)).ok
     swapped = {"5": "6", "6": "5", "0": "3", "3": "0"}  # Ray numbers GPUs itself: a consistent renaming is fine
     assert check_placement(planned, ray_placement(planned, swapped)).ok
+
+
+def test_a_two_node_preset_is_reserved_and_checked_as_on_its_nodes():
+    config, _ = rehearsal_config("qwen3-omni-30b-a3b-full", [])
+    declared = [{"CPU": 64.0, "GPU": 16.0}]  # the rehearsal's one local node declares both nodes' GPUs
+    groups = reserved_groups(config, declared)
+    assert groups[0].strategy == "PACK"  # 12 ranks cannot be strictly packed on an 8-GPU node
+    assert reserved_groups(config.model_copy(update={"run": config.run.model_copy(update={"rehearse": False})}),
+                           declared)[0].strategy == "STRICT_PACK"  # a real 16-GPU node would hold them  # fmt: skip
+    expected = expected_placement(config, groups, [f"pg{i}" for i in range(len(groups))])
+    by_actor = {e.actor: e for e in expected}
+    assert by_actor["trainer rank 7"].gpus == ("node 0 GPU 7",) and by_actor["trainer rank 8"].gpus == ("node 1 GPU 0",)
+    assert by_actor["rollout worker 0"].gpus == ("node 1 GPU 4", "node 1 GPU 5")
+    assert by_actor["reference model"].gpus == ("node 1 GPU 7",)
+    observed = ray_placement(expected)
+    for e in expected:  # Ray's one node numbers the 16 GPUs 0-15
+        observed[e.actor]["gpu_ids"] = [str(8 * int(g.split()[1]) + int(g.split()[3])) for g in e.gpus]
+    assert check_placement(expected, observed).ok
+    observed["trainer rank 8"]["gpu_ids"] = ["0"]  # on node 0's first GPU, which rank 0 holds
+    assert not check_placement(expected, observed).ok
 
 
 @pytest.mark.parametrize(
