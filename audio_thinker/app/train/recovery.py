@@ -30,15 +30,15 @@ class TrainerRecovery:
     def restart(self, step: int, dead: list[int], cause: Exception) -> int:
         """Start the group anew from the newest checkpoint, rewind the workers to it; returns its step."""
         self.restarts += 1
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        log.warning(  # before the restart's own lines ("resumed from <checkpoint> at step S"), which it explains
+            "trainer rank %s died during step %d (%s); restart %d of trainer.max_restarts=%d: the trainer group "
+            "starts anew from its newest checkpoint, and the steps after it are done again",
+            ", ".join(map(str, dead)), step, reason, self.restarts, self.max_restarts,
+        )  # fmt: skip
         self.run_dir.timeline.flush()
         self.trainer.restart()
         self.sync.reset()
         start = resume_step(self.run_dir, self.trainer.load_checkpoint)
         self.sync.push(start, rewind=True)
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        log.warning(
-            "trainer rank %s died during step %d (%s); restart %d of trainer.max_restarts=%d: the trainer group is "
-            "back at step %d, steps %d..%d are lost and done again",
-            ", ".join(map(str, dead)), step, reason, self.restarts, self.max_restarts, start, start + 1, step,
-        )  # fmt: skip
         return start
