@@ -16,7 +16,7 @@ Random-init policies never write a well-formed response, so every reward of the 
 would have nothing to learn from. `warmup_steps > 0` adds a supervised format warm-up to the policies
 (`format_warmup`): teacher forcing on synthetic questions rendered through the project's real prompt path, with
 targets that are well formed but carry a random choice, so the model learns the format, not the answers.
-Each folder records how it was built in `tiny.json` (seed, warm-up steps). One module of ~380 lines, mostly data
+Each folder records how it was built in `tiny.json` (seed, warm-up steps, layout). One module of ~400 lines, mostly data
 (the tokenizer's vocabulary, chat templates, model sizes): one builder per model beside what they share.
 """
 
