@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from audio_thinker.core.devices import DEVICES_ENV, cpu_only
 from audio_thinker.core.models import compute_device, cpu_kv_cache_bytes
@@ -71,11 +72,12 @@ def load_backend(
     max_model_len: int | None = None,
     gpu_memory_utilization: float = 0.5,
     enforce_eager: bool = False,
+    progress: bool = True,
 ) -> JudgeBackend:
     """Build the backend `kind` for `model` (a folder; for openai the served model name, with `tokenizer` the
-    folder holding its tokenizer and config, default `model`)."""
+    folder holding its tokenizer and config, default `model`); `progress=False`: no loading bar (transformers)."""
     if kind == "transformers":
-        return TransformersBackend(model, device=device, dtype=dtype)
+        return TransformersBackend(model, device=device, dtype=dtype, progress=progress)
     if kind == "vllm":
         return VLLMBackend(
             model,
@@ -131,6 +133,7 @@ class TransformersBackend(JudgeBackend):
         device: str | None = None,
         dtype: str | None = None,
         max_batch_tokens: int = 32768,
+        progress: bool = True,
     ):
         super().__init__(model_path, model_path)
         self.max_prompt_tokens = _max_positions(model_path) - 1
@@ -141,9 +144,14 @@ class TransformersBackend(JudgeBackend):
             else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         )
         with _LOAD_LOCK:
-            self.net = (
-                AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
-            )
+            hide = not progress and hf_logging.is_progress_bar_enabled()  # transformers' bar is process-wide
+            if hide:
+                hf_logging.disable_progress_bar()
+            try:
+                self.net = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
+            finally:
+                if hide:
+                    hf_logging.enable_progress_bar()
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
         if self.pad_id is None:

@@ -20,6 +20,7 @@ from conftest import free_port
 
 CHROMIUM = shutil.which("chromium")
 
+
 @pytest.fixture(scope="module")
 def dashboard(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")

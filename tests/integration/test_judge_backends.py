@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from reward_server.app import ServerSettings
 from reward_server.backends import OpenAIBackend, TransformersBackend
@@ -101,6 +102,14 @@ def remote(judge_path):
     url = thread.start()
     yield url, app.state
     thread.stop(30)
+
+
+def test_a_transformers_backend_loads_without_its_bar_when_asked_and_leaves_the_bar_as_it_was(judge_path, capfd):
+    capfd.readouterr()
+    TransformersBackend(judge_path, device="cpu", dtype="float32", progress=False)
+    assert "Loading weights" not in capfd.readouterr().err and hf_logging.is_progress_bar_enabled()
+    TransformersBackend(judge_path, device="cpu", dtype="float32")
+    assert "Loading weights" in capfd.readouterr().err  # the default keeps it (a 7B load takes minutes)
 
 
 def test_openai_backend_exact_mode_equals_transformers(remote, ref, judge_path):

@@ -42,7 +42,6 @@ from reward_server.schemas import JudgeItem
 from reward_server.scoring import label_distribution
 from rollout.weight_sync import receive_published
 from trainer.logprobs import PolicyBatch
-from transformers.utils import logging as hf_logging
 
 log = get_logger(__name__)
 steps_log = get_logger(STEPS)
@@ -153,13 +152,8 @@ class Rehearsal:
                 if value is not None]  # fmt: skip
         if jobs and self.judge_backend is None:
             m = self.config.model  # the run's judge loads in the run's dtype too (app/train/launch.py)
-            shown = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # the console is the run's: no "Loading weights" bar of the check's
-            try:
-                self.judge_backend = load_backend("transformers", m.judge_path, dtype=m.dtype)
-            finally:
-                if shown:
-                    hf_logging.enable_progress_bar()
+            # progress=False: the console is the run's, with no loading bar of the check's own
+            self.judge_backend = load_backend("transformers", m.judge_path, dtype=m.dtype, progress=False)
         backend = self.judge_backend
         prompts = [render_ids(PROMPTS[name], JudgeItem(**judge_item(records[i])), backend.tokenizer).ids
                    for i, name, _ in jobs]  # fmt: skip (the server's own rendering: user fields as plain text)
